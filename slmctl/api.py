@@ -1,0 +1,244 @@
+"""The public Python API. The CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from . import provenance
+from .errors import InputError, UnsupportedError, UsageError
+from .registry import Registry
+
+Log = Callable[[str], None]
+
+
+def _nolog(msg: str) -> None:
+    pass
+
+
+def load_artifact(ref: str, *, allow_pickle: bool = False, log: Log = _nolog):
+    """Resolve a model reference and open it: (artifact, local path)."""
+    from .io.artifact import open_artifact
+    from .io.resolve import resolve
+
+    path = resolve(ref, log=log)
+    return open_artifact(path, allow_pickle=allow_pickle), path
+
+
+# ---------------------------------------------------------------- export
+EXPORTERS: Registry[Callable[..., Path]] = Registry("export format")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def export(src: str, out: str | Path, fmt: str = "hf", *, dtype: str = "auto", max_shard_size: str | int | None = None,
+           force: bool = False, allow_pickle: bool = False, log: Log = _nolog, progress=None, **options: Any) -> Path:
+    """Convert a model to another format; returns the output path."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}", hint="valid: " + ", ".join(DTYPES))
+    fn = EXPORTERS.get(fmt)
+    art, path = load_artifact(src, allow_pickle=allow_pickle, log=log)
+    return fn(art, src, Path(out), dtype=dtype, max_shard_size=max_shard_size, force=force, log=log,
+              progress=progress, **options)
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return None if dtype == "auto" else getattr(torch, dtype)
+
+
+def _stream_tensors(art, dtype: str, progress=None):
+    """(name, tensor) pairs one at a time, cast to ``dtype`` (floating tensors only)."""
+    target = _torch_dtype(dtype)
+    names = list(art.tensors)
+    it = progress(names, desc="tensors") if progress else names
+    for name in it:
+        t = art.tensors[name].load()
+        if target is not None and t.is_floating_point():
+            t = t.to(target)
+        yield name, t
+
+
+@EXPORTERS.register("hf")
+def export_hf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log, progress=None, **_):
+    """An HF folder: config, tokenizer and sharded safetensors, with provenance."""
+    from .io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
+    from .io.atomic import atomic_path
+    from .io.convert import gguf_to_hf, write_provenance_file
+    from .io.safetensors import ShardedWriter, parse_size
+
+    shard = parse_size(max_shard_size)
+    if art.format == "gguf":
+        log(f"importing {art.path.name} (GGUF) into an HF folder")
+        return gguf_to_hf(art.path, out, force=force, ref=ref, max_shard_size=shard,
+                          dtype=None if dtype == "auto" else dtype, log=log)
+    if art.format == "onnx":
+        raise UnsupportedError(f"{art.path}: ONNX -> HF is not supported", hint="export from the original HF model")
+    if art.config is None:
+        raise InputError(f"{art.path}: no config.json beside the weights, so an HF folder cannot be built",
+                         hint="use --format safetensors, or put the model's config.json next to it")
+    prov = provenance.build("export", {"format": "hf", "dtype": dtype, "max_shard_size": shard},
+                            [provenance.input_record(ref, art.path, art)])
+    src_dir = art.path if art.path.is_dir() else art.path.parent
+    with atomic_path(out, force=force, is_dir=True) as tmp:
+        for name in SIDE_FILES:
+            if (src_dir / name).is_file():
+                shutil.copyfile(src_dir / name, tmp / name)
+        if dtype != "auto":
+            import json
+
+            cfg = dict(art.config)
+            cfg["dtype"] = dtype
+            cfg.pop("torch_dtype", None)
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        w = ShardedWriter(tmp, max_shard_size=shard, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
+        try:
+            for name, t in _stream_tensors(art, dtype, progress):
+                w.add(name, t)
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
+        write_provenance_file(tmp / PROVENANCE_FILE, prov)
+    return out
+
+
+@EXPORTERS.register("safetensors")
+def export_safetensors(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log,
+                       progress=None, **_):
+    """One .safetensors file with every tensor and the provenance in its header."""
+    from .io.artifact import PROVENANCE_KEY
+    from .io.atomic import atomic_path
+    from .io.convert import write_provenance_file
+    from .io.safetensors import ShardedWriter
+
+    if max_shard_size:
+        raise UsageError("--max-shard-size needs --format hf (a single .safetensors file is one shard)")
+    if art.format == "gguf":
+        raise UnsupportedError(f"{art.path}: GGUF -> a single .safetensors file is not supported",
+                               hint="use --format hf, which dequantises and renames the tensors")
+    prov = provenance.build("export", {"format": "safetensors", "dtype": dtype},
+                            [provenance.input_record(ref, art.path, art)])
+    with atomic_path(out, force=force) as tmp:
+        w = ShardedWriter(tmp.parent, single_file=tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
+        try:
+            for name, t in _stream_tensors(art, dtype, progress):
+                w.add(name, t)
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
+    write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
+    return out
+
+
+# ---------------------------------------------------------------- inspect
+def inspect(ref: str, *, allow_pickle: bool = False, log: Log = _nolog) -> dict[str, Any]:
+    """What a model artifact holds: format, architecture, parameters, dtypes, size, tokenizer, provenance."""
+    from collections import Counter
+
+    art, path = load_artifact(ref, allow_pickle=allow_pickle, log=log)
+    dtypes: Counter[str] = Counter()
+    params = 0
+    for t in art.tensors.values():
+        dtypes[t.dtype] += t.numel
+        params += t.numel
+    info: dict[str, Any] = {
+        "path": str(path),
+        "format": art.format,
+        "architecture": art.architecture,
+        "model_type": art.model_type,
+        "parameters": params,
+        "tensors": len(art.tensors),
+        "dtypes": dict(dtypes.most_common()),
+        "size_bytes": art.size_on_disk(),
+        "quantization": _quantization(art, dtypes),
+        "tokenizer": _tokenizer_info(art, path),
+        "config": _config_summary(art),
+    }
+    prov = art.provenance()
+    info["provenance"] = [
+        {"verb": s.get("verb"), "recipe": s.get("recipe"),
+         "inputs": [{k: v for k, v in i.items() if k != "provenance"} for i in s.get("inputs", [])],
+         "slmctl": s.get("versions", {}).get("slmctl")}
+        for s in provenance.chain(prov)
+    ]
+    return info
+
+
+def _quantization(art, dtypes) -> Any:
+    if art.config and art.config.get("quantization_config"):
+        return art.config["quantization_config"]
+    if art.format == "gguf":
+        ft = art.metadata.get("general.file_type")
+        try:
+            from gguf import LlamaFileType
+
+            ft = LlamaFileType(ft).name.removeprefix("MOSTLY_") if ft is not None else None
+        except (ValueError, ImportError):
+            pass
+        return {"file_type": ft, "tensor_types": dict(dtypes)}
+    return None
+
+
+def _tokenizer_info(art, path: Path) -> dict[str, Any] | None:
+    import json
+
+    if art.format == "gguf":
+        m = art.metadata
+        toks = m.get("tokenizer.ggml.tokens")
+        if toks is None:
+            return None
+        return {"type": m.get("tokenizer.ggml.model"), "pre": m.get("tokenizer.ggml.pre"), "vocab_size": len(toks),
+                "bos_token_id": m.get("tokenizer.ggml.bos_token_id"), "eos_token_id": m.get("tokenizer.ggml.eos_token_id"),
+                "chat_template": "tokenizer.chat_template" in m}
+    folder = path if path.is_dir() else path.parent
+    tj = folder / "tokenizer.json"
+    if tj.is_file():
+        try:
+            doc = json.loads(tj.read_text())
+            model = doc.get("model", {})
+            vocab = set(model.get("vocab", {}) or {})
+            vocab |= {t.get("content") for t in doc.get("added_tokens", []) if isinstance(t, dict)}
+            return {"type": model.get("type"), "vocab_size": len(vocab),
+                    "file": "tokenizer.json"}
+        except (OSError, ValueError, AttributeError):
+            return {"file": "tokenizer.json", "error": "unreadable"}
+    if (folder / "tokenizer.model").is_file():
+        return {"type": "sentencepiece", "file": "tokenizer.model"}
+    return None
+
+
+def _config_summary(art) -> dict[str, Any] | None:
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+            "vocab_size", "max_position_embeddings", "tie_word_embeddings", "n_embd", "n_layer", "n_head")
+    if art.config:
+        return {k: art.config[k] for k in keys if k in art.config}
+    if art.format == "gguf":
+        a = art.metadata.get("general.architecture", "")
+        out = {}
+        for k in ("embedding_length", "block_count", "attention.head_count", "attention.head_count_kv",
+                  "feed_forward_length", "context_length"):
+            v = art.metadata.get(f"{a}.{k}")
+            if v is not None:
+                out[k] = v.tolist() if hasattr(v, "tolist") else v
+        return out
+    return None
+
+
+# ---------------------------------------------------------------- eval
+def evaluate(model: str, *, data: str = "sample:shakespeare", field: str = "text", reference: str | None = None,
+             ctx: int = 512, windows: int | None = 40, backend: str | None = None, allow_pickle: bool = False,
+             trust_remote_code: bool = False, log: Log = _nolog, progress=None) -> dict[str, Any]:
+    """Perplexity of a model; with a reference, KL divergence, top-1 agreement and the perplexity ratio."""
+    from .calib import load_text
+    from .eval.run import evaluate as _evaluate
+
+    art, _ = load_artifact(model, allow_pickle=allow_pickle, log=log)
+    ref = load_artifact(reference, allow_pickle=allow_pickle, log=log)[0] if reference else None
+    text = load_text(data, purpose="eval", field=field)
+    rep = _evaluate(art, text=text, ctx=ctx, windows=windows, reference_art=ref, backend=backend,
+                    trust_remote_code=trust_remote_code, progress=progress, log=log)
+    rep["data"] = data
+    return rep

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .options import AllowPickleOpt, DataOpt, FieldOpt, JsonOpt, ModelArg, QuietOpt, TrustRemoteCodeOpt
+from .output import Output
+
+
+def eval_(
+    model: ModelArg,
+    data: DataOpt = "sample:shakespeare",
+    field: FieldOpt = "text",
+    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference model for KL divergence, "
+                                                     "top-1 agreement and the perplexity ratio.")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", help="Tokens per window.")] = 512,
+    windows: Annotated[int, typer.Option("--windows", help="Number of non-overlapping windows (0: all).")] = 40,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="Force a backend: torch, llamacpp, onnxruntime.")] = None,
+    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity rise in %.")] = None,
+    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: largest mean KL divergence.")] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Gate: smallest top-1 agreement in %.")] = None,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+) -> int:
+    """Perplexity, and KL divergence / top-1 agreement against a reference; gates exit 3.
+
+    Every backend (torch for HF/safetensors, llama.cpp for GGUF, onnxruntime for ONNX) sees the same
+    token windows. The default data is the evaluation region of the Shakespeare sample.
+    """
+    from .. import api
+
+    out = Output(json, quiet)
+    rep = api.evaluate(model, data=data, field=field, reference=reference, ctx=ctx, windows=windows or None,
+                       backend=backend, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log,
+                       progress=out.progress)
+    from ..eval.run import gates
+
+    failed = gates(rep, max_ppl_increase=max_ppl_increase, max_kld=max_kld, min_top1=min_top1)
+    rep["gates"] = {"passed": not failed, "failed": failed}
+    out.result(rep, human=render(rep))
+    if failed:
+        for f in failed:
+            print(f"gate failed: {f}", file=__import__("sys").stderr)
+        return 3
+    return 0
+
+
+def render(rep: dict) -> str:
+    rows = [("model", f"{rep['model']} ({rep['format']}, {rep['backend']})"),
+            ("windows", f"{rep['windows']} x {rep['ctx']} tokens ({rep['tokens']} scored)"),
+            ("perplexity", f"{rep['ppl']:.4f}")]
+    if "kld" in rep:
+        k = rep["kld"]
+        rows += [("reference", f"{rep['reference']} ({rep['reference_backend']})"),
+                 ("reference ppl", f"{rep['reference_ppl']:.4f}"),
+                 ("ppl ratio", f"{rep['ppl_ratio']:.5f} ({rep['ppl_increase_pct']:+.3f}%)"),
+                 ("KL mean", f"{k['mean']:.6f}"), ("KL median", f"{k['median']:.6f}"),
+                 ("KL p99", f"{k['p99']:.6f}"), ("KL max", f"{k['max']:.6f}"),
+                 ("top-1 agreement", f"{rep['top1_agreement_pct']:.2f}%")]
+    if rep.get("tokens_per_s"):
+        rows.append(("throughput", f"{rep['tokens_per_s']:.1f} tokens/s"))
+    g = rep.get("gates")
+    if g and (g["failed"] or g["passed"]):
+        rows.append(("gates", "passed" if g["passed"] else "FAILED: " + "; ".join(g["failed"])))
+    w = max(len(r[0]) for r in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .options import AllowPickleOpt, ForceOpt, JsonOpt, MaxShardOpt, ModelArg, OutOpt, QuietOpt
+from .output import Output
+
+
+def export(
+    model: ModelArg,
+    output: OutOpt,
+    format: Annotated[str, typer.Option("--format", "-f", help="hf, safetensors, gguf or onnx.")] = "hf",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, float16 or bfloat16 (hf/safetensors).")] = "auto",
+    outtype: Annotated[Optional[str], typer.Option("--outtype", help="GGUF tensor type: f32, f16, bf16, q8_0, q4_0, q4_k_m, ...")] = None,
+    max_shard_size: MaxShardOpt = None,
+    force: ForceOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Convert a model between formats (HF folder, .safetensors, GGUF, ONNX). Prints the output path."""
+    from .. import api
+
+    out = Output(json, quiet)
+    opts = {}
+    if outtype is not None:
+        opts["outtype"] = outtype
+    path = api.export(model, output, format, dtype=dtype, max_shard_size=max_shard_size, force=force,
+                      allow_pickle=allow_pickle, log=out.log, progress=lambda it, desc="": out.progress(it, desc=desc),
+                      **opts)
+    out.result({"output": str(path), "format": format}, human=str(path))

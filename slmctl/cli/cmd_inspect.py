@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from .options import AllowPickleOpt, JsonOpt, ModelArg, QuietOpt
+from .output import Output
+
+
+def inspect(model: ModelArg, json: JsonOpt = False, allow_pickle: AllowPickleOpt = False, quiet: QuietOpt = False) -> None:
+    """Show what a model artifact holds: format, architecture, parameters, dtypes, size, tokenizer, provenance."""
+    from .. import api
+
+    out = Output(json, quiet)
+    info = api.inspect(model, allow_pickle=allow_pickle, log=out.log)
+    out.result(info, human=render(info))
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def render(info: dict) -> str:
+    rows = [
+        ("path", info["path"]),
+        ("format", info["format"]),
+        ("architecture", info.get("architecture") or "?"),
+        ("parameters", f"{info['parameters']:,} in {info['tensors']} tensors"),
+        ("dtypes", ", ".join(f"{k} ({v:,})" for k, v in info["dtypes"].items()) or "-"),
+        ("size on disk", _human_bytes(info["size_bytes"])),
+    ]
+    q = info.get("quantization")
+    if q:
+        rows.append(("quantization", q.get("file_type") or q.get("quant_method") or str(q) if isinstance(q, dict) else str(q)))
+    if info.get("config"):
+        rows.append(("shape", ", ".join(f"{k}={v}" for k, v in info["config"].items())))
+    tok = info.get("tokenizer")
+    rows.append(("tokenizer", ", ".join(f"{k}={v}" for k, v in tok.items()) if tok else "none"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    steps = info.get("provenance") or []
+    lines.append(f"{'provenance':<{width}}  " + (f"{len(steps)} step(s)" if steps else "none recorded"))
+    for i, s in enumerate(steps, 1):
+        recipe = ", ".join(f"{k}={v}" for k, v in (s.get("recipe") or {}).items() if v is not None)
+        lines.append(f"  {i}. {s.get('verb')}  {recipe}")
+        for inp in s.get("inputs", []):
+            lines.append(f"       <- {inp.get('ref')}  sha256:{str(inp.get('sha256'))[:16]}")
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+"""Shared Annotated option and argument aliases, so every verb spells them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelArg = Annotated[str, typer.Argument(help="Model: a path (HF folder, .safetensors, .gguf, .onnx), "
+                                              "sample:smollm2-135m, a hub id org/name, or - to read a path from stdin.",
+                                         show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output path (written atomically).", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load pickle checkpoints (.bin/.pt) with "
+                                                                      "torch.load(weights_only=True). Off by default.")]
+TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model's "
+                                                                                "repository to run. Off by default.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Text source: a .txt/.md file, .jsonl (see --field), .parquet, "
+                                                     "or sample:shakespeare.")]
+FieldOpt = Annotated[str, typer.Option("--field", help="Text field of JSONL/parquet records.")]
+MaxShardOpt = Annotated[Optional[str], typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 2GB.")]

@@ -1,0 +1,90 @@
+"""evaluate(): windows of the same tokens through the model (and a reference), gates at the end."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..errors import InputError, UsageError
+from .backends import load_tokenizer, open_backend
+from .metrics import Stats
+
+
+def _tokenize_fn(tok):
+    return lambda text: tok(text, add_special_tokens=False)["input_ids"]
+
+
+def check_same_tokenizer(tok_a, tok_b, where_a: str, where_b: str, sample: str) -> None:
+    """Both models must turn the same text into the same ids; say where they differ."""
+    a, b = _tokenize_fn(tok_a)(sample), _tokenize_fn(tok_b)(sample)
+    if a != b or len(tok_a) != len(tok_b):
+        raise InputError(f"{where_a} and {where_b} do not share a tokenizer "
+                         f"(vocab {len(tok_a)} vs {len(tok_b)}; ids differ on the sample text)",
+                         hint="KL divergence is only defined between models with the same vocabulary")
+
+
+def evaluate(model_art, *, text: str, ctx: int = 512, windows: int | None = 40, reference_art=None,
+             backend: str | None = None, reference_backend: str | None = None, trust_remote_code: bool = False,
+             progress: Callable | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
+    """Perplexity of ``model_art`` on ``text``; with a reference, KL(ref || model) and top-1 agreement."""
+    if windows is not None and windows < 1:
+        raise UsageError("--windows must be at least 1")
+    tok_art = reference_art or model_art
+    tok = load_tokenizer(tok_art, trust_remote_code)
+    if reference_art is not None:
+        check_same_tokenizer(tok, load_tokenizer(model_art, trust_remote_code), str(reference_art.path),
+                             str(model_art.path), text[:2000])
+    wins = token_windows_for(tok, text, ctx, windows)
+    log(f"{len(wins)} window(s) of {ctx} tokens")
+    m = open_backend(model_art, ctx, backend, trust_remote_code)
+    r = open_backend(reference_art, ctx, reference_backend, trust_remote_code) if reference_art is not None else None
+    stats = Stats()
+    t0 = time.perf_counter()
+    t_model = 0.0
+    bar = progress(total=len(wins) * ctx, desc="eval", unit="tok") if progress else None
+    try:
+        for ids in wins:
+            if max(ids) >= m.vocab_size:
+                raise InputError(f"{model_art.path}: token id {max(ids)} is outside the model's vocabulary ({m.vocab_size})")
+            ts = time.perf_counter()
+            logits = m.logits(ids)
+            t_model += time.perf_counter() - ts
+            stats.add(ids, logits, r.logits(ids) if r is not None else None)
+            if bar is not None:
+                bar.update(len(ids))
+                bar.set_postfix(ppl=f"{stats.report()['ppl']:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        m.close()
+        if r is not None:
+            r.close()
+    rep = stats.report()
+    rep.update({"model": str(model_art.path), "format": model_art.format, "backend": m.name, "ctx": ctx,
+                "windows": len(wins), "seconds": time.perf_counter() - t0,
+                "tokens_per_s": len(wins) * ctx / t_model if t_model else None})
+    if reference_art is not None:
+        rep.update({"reference": str(reference_art.path), "reference_backend": r.name})
+    return rep
+
+
+def token_windows_for(tok, text: str, ctx: int, windows: int | None):
+    from ..calib import token_windows
+
+    return token_windows(_tokenize_fn(tok), text, ctx, windows)
+
+
+def gates(rep: dict, *, max_ppl_increase: float | None, max_kld: float | None, min_top1: float | None) -> list[str]:
+    """Messages for each gate crossed (empty when all pass)."""
+    failed = []
+    if (max_ppl_increase is not None or max_kld is not None or min_top1 is not None) and "kld" not in rep:
+        raise UsageError("quality gates compare against a reference model", hint="add --reference REF")
+    if max_ppl_increase is not None and rep["ppl_increase_pct"] > max_ppl_increase:
+        failed.append(f"perplexity rose {rep['ppl_increase_pct']:.3f}% ({rep['reference_ppl']:.4f} -> {rep['ppl']:.4f}), "
+                      f"limit {max_ppl_increase}%: over by {rep['ppl_increase_pct'] - max_ppl_increase:.3f} points")
+    if max_kld is not None and rep["kld"]["mean"] > max_kld:
+        failed.append(f"mean KL divergence {rep['kld']['mean']:.6f} exceeds {max_kld} by {rep['kld']['mean'] - max_kld:.6f}")
+    if min_top1 is not None and rep["top1_agreement_pct"] < min_top1:
+        failed.append(f"top-1 agreement {rep['top1_agreement_pct']:.2f}% is below {min_top1}% "
+                      f"by {min_top1 - rep['top1_agreement_pct']:.2f} points")
+    return failed

@@ -1,0 +1,1 @@
+"""The only package that touches disk: readers, streaming writers and atomic outputs."""

@@ -1,0 +1,139 @@
+"""Atomic outputs: write to a temporary sibling, rename into place only when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import OutputError
+
+TMP_MARK = ".slmctl-tmp-"
+
+
+def check_output(path: Path, force: bool) -> None:
+    """Refuse an output that exists (without force) or that is a symlink."""
+    if path.is_symlink():
+        raise OutputError(
+            f"output {path} is a symbolic link; slmctl does not write through links",
+            hint="pass a plain path, or remove the link first",
+        )
+    if path.exists() and not force:
+        raise OutputError(f"output {path} already exists", hint="pass --force to overwrite it")
+    parent = path.parent
+    if not parent.exists():
+        raise OutputError(f"output folder {parent} does not exist", hint=f"create it: mkdir -p {parent}")
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def clean_stale_temps(path: Path) -> None:
+    """Remove temporaries that an interrupted run left beside ``path`` (owner process gone)."""
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{path.name}{TMP_MARK}"
+    for p in parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        try:
+            pid = int(p.name[len(prefix):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            _remove(p)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def disk_full_error(path: Path, exc: OSError) -> OutputError:
+    return OutputError(
+        f"no space left on the device holding {path.parent} while writing {path.name}",
+        hint="free some space or choose another output location; nothing was left behind",
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, force: bool = False, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` when the block succeeds.
+
+    On any failure (including KeyboardInterrupt) the temporary is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    check_output(path, force)
+    clean_stale_temps(path)
+    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if is_dir:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OutputError(f"nothing was written for {path}")
+        _commit(tmp, path, force)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(path, exc) from exc
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _commit(tmp: Path, path: Path, force: bool) -> None:
+    if tmp.is_dir():
+        if path.exists() or path.is_symlink():
+            if not force:
+                raise OutputError(f"output {path} appeared while slmctl was writing it", hint="pass --force to overwrite it")
+            # move the old output aside first so the swap is a pair of renames
+            old = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            _remove(old)
+        else:
+            try:
+                os.rename(tmp, path)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise OutputError(f"output {path} appeared while slmctl was writing it",
+                                      hint="another run wrote it first; pass --force to overwrite it") from exc
+                raise
+    else:
+        if not force:
+            # link() fails if the name exists: the first of two concurrent writers wins
+            try:
+                os.link(tmp, path)
+            except FileExistsError as exc:
+                raise OutputError(f"output {path} appeared while slmctl was writing it",
+                                  hint="another run wrote it first; pass --force to overwrite it") from exc
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

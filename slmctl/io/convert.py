@@ -1,0 +1,67 @@
+"""Conversions between on-disk formats that go through a loader (GGUF -> HF folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .. import provenance
+from ..errors import InputError, UnsupportedError
+from .artifact import PROVENANCE_FILE, PROVENANCE_KEY
+from .atomic import atomic_path
+from .safetensors import ShardedWriter
+
+
+def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max_shard_size: int | None = None,
+               dtype: str | None = None, log=None, extra_recipe: dict | None = None) -> Path:
+    """Import a GGUF into an HF folder: dequantised weights, config and tokenizer, with provenance."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        from transformers import GgufConfig
+        qc = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:  # older transformers
+        qc = {}
+    from ..hf import quiet_transformers
+    from .artifact import open_artifact
+
+    quiet_transformers()
+    art = open_artifact(src)
+    arch = art.metadata.get("general.architecture", "?")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32, **qc)
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise UnsupportedError(f"{src}: transformers cannot import GGUF architecture {arch!r} "
+                               f"({str(exc).splitlines()[0]})",
+                               hint="supported: llama, mistral, qwen2, qwen3, phi3, gemma2, gpt2, ...") from None
+    prov = provenance.build("export", {"format": "hf", "dtype": dtype or "float32", **(extra_recipe or {})},
+                            [provenance.input_record(ref or str(src), src, art)])
+    target = getattr(torch, dtype) if dtype else torch.float32
+    with atomic_path(out, force=force, is_dir=True) as tmp:
+        model.config.dtype = target
+        model.config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        w = ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
+        seen: set[int] = set()
+        for name, t in model.state_dict().items():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen:  # tied weights are stored once, as transformers does
+                continue
+            seen.add(ptr)
+            w.add(name, t.to(target))
+        w.close()
+        write_provenance_file(tmp / PROVENANCE_FILE, prov)
+    return out
+
+
+def write_provenance_file(path: Path, prov: dict) -> None:
+    import datetime
+
+    doc = dict(prov)
+    doc["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

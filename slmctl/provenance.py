@@ -1,0 +1,62 @@
+"""What was done: recipe, input hashes and versions, written into every artifact.
+
+The record kept inside the artifact has no timestamp, so the same recipe on the same inputs gives
+byte-identical outputs; slmctl.json beside it adds the creation time.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+LIBS = ("torch", "transformers", "safetensors", "tokenizers", "gguf", "onnx", "onnxruntime", "llama_cpp_python", "numpy")
+
+
+def versions() -> dict[str, str]:
+    out = {"slmctl": __version__, "python": platform.python_version()}
+    for lib in LIBS:
+        try:
+            out[lib] = metadata.version(lib.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def input_record(ref: str, path: Path, artifact=None) -> dict[str, Any]:
+    from .io.hashing import artifact_sha256
+
+    rec: dict[str, Any] = {"ref": ref, "path": str(path), "sha256": artifact_sha256(path)}
+    if artifact is not None:
+        rec["format"] = artifact.format
+        parent = artifact.provenance()
+        if parent:
+            rec["provenance"] = parent
+    return rec
+
+
+def build(verb: str, recipe: dict[str, Any], inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"tool": "slmctl", "verb": verb, "recipe": recipe, "inputs": inputs, "versions": versions()}
+
+
+def dumps(prov: dict[str, Any]) -> str:
+    return json.dumps(prov, sort_keys=True, separators=(",", ":"))
+
+
+def chain(prov: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Flatten a provenance record into steps, oldest first."""
+    steps: list[dict[str, Any]] = []
+
+    def walk(p: dict[str, Any]) -> None:
+        for inp in p.get("inputs", []):
+            if isinstance(inp, dict) and isinstance(inp.get("provenance"), dict):
+                walk(inp["provenance"])
+        steps.append(p)
+
+    if prov:
+        walk(prov)
+    return steps
