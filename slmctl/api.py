@@ -29,6 +29,16 @@ def load_artifact(ref: str, *, allow_pickle: bool = False, log: Log = _nolog):
 # ---------------------------------------------------------------- export
 EXPORTERS: Registry[Callable[..., Path]] = Registry("export format")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# formats whose exporter lives in its own module, imported on first use (it registers itself)
+EXPORTER_MODULES = {"gguf": "slmctl.pipelines.export_gguf", "onnx": "slmctl.pipelines.export_onnx"}
+
+
+def _exporter(fmt: str):
+    if fmt not in EXPORTERS and fmt in EXPORTER_MODULES:
+        import importlib
+
+        importlib.import_module(EXPORTER_MODULES[fmt])
+    return EXPORTERS.get(fmt)
 
 
 def export(src: str, out: str | Path, fmt: str = "hf", *, dtype: str = "auto", max_shard_size: str | int | None = None,
@@ -36,7 +46,7 @@ def export(src: str, out: str | Path, fmt: str = "hf", *, dtype: str = "auto", m
     """Convert a model to another format; returns the output path."""
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}", hint="valid: " + ", ".join(DTYPES))
-    fn = EXPORTERS.get(fmt)
+    fn = _exporter(fmt)
     art, path = load_artifact(src, allow_pickle=allow_pickle, log=log)
     return fn(art, src, Path(out), dtype=dtype, max_shard_size=max_shard_size, force=force, log=log,
               progress=progress, **options)
@@ -242,3 +252,40 @@ def evaluate(model: str, *, data: str = "sample:shakespeare", field: str = "text
                     trust_remote_code=trust_remote_code, progress=progress, log=log)
     rep["data"] = data
     return rep
+
+
+# ---------------------------------------------------------------- the other verbs
+# Each verb's pipeline lives in slmctl/pipelines/<verb>.py; these are its public entry points.
+def quantize(*args: Any, **kwargs: Any):
+    """Quantize a model (RTN, GPTQ, AWQ to safetensors; GGUF and ONNX types). See slmctl.pipelines.quantize."""
+    from .pipelines.quantize import quantize as _f
+
+    return _f(*args, **kwargs)
+
+
+def prune(*args: Any, **kwargs: Any):
+    """Prune a model (unstructured, N:M, depth, width). See slmctl.pipelines.prune."""
+    from .pipelines.prune import prune as _f
+
+    return _f(*args, **kwargs)
+
+
+def merge(*args: Any, **kwargs: Any):
+    """Merge models (linear, SLERP, task arithmetic, TIES, DARE, passthrough). See slmctl.pipelines.merge."""
+    from .pipelines.merge import merge as _f
+
+    return _f(*args, **kwargs)
+
+
+def distill(*args: Any, **kwargs: Any):
+    """Distil a teacher into a student. See slmctl.pipelines.distill."""
+    from .pipelines.distill import distill as _f
+
+    return _f(*args, **kwargs)
+
+
+def profile(*args: Any, **kwargs: Any):
+    """Latency and memory on a hardware target; depth-width sweeps. See slmctl.pipelines.profile."""
+    from .pipelines.profile import profile as _f
+
+    return _f(*args, **kwargs)

@@ -5,8 +5,26 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
+
+
+def _exc(name: str) -> tuple[type, ...]:
+    """Exception classes called ``name`` in Typer and in Click: Typer 0.2x vendors its own Click,
+    older releases raise the real one's, so match both (this is why Typer is pinned)."""
+    import importlib
+
+    found = []
+    for mod in ("typer.exceptions", "typer._click.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found) or (type(f"_Never{name}", (Exception,), {}),)
+
+
+_EXIT, _USAGE, _CLICK, _ABORT = _exc("Exit"), _exc("UsageError"), _exc("ClickException"), _exc("Abort")
 
 from .. import __version__
 from ..errors import SlmctlError
@@ -35,12 +53,32 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Make small language models smaller, faster and portable."""
 
 
-def _register() -> None:
-    from . import cmd_eval, cmd_export, cmd_inspect
+# verb -> (module in slmctl.cli, function). One module per verb; a verb whose module is not there
+# yet is simply not offered.
+COMMANDS = [
+    ("inspect", "cmd_inspect", "inspect"),
+    ("export", "cmd_export", "export"),
+    ("eval", "cmd_eval", "eval_"),
+    ("quantize", "cmd_quantize", "quantize"),
+    ("prune", "cmd_prune", "prune"),
+    ("merge", "cmd_merge", "merge"),
+    ("distill", "cmd_distill", "distill"),
+    ("profile", "cmd_profile", "profile"),
+    ("plugins", "cmd_plugins", "plugins"),
+]
 
-    app.command("inspect")(cmd_inspect.inspect)
-    app.command("export")(cmd_export.export)
-    app.command("eval")(cmd_eval.eval_)
+
+def _register() -> None:
+    import importlib
+
+    for verb, module, func in COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{module}":
+                continue
+            raise
+        app.command(verb)(getattr(mod, func))
 
 
 _register()
@@ -64,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _report(err)
         return err.exit_code
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         return e.exit_code
-    except click.ClickException as e:
+    except _CLICK as e:
         e.show(file=sys.stderr)
-        return 2 if isinstance(e, click.UsageError) else 1
-    except click.exceptions.Abort:
+        return 2 if isinstance(e, _USAGE) else 1
+    except _ABORT:
         print("error: interrupted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

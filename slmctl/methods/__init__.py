@@ -1,0 +1,1 @@
+"""Pure algorithms on tensors/modules: prune/, quantize/, merge/, distill/."""

@@ -1,0 +1,1 @@
+"""Pure distill methods on tensors/modules, one file per method, each a registry entry."""

@@ -1,0 +1,1 @@
+"""Pure merge methods on tensors/modules, one file per method, each a registry entry."""

@@ -1,0 +1,1 @@
+"""Pure prune methods on tensors/modules, one file per method, each a registry entry."""

@@ -1,0 +1,106 @@
+import struct
+
+import numpy as np
+import pytest
+
+from slmctl.errors import FormatError, UnsupportedError
+from slmctl.io import gguf as gguf_io
+
+
+def _tiny_gguf(path, qtype="F32"):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
+    data = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 100
+    if qtype == "F32":
+        w.add_tensor("w", data)
+    else:
+        qt = getattr(gguf.GGMLQuantizationType, qtype)
+        w.add_tensor("w", gguf.quants.quantize(data, qt), raw_dtype=qt)
+    w.add_tensor("v", np.ones(32, dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return data
+
+
+def test_reads_metadata_and_tensors(tmp_path):
+    p = tmp_path / "m.gguf"
+    data = _tiny_gguf(p)
+    g = gguf_io.read(p)
+    assert g.metadata["general.architecture"] == "llama"
+    assert g.metadata["tokenizer.ggml.tokens"] == ["a", "b", "c"]
+    lt = g.lazy_tensors()
+    assert lt["w"].shape == (64, 32)
+    np.testing.assert_array_equal(lt["w"].load().numpy(), data)
+    assert lt["v"].load().dtype.is_floating_point
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_dequantises_like_the_gguf_package(tmp_path, qtype):
+    import gguf
+
+    p = tmp_path / "q.gguf"
+    data = _tiny_gguf(p, qtype)
+    got = gguf_io.read(p).lazy_tensors()["w"].load().numpy()
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    ref = gguf.quants.dequantize(gguf.quants.quantize(data, qt), qt)
+    np.testing.assert_array_equal(got, ref)
+
+
+def _patch(p, offset, fmt, value):
+    b = bytearray(p.read_bytes())
+    struct.pack_into(fmt, b, offset, value)
+    p.write_bytes(bytes(b))
+
+
+def test_huge_tensor_count(tmp_path):
+    p = tmp_path / "m.gguf"
+    _tiny_gguf(p)
+    _patch(p, 8, "<Q", 2**40)
+    with pytest.raises(FormatError, match="claims"):
+        gguf_io.read(p)
+
+
+def test_huge_string_length(tmp_path):
+    p = tmp_path / "m.gguf"
+    _tiny_gguf(p)
+    _patch(p, 24, "<Q", 2**63 - 5)  # the first key's length
+    with pytest.raises(FormatError, match="past the end"):
+        gguf_io.read(p)
+
+
+def test_offsets_beyond_end(tmp_path):
+    p = tmp_path / "m.gguf"
+    _tiny_gguf(p)
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(FormatError, match="beyond the end"):
+        gguf_io.read(p)
+
+
+def test_bad_version_and_magic(tmp_path):
+    p = tmp_path / "m.gguf"
+    _tiny_gguf(p)
+    _patch(p, 4, "<I", 99)
+    with pytest.raises(UnsupportedError, match="version 99"):
+        gguf_io.read(p)
+    p.write_bytes(b"GGXF" + p.read_bytes()[4:])
+    with pytest.raises(FormatError, match="magic"):
+        gguf_io.read(p)
+
+
+def test_unknown_tensor_type(tmp_path):
+    p = tmp_path / "m.gguf"
+    _tiny_gguf(p)
+    g = gguf_io.read(p)
+    b = p.read_bytes()
+    # the type id follows the name, n_dims and dims of tensor "w": find it by its name
+    i = b.index(b"\x01\x00\x00\x00\x00\x00\x00\x00w") + 9
+    _patch(p, i + 4 + 16, "<I", 250)
+    with pytest.raises(UnsupportedError, match="unknown type id 250"):
+        gguf_io.read(p)
+    assert g.tensors["w"].type_name == "F32"
