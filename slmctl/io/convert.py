@@ -42,6 +42,7 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
     target = getattr(torch, dtype) if dtype else torch.float32
     with atomic_path(out, force=force, is_dir=True) as tmp:
         model.config.dtype = target
+        model.config.architectures = [type(model).__name__]  # save_pretrained sets it; config alone does not
         model.config.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
