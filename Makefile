@@ -30,5 +30,8 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py
 
+docs: $(STAMP)
+	$(PY) -m slmctl.cli.reference > docs/cli.md
+
 clean:
 	rm -rf out bench/out

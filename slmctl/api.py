@@ -144,8 +144,11 @@ def export_safetensors(art, ref: str, out: Path, *, dtype: str, max_shard_size, 
 
 
 # ---------------------------------------------------------------- inspect
-def inspect(ref: str, *, allow_pickle: bool = False, log: Log = _nolog) -> dict[str, Any]:
-    """What a model artifact holds: format, architecture, parameters, dtypes, size, tokenizer, provenance."""
+def inspect(ref: str, *, allow_pickle: bool = False, verify: bool = False, log: Log = _nolog) -> dict[str, Any]:
+    """What a model artifact holds: format, architecture, parameters, dtypes, size, tokenizer, provenance.
+
+    With ``verify``, every recorded input that still exists is hashed again and compared.
+    """
     from collections import Counter
 
     art, path = load_artifact(ref, allow_pickle=allow_pickle, log=log)
@@ -174,6 +177,8 @@ def inspect(ref: str, *, allow_pickle: bool = False, log: Log = _nolog) -> dict[
          "slmctl": s.get("versions", {}).get("slmctl")}
         for s in provenance.chain(prov)
     ]
+    if verify:
+        info["verify"] = provenance.verify(prov)
     return info
 
 

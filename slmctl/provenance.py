@@ -60,3 +60,28 @@ def chain(prov: dict[str, Any] | None) -> list[dict[str, Any]]:
     if prov:
         walk(prov)
     return steps
+
+
+def verify(prov: dict[str, Any] | None) -> dict[str, Any]:
+    """Re-hash every recorded input found on disk: {'ok': bool, 'inputs': [{ref, path, status}]}.
+
+    status is ``match``, ``mismatch`` (the file changed since the step ran) or ``missing``.
+    """
+    from .io.hashing import artifact_sha256
+
+    rows = []
+    seen: set[tuple[str, str]] = set()
+    for step in chain(prov):
+        for inp in step.get("inputs", []):
+            path, want = inp.get("path"), inp.get("sha256")
+            if not path or (path, want) in seen:
+                continue
+            seen.add((path, want))
+            p = Path(path)
+            if not p.exists():
+                status = "missing"
+            else:
+                status = "match" if artifact_sha256(p) == want else "mismatch"
+            rows.append({"verb": step.get("verb"), "ref": inp.get("ref"), "path": path, "status": status})
+    return {"ok": all(r["status"] != "mismatch" for r in rows), "checked": sum(r["status"] != "missing" for r in rows),
+            "inputs": rows}

@@ -194,3 +194,23 @@ def test_broken_pipe_is_quiet(tiny_llama):
     r = subprocess.run(["bash", "-c", f"{sys.executable} -m slmctl inspect {tiny_llama} | head -c 10"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr
+
+
+def test_inspect_verify_detects_changed_input(cli, tiny_llama, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_llama, src)
+    a = tmp_path / "a"
+    assert cli("export", str(src), "-o", str(a))[0] == 0
+    b = tmp_path / "b.safetensors"
+    assert cli("export", str(a), "--format", "safetensors", "-o", str(b))[0] == 0
+    code, out, err = cli("inspect", str(b), "--verify", "--json")
+    assert code == 0, err
+    v = json.loads(out)["verify"]
+    assert v["ok"] and v["checked"] == 2  # both steps' inputs found and unchanged
+    # change the first step's input: verify must say so and exit 1
+    (src / "config.json").write_text((src / "config.json").read_text().replace("32", "32 "))
+    code, out, err = cli("inspect", str(b), "--verify")
+    assert code == 1 and "changed since it was recorded" in err and str(src) in err
+    assert "mismatch" in out

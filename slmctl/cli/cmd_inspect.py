@@ -1,16 +1,36 @@
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from .options import AllowPickleOpt, JsonOpt, ModelArg, QuietOpt
 from .output import Output
 
 
-def inspect(model: ModelArg, json: JsonOpt = False, allow_pickle: AllowPickleOpt = False, quiet: QuietOpt = False) -> None:
+def inspect(
+    model: ModelArg,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash the recorded inputs that can be found; "
+                                                          "exit 1 if any changed.")] = False,
+    json: JsonOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    quiet: QuietOpt = False,
+) -> int:
     """Show what a model artifact holds: format, architecture, parameters, dtypes, size, tokenizer, provenance."""
+    import sys
+
     from .. import api
 
     out = Output(json, quiet)
-    info = api.inspect(model, allow_pickle=allow_pickle, log=out.log)
+    info = api.inspect(model, allow_pickle=allow_pickle, verify=verify, log=out.log)
     out.result(info, human=render(info))
+    if verify and not info["verify"]["ok"]:
+        bad = [r for r in info["verify"]["inputs"] if r["status"] == "mismatch"]
+        for r in bad:
+            print(f"error: input of step '{r['verb']}' changed since it was recorded: {r['path']}", file=sys.stderr)
+        print("hint: rebuild the artifact from the current inputs, or restore the original input", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _human_bytes(n: int) -> str:
@@ -46,4 +66,10 @@ def render(info: dict) -> str:
         lines.append(f"  {i}. {s.get('verb')}  {recipe}")
         for inp in s.get("inputs", []):
             lines.append(f"       <- {inp.get('ref')}  sha256:{str(inp.get('sha256'))[:16]}")
+    v = info.get("verify")
+    if v:
+        lines.append(f"{'verify':<{width}}  " + ("all inputs found match" if v["ok"] else "INPUTS CHANGED")
+                     + f" ({v['checked']} checked, {len(v['inputs']) - v['checked']} not found)")
+        for r in v["inputs"]:
+            lines.append(f"  {r['status']:<8} {r['path']}")
     return "\n".join(lines)
