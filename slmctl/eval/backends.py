@@ -76,8 +76,15 @@ class TorchBackend(Backend):
             raise UnsupportedError(f"{p}: transformers loads model.safetensors from a folder",
                                    hint="export it to an HF folder first: slmctl export FILE --format hf -o DIR")
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                              trust_remote_code=trust_remote_code, **kw)
+            if (artifact.config or {}).get("quantization_config") and artifact.format == "hf":
+                # slmctl's own quantised outputs (GPTQ layout, compressed-tensors pack-quantized): dequantised on
+                # load into a plain fp32 model, so the CPU sees exactly the stored grid without GPU kernels
+                from ..io.quantized_formats import load_dequantized_model
+
+                self.model = load_dequantized_model(artifact, trust_remote_code=trust_remote_code)
+            else:
+                self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                                  trust_remote_code=trust_remote_code, **kw)
         except ValueError as exc:
             raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})",
                                    hint="pass --trust-remote-code if the model needs its own code and you trust it") from None

@@ -47,12 +47,15 @@ def sniff(path: Path) -> str:
         return "gguf"
     if suffix == ".gguf":
         raise FormatError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
-    if head[:2] in (b"PK",) or head[:1] == b"\x80" or suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
-        return "pickle"
+    # the suffix decides before the pickle magic: a safetensors header length whose low byte is
+    # 0x80 (or whose bytes read "PK") is a valid safetensors file, not a pickle; a pickle named
+    # .safetensors fails the safetensors checks and is never unpickled
     if suffix == ".safetensors":
         return "safetensors"
     if suffix == ".onnx":
         return "onnx"
+    if head[:2] in (b"PK",) or head[:1] == b"\x80" or suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
+        return "pickle"
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
     raise InputError(f"{path}: unknown model format", hint="slmctl reads HF folders, .safetensors, .gguf and .onnx")
@@ -86,24 +89,16 @@ class Artifact:
         return self.model_type
 
     def provenance(self) -> dict | None:
+        """The provenance record this artifact carries, or None when it has none or it is malformed."""
         raw = self.metadata.get(PROVENANCE_KEY)
         if raw is None and self.path.is_dir() and (self.path / PROVENANCE_FILE).is_file():
-            try:
-                return json.loads((self.path / PROVENANCE_FILE).read_text())
-            except (OSError, json.JSONDecodeError):
-                return None
+            return _parse_provenance(self.path / PROVENANCE_FILE)
         if raw is None and self.path.is_file():
             side = self.path.with_name(self.path.name + ".slmctl.json")
             if side.is_file():
-                try:
-                    return json.loads(side.read_text())
-                except (OSError, json.JSONDecodeError):
-                    return None
+                return _parse_provenance(side)
         if isinstance(raw, str):
-            try:
-                return json.loads(raw)
-            except json.JSONDecodeError:
-                return None
+            return _parse_provenance(raw)
         return None
 
     def size_on_disk(self) -> int:
@@ -112,11 +107,43 @@ class Artifact:
         return self.path.stat().st_size
 
 
+MAX_PROVENANCE_DEPTH = 64
+
+
+def _parse_provenance(src: str | Path) -> dict | None:
+    """Decode a provenance record and check its shape; a file from a stranger may carry anything."""
+    try:
+        text = src.read_text(encoding="utf-8") if isinstance(src, Path) else src
+        doc = json.loads(text)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return doc if _valid_provenance(doc, 0) else None
+
+
+def _valid_provenance(p: Any, depth: int) -> bool:
+    if not isinstance(p, dict) or depth > MAX_PROVENANCE_DEPTH:
+        return False
+    if not isinstance(p.get("verb", ""), str):
+        return False
+    if not isinstance(p.get("recipe") or {}, dict) or not isinstance(p.get("versions", {}), dict):
+        return False
+    inputs = p.get("inputs", [])
+    if not isinstance(inputs, list):
+        return False
+    for inp in inputs:
+        if not isinstance(inp, dict):
+            return False
+        if inp.get("provenance") is not None and not _valid_provenance(inp["provenance"], depth + 1):
+            return False
+    return True
+
+
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, huge integers, deep nesting
+        reason = "nested too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise FormatError(f"{path}: not valid JSON ({reason})") from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
 

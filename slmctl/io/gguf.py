@@ -108,6 +108,37 @@ class _Cursor:
                           hint="the file is corrupt or from a newer GGUF version")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# keys whose type the GGUF spec fixes and that slmctl reads: a file that breaks them is corrupt
+_KNOWN_KEYS = {
+    "general.architecture": (lambda v: isinstance(v, str), "a string"),
+    "general.alignment": (_is_int, "an integer"),
+    "general.file_type": (_is_int, "an integer"),
+    "general.name": (lambda v: isinstance(v, str), "a string"),
+    "tokenizer.ggml.model": (lambda v: isinstance(v, str), "a string"),
+    "tokenizer.ggml.pre": (lambda v: isinstance(v, str), "a string"),
+    "tokenizer.ggml.tokens": (_is_str_list, "an array of strings"),
+    "tokenizer.ggml.bos_token_id": (_is_int, "an integer"),
+    "tokenizer.ggml.eos_token_id": (_is_int, "an integer"),
+    "tokenizer.chat_template": (lambda v: isinstance(v, str), "a string"),
+    "slmctl.provenance": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_known_keys(path: Path, meta: dict[str, Any]) -> None:
+    for key, (ok, what) in _KNOWN_KEYS.items():
+        if key in meta and not ok(meta[key]):
+            raise FormatError(f"{path}: metadata {key!r} must be {what}, not {type(meta[key]).__name__}",
+                              hint="the file is corrupt or was written by a broken converter")
+
+
 def read(path: str | os.PathLike) -> GGUFFile:
     """Parse and validate a GGUF file's header, metadata and tensor infos."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -141,6 +172,7 @@ def read(path: str | os.PathLike) -> GGUFFile:
             key = c.string(f"metadata key #{i}")
             vtype = c.u32(f"type of {key}")
             meta[key] = c.value(vtype, f"metadata {key!r}")
+        _check_known_keys(path, meta)
         align = meta.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(align, int) or align <= 0 or align & (align - 1) or align > 1 << 20:
             raise FormatError(f"{path}: general.alignment {align!r} is not a power of two")
@@ -192,6 +224,9 @@ def _loader(path: Path, info: TensorInfo):
         from gguf.quants import dequantize
 
         qt = GGMLQuantizationType(info.type_id)
+        if info.nbytes == 0:  # an empty tensor: no bytes to view or dequantise (and no row to reshape into)
+            return torch.zeros(info.shape, dtype=torch.bfloat16 if qt == GGMLQuantizationType.BF16
+                               else torch.float16 if qt == GGMLQuantizationType.F16 else torch.float32)
         with open(path, "rb") as f:
             f.seek(info.offset)
             raw = f.read(info.nbytes)

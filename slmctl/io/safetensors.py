@@ -19,6 +19,7 @@ from ..errors import FormatError, InputError
 from .lazy import LazyTensor
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
+MAX_RANK = 64  # torch's own limit on dimensions; what slmctl writes it must read back
 
 # safetensors dtype -> (itemsize in bytes, torch dtype name)
 DTYPES: dict[str, tuple[float, str]] = {
@@ -60,8 +61,11 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, _Entry], dict[str, s
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: header is not valid JSON ({exc})",
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and integers past Python's digit limit;
+        # RecursionError, arrays nested thousands deep
+        reason = "nested too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise FormatError(f"{path}: header is not valid JSON ({reason})",
                           hint="this is not a safetensors file, or it is corrupt") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: header is not a JSON object")
@@ -78,7 +82,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, _Entry], dict[str, s
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in DTYPES:
             raise FormatError(f"{where}: unknown dtype {dtype!r}", hint=f"known: {', '.join(DTYPES)}")
-        if (not isinstance(shape, list) or len(shape) > 8
+        if (not isinstance(shape, list) or len(shape) > MAX_RANK
                 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**53 for d in shape)):
             raise FormatError(f"{where}: bad shape {shape!r}")
         if (not isinstance(offs, list) or len(offs) != 2
@@ -199,7 +203,8 @@ class ShardedWriter:
             cur = self._shards[-1]
         begin = cur["size"]
         if nbytes:
-            cur["fh"].write(memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.dtype != torch.bool
+            # flatten before the byte view: a 0-d tensor (a scalar) cannot be viewed as bytes
+            cur["fh"].write(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.dtype != torch.bool
                             else t.numpy().tobytes())
         cur["size"] += nbytes
         cur["entries"][name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [begin, begin + nbytes]}
@@ -240,7 +245,10 @@ class ShardedWriter:
 
     def abort(self) -> None:
         for sh in self._shards:
-            sh["fh"].close()
+            try:
+                sh["fh"].close()  # flushing may fail again on a full disk: the scratch goes anyway
+            except OSError:
+                pass
             try:
                 os.unlink(sh["scratch"])
             except FileNotFoundError:

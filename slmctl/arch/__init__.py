@@ -1,0 +1,186 @@
+"""Architecture knowledge as data: one spec per family (HF architecture -> GGUF architecture).
+
+A spec holds the tensor-name templates (HF -> GGUF, ``{bid}`` for the block index), where each
+hyperparameter lives in config.json, and the family's quirks as flags:
+
+- ``permute_qk``: llama.cpp's "normal" RoPE rotates interleaved pairs while HF llama rotates halves,
+  so Q and K rows are permuted on the way out (as convert_hf_to_gguf.py's ``LlamaModel.permute``);
+- ``norm_plus_one``: Gemma's RMSNorm multiplies by (1 + w); llama.cpp by w, so norms get +1;
+- ``transpose``: GPT-2's Conv1D stores (in, out); GGUF wants (out, in);
+- fused tensors (phi3 qkv_proj, gate_up_proj) are written fused: llama.cpp splits them itself.
+
+References: https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/tensor_mapping.py and
+https://github.com/ggml-org/llama.cpp/blob/master/convert_hf_to_gguf.py
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UnsupportedError
+from ..registry import Registry
+
+# the tensors every llama-like decoder has (HF suffix -> GGUF suffix)
+_LLAMA_TOP = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LLAMA_BLOCK = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.bias": "attn_output.bias",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How one HF family maps onto one GGUF architecture."""
+
+    name: str
+    gguf_arch: str
+    hf_architectures: tuple[str, ...]
+    top: dict[str, str]  # HF name -> GGUF name, outside the blocks
+    block: dict[str, str]  # HF suffix after the block prefix -> GGUF suffix after "blk.{bid}."
+    block_prefix: str = "model.layers."
+    # GGUF key suffix (after "<arch>.") -> config keys tried in order
+    hparams: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rope: bool = True
+    permute_qk: bool = False
+    norm_plus_one: bool = False
+    transpose: tuple[str, ...] = ()  # HF suffixes stored transposed (Conv1D)
+    skip: tuple[str, ...] = ()  # HF name regexes that llama.cpp does not use
+    drop_output_when_tied: bool = True
+    per_layer_arch: str | None = None  # GGUF arch that reads per-layer head/FFN arrays
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        """The GGUF name of an HF tensor; None if llama.cpp does not use it; raises if unknown."""
+        if any(re.search(p, hf_name) for p in self.skip):
+            return None
+        if hf_name in self.top:
+            return self.top[hf_name]
+        if hf_name.startswith(self.block_prefix):
+            rest = hf_name[len(self.block_prefix):]
+            bid, _, suffix = rest.partition(".")
+            if bid.isdigit() and suffix in self.block:
+                return f"blk.{int(bid)}.{self.block[suffix]}"
+        raise UnsupportedError(f"tensor {hf_name!r} has no GGUF name in the {self.name} spec",
+                               hint="the model has a part slmctl's GGUF exporter does not know; "
+                                    "open an issue with `slmctl inspect MODEL --json`")
+
+    def block_index(self, hf_name: str) -> int | None:
+        if hf_name.startswith(self.block_prefix):
+            bid = hf_name[len(self.block_prefix):].split(".", 1)[0]
+            return int(bid) if bid.isdigit() else None
+        return None
+
+
+_COMMON_HP = {
+    "context_length": ("max_position_embeddings", "n_positions", "n_ctx"),
+    "embedding_length": ("hidden_size", "n_embd"),
+    "block_count": ("num_hidden_layers", "n_layer"),
+    "feed_forward_length": ("intermediate_size", "n_inner"),
+    "attention.head_count": ("num_attention_heads", "n_head"),
+    "attention.head_count_kv": ("num_key_value_heads", "num_attention_heads", "n_head"),
+    "attention.layer_norm_rms_epsilon": ("rms_norm_eps",),
+}
+
+ARCHS: Registry[ArchSpec] = Registry("architecture")
+
+
+def _add(spec: ArchSpec) -> ArchSpec:
+    ARCHS.add(spec.name, spec, f"{', '.join(spec.hf_architectures)} -> GGUF {spec.gguf_arch}")
+    return spec
+
+
+_add(ArchSpec("llama", "llama", ("LlamaForCausalLM",), _LLAMA_TOP, _LLAMA_BLOCK, hparams=_COMMON_HP,
+              permute_qk=True, skip=(r"rotary_emb\.inv_freq$",), per_layer_arch="deci"))
+_add(ArchSpec("mistral", "llama", ("MistralForCausalLM",), _LLAMA_TOP, _LLAMA_BLOCK, hparams=_COMMON_HP,
+              permute_qk=True, skip=(r"rotary_emb\.inv_freq$",), per_layer_arch="deci"))
+_add(ArchSpec("qwen2", "qwen2", ("Qwen2ForCausalLM",), _LLAMA_TOP, _LLAMA_BLOCK, hparams=_COMMON_HP))
+_add(ArchSpec("qwen3", "qwen3", ("Qwen3ForCausalLM",), _LLAMA_TOP,
+              {**_LLAMA_BLOCK, "self_attn.q_norm.weight": "attn_q_norm.weight",
+               "self_attn.k_norm.weight": "attn_k_norm.weight"}, hparams=_COMMON_HP))
+_add(ArchSpec("phi3", "phi3", ("Phi3ForCausalLM",), _LLAMA_TOP,
+              {"input_layernorm.weight": "attn_norm.weight", "self_attn.qkv_proj.weight": "attn_qkv.weight",
+               "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+               "mlp.gate_up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"},
+              hparams=_COMMON_HP))
+_add(ArchSpec("gemma2", "gemma2", ("Gemma2ForCausalLM",), {**_LLAMA_TOP},
+              {**_LLAMA_BLOCK, "post_attention_layernorm.weight": "post_attention_norm.weight",
+               "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+               "post_feedforward_layernorm.weight": "post_ffw_norm.weight"},
+              hparams=_COMMON_HP, norm_plus_one=True, skip=(r"^lm_head\.weight$",)))
+_add(ArchSpec("gpt2", "gpt2", ("GPT2LMHeadModel",),
+              {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
+               "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
+               "lm_head.weight": "output.weight"},
+              {"ln_1.weight": "attn_norm.weight", "ln_1.bias": "attn_norm.bias",
+               "attn.c_attn.weight": "attn_qkv.weight", "attn.c_attn.bias": "attn_qkv.bias",
+               "attn.c_proj.weight": "attn_output.weight", "attn.c_proj.bias": "attn_output.bias",
+               "ln_2.weight": "ffn_norm.weight", "ln_2.bias": "ffn_norm.bias",
+               "mlp.c_fc.weight": "ffn_up.weight", "mlp.c_fc.bias": "ffn_up.bias",
+               "mlp.c_proj.weight": "ffn_down.weight", "mlp.c_proj.bias": "ffn_down.bias"},
+              block_prefix="transformer.h.",
+              hparams={"context_length": ("n_positions", "n_ctx"), "embedding_length": ("n_embd",),
+                       "block_count": ("n_layer",), "attention.head_count": ("n_head",),
+                       "attention.layer_norm_epsilon": ("layer_norm_epsilon",)},
+              rope=False, transpose=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
+              skip=(r"\.attn\.bias$", r"\.attn\.masked_bias$")))
+
+
+def spec_for(config: dict[str, Any], where: str = "config.json") -> ArchSpec:
+    """The spec of a model from its config.json (``architectures``, then ``model_type``)."""
+    archs = config.get("architectures") or []
+    for name in ARCHS:
+        s = ARCHS.get(name)
+        if any(a in s.hf_architectures for a in archs):
+            return s
+    mt = config.get("model_type")
+    if mt in ARCHS:
+        return ARCHS.get(mt)
+    raise UnsupportedError(f"{where}: architecture {archs[0] if archs else mt!r} has no GGUF spec",
+                           hint="supported: " + ", ".join(sorted(ARCHS)))
+
+
+def rope_params(config: dict[str, Any]) -> dict[str, Any]:
+    """RoPE settings from either transformers 5 ``rope_parameters`` or the older top-level keys."""
+    rp = dict(config.get("rope_parameters") or {})
+    rp = dict(rp.get("full_attention", rp))
+    legacy = config.get("rope_scaling") or {}
+    for k, v in legacy.items():
+        rp.setdefault(k, v)
+    if "type" in rp and "rope_type" not in rp:
+        rp["rope_type"] = rp["type"]
+    if "rope_theta" not in rp and "rope_theta" in config:
+        rp["rope_theta"] = config["rope_theta"]
+    if "partial_rotary_factor" not in rp and "partial_rotary_factor" in config:
+        rp["partial_rotary_factor"] = config["partial_rotary_factor"]
+    return rp
+
+
+def head_dim(config: dict[str, Any]) -> int:
+    hd = config.get("head_dim")
+    if hd:
+        return int(hd)
+    hidden = config.get("hidden_size") or config.get("n_embd")
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    return int(hidden) // int(heads)
+
+
+def permute_qk(w, n_head: int):
+    """HF rotate-half row order -> llama.cpp interleaved pairs (rows grouped per head)."""
+    shape = w.shape
+    return w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .options import DataOpt, FieldOpt, ForceOpt, JsonOpt, MaxShardOpt, ModelArg, OutOpt, QuietOpt, TrustRemoteCodeOpt
+from .output import Output
+
+
+def prune(
+    model: ModelArg,
+    output: OutOpt,
+    method: Annotated[str, typer.Option("--method", "-m", help="magnitude, wanda, sparsegpt (unstructured / N:M), "
+                                                                "depth (drop layers) or width (heads, MLP, hidden).")] = "wanda",
+    sparsity: Annotated[float, typer.Option("--sparsity", help="Share of weights to zero (unstructured).")] = 0.5,
+    pattern: Annotated[Optional[str], typer.Option("--pattern", help="N:M pattern, e.g. 2:4 (N kept of every M).")] = None,
+    adaptive: Annotated[bool, typer.Option("--adaptive", help="Per-layer ratios: prune less where a layer matters "
+                                                              "more, the average held at the target.")] = False,
+    adaptive_metric: Annotated[Optional[str], typer.Option("--adaptive-metric", help="owl (outlier ratio, default for "
+                                                           "unstructured) or bi (Block Influence; width always uses bi).")] = None,
+    adaptive_lambda: Annotated[float, typer.Option("--adaptive-lambda", help="Largest per-layer deviation from the "
+                                                                             "target ratio.")] = 0.08,
+    layers: Annotated[Optional[int], typer.Option("--layers", help="Depth: number of decoder layers to remove.")] = None,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Depth: share of decoder layers to remove.")] = None,
+    depth_metric: Annotated[str, typer.Option("--depth-metric", help="bi (Block Influence), angular (block of K "
+                                                                     "layers) or last (baseline).")] = "bi",
+    heads_ratio: Annotated[float, typer.Option("--heads-ratio", help="Width: share of attention heads to remove "
+                                                                     "(GQA groups kept consistent).")] = 0.0,
+    mlp_ratio: Annotated[float, typer.Option("--mlp-ratio", help="Width: share of MLP channels to remove.")] = 0.0,
+    hidden_ratio: Annotated[float, typer.Option("--hidden-ratio", help="Width: share of hidden/embedding channels "
+                                                                       "to remove.")] = 0.0,
+    data: DataOpt = "sample:shakespeare",
+    field: FieldOpt = "text",
+    samples: Annotated[int, typer.Option("--samples", help="Calibration windows.")] = 32,
+    seqlen: Annotated[int, typer.Option("--seqlen", help="Tokens per calibration window.")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing calibration windows.")] = 0,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Text for perplexity before/after (default: "
+                                                     "--data; the sample's evaluation region never overlaps calibration).")] = None,
+    eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per evaluation window.")] = 256,
+    eval_windows: Annotated[int, typer.Option("--eval-windows", help="Evaluation windows for perplexity before/after "
+                                                                     "(0: skip).")] = 8,
+    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity "
+                                                              "rise in %; exit 3 when crossed (the output is kept).")] = None,
+    max_shard_size: MaxShardOpt = None,
+    force: ForceOpt = False,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+) -> int:
+    """Prune a model: unstructured or N:M sparsity, whole layers (depth) or heads/channels (width).
+
+    Calibration text defaults to the calibration region of the Shakespeare sample (seeded); the
+    perplexity before and after is measured on the held-out evaluation region. Writes an HF folder
+    and prints its path (or the full report with --json).
+    """
+    import sys
+
+    from .. import api
+
+    out = Output(json, quiet)
+    rep = api.prune(model, output, method=method, sparsity=sparsity, pattern=pattern, adaptive=adaptive,
+                    adaptive_metric=adaptive_metric, adaptive_lambda=adaptive_lambda, layers=layers, ratio=ratio,
+                    depth_metric=depth_metric, heads_ratio=heads_ratio, mlp_ratio=mlp_ratio, hidden_ratio=hidden_ratio,
+                    data=data, field=field, samples=samples, seqlen=seqlen, seed=seed, eval_data=eval_data or data, eval_ctx=eval_ctx,
+                    eval_windows=eval_windows, max_ppl_increase=max_ppl_increase, max_shard_size=max_shard_size,
+                    force=force, trust_remote_code=trust_remote_code, log=out.log,
+                    progress=lambda it, desc="": out.progress(it, desc=desc))
+    for line in summary(rep):
+        out.log(line)
+    out.result(rep, human=rep["output"])
+    if not rep["gates"]["passed"]:
+        for f in rep["gates"]["failed"]:
+            print(f"gate failed: {f}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def summary(rep: dict) -> list[str]:
+    """The human report on stderr: parameters, per-layer sparsity or sizes, quality."""
+    lines = [f"parameters: {rep['parameters_before']:,} -> {rep['parameters_after']:,}"
+             + (f" ({rep['nonzero_parameters_after']:,} non-zero; sparsity {rep['sparsity']:.2%} of the decoder "
+                "linear weights)" if "sparsity" in rep else "")]
+    for r in rep["layers"]:
+        if "sparsity" in r:
+            lines.append(f"  layer {r['layer']:>3}: sparsity {r['sparsity']:.4f} (target {r['target']:.4f})")
+        elif "dropped" in r:
+            bi = f"  BI {r['block_influence']:.4f}" if "block_influence" in r else ""
+            lines.append(f"  layer {r['layer']:>3}: {'dropped' if r['dropped'] else 'kept'}{bi}")
+        else:
+            lines.append(f"  layer {r['layer']:>3}: heads {r['num_attention_heads']}/{r['num_key_value_heads']} kv, "
+                         f"mlp {r['intermediate_size']}")
+    q = rep.get("quality")
+    if q:
+        lines.append(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%) "
+                     f"on {q['windows']} x {q['ctx']} tokens of {q['data']}"
+                     + (" (evaluation region)" if q["data"].startswith("sample:") else ""))
+    return lines

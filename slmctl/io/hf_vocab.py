@@ -1,0 +1,145 @@
+"""Read an HF folder's tokenizer (tokenizer.json, tokenizer_config.json, chat template) as plain data.
+
+The result is what GGUF's ``tokenizer.*`` metadata needs: tokens in id order, token types, merges,
+the pre-tokenizer kind, special token ids, add_bos/add_eos and the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, UnsupportedError
+
+# llama.cpp token types (llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# Split regexes of known pre-tokenizers -> llama.cpp's pre-tokenizer names (llama-vocab.cpp)
+_LLAMA3_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+_QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+
+
+@dataclass
+class Vocab:
+    model: str  # "gpt2" (byte-level BPE)
+    pre: str
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    special: dict[str, int] = field(default_factory=dict)  # bos/eos/unk/pad/... -> id
+    add_bos: bool | None = None
+    add_eos: bool | None = None
+    chat_template: str | None = None
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc})", hint="re-save the tokenizer with transformers") from None
+
+
+def _flatten(pt: dict | None) -> list[dict]:
+    if not pt:
+        return []
+    if pt.get("type") == "Sequence":
+        return [x for p in pt.get("pretokenizers", []) for x in _flatten(p)]
+    return [pt]
+
+
+def detect_pre(tok: dict, config: dict) -> str:
+    """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer.json, from its structure."""
+    parts = _flatten(tok.get("pre_tokenizer"))
+    kinds = [p.get("type") for p in parts]
+    splits = [p for p in parts if p.get("type") == "Split"]
+    if splits:
+        pat = splits[0].get("pattern", {})
+        rx = pat.get("Regex") or pat.get("String") or ""
+        if rx.startswith(_LLAMA3_RE):
+            return "llama-bpe"
+        if rx.startswith(_QWEN2_RE):
+            return "qwen2"
+        return "default"
+    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        # SmolLM folders rebuilt from GGUF by transformers lose the Digits split; their merges never
+        # join digits, so "smollm" tokenises them the same and keeps the model's own pre-tokenizer
+        name = str(config.get("_name_or_path") or config.get("_model_name_or_path") or "").lower()
+        return "smollm" if "smollm" in name else "gpt-2"
+    return "default"
+
+
+def _content(v: Any) -> str | None:
+    if isinstance(v, dict):
+        return v.get("content")
+    return v if isinstance(v, str) else None
+
+
+def read_vocab(folder: Path, config: dict, vocab_size: int) -> Vocab:
+    """The tokenizer of an HF model folder as GGUF needs it (byte-level BPE)."""
+    tj = folder / "tokenizer.json"
+    if not tj.is_file():
+        hint = ("SentencePiece tokenizer.model is not supported yet; save the tokenizer as tokenizer.json "
+                "(AutoTokenizer.from_pretrained(...).save_pretrained(...))") if (folder / "tokenizer.model").is_file() \
+            else "put the model's tokenizer.json next to config.json"
+        raise UnsupportedError(f"{folder}: no tokenizer.json, so the GGUF would have no vocabulary", hint=hint)
+    tok = _read(tj)
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise UnsupportedError(f"{tj}: tokenizer model {model.get('type')!r}"
+                               f"{' with byte fallback' if model.get('byte_fallback') else ''} is not supported",
+                               hint="slmctl writes byte-level BPE (gpt2-style) vocabularies to GGUF for now")
+    vocab: dict[str, int] = dict(model.get("vocab") or {})
+    added = {t["id"]: t for t in tok.get("added_tokens", []) if isinstance(t, dict) and "id" in t}
+    for i, t in added.items():
+        vocab[t["content"]] = i
+    n = max(vocab_size, max(vocab.values(), default=-1) + 1)
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    types = [UNUSED] * n
+    for s, i in vocab.items():
+        if 0 <= i < n:
+            tokens[i] = s
+            types[i] = NORMAL
+    for i, t in added.items():
+        if 0 <= i < n:
+            types[i] = CONTROL if t.get("special") else USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+
+    cfg_path = folder / "tokenizer_config.json"
+    tcfg = _read(cfg_path) if cfg_path.is_file() else {}
+    special: dict[str, int] = {}
+    for kind in ("bos", "eos", "unk", "pad", "sep", "cls", "mask"):
+        s = _content(tcfg.get(f"{kind}_token"))
+        if s is not None and s in vocab:
+            special[kind] = vocab[s]
+        elif isinstance(config.get(f"{kind}_token_id"), int):
+            special[kind] = config[f"{kind}_token_id"]
+    add_bos, add_eos = tcfg.get("add_bos_token"), tcfg.get("add_eos_token")
+    post = tok.get("post_processor") or {}
+    for p in _flatten_post(post):
+        if p.get("type") == "TemplateProcessing":
+            single = [next(iter(x.values())).get("id") for x in p.get("single", []) if "SpecialToken" in x]
+            seq = [x for x in p.get("single", [])]
+            first_special = seq and "SpecialToken" in seq[0]
+            last_special = seq and "SpecialToken" in seq[-1]
+            if add_bos is None:
+                add_bos = bool(first_special and single)
+            if add_eos is None:
+                add_eos = bool(last_special and len(seq) > 1)
+    template = tcfg.get("chat_template")
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(template, list):  # named templates: keep the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return Vocab("gpt2", detect_pre(tok, config), tokens, types, merges, special,
+                 bool(add_bos) if add_bos is not None else False, bool(add_eos) if add_eos is not None else False,
+                 template)
+
+
+def _flatten_post(p: dict) -> list[dict]:
+    if p.get("type") == "Sequence":
+        return [x for q in p.get("processors", []) for x in _flatten_post(q)]
+    return [p] if p else []

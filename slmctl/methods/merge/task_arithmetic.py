@@ -1,0 +1,110 @@
+"""Task arithmetic and its sparsified, sign-elected relatives: TIES, DARE, breadcrumbs, DELLA.
+
+All add a weighted mix of task vectors (model - base) to the base:
+  task_arithmetic  https://arxiv.org/abs/2212.04089  (Ilharco et al. 2022)
+  ties             https://arxiv.org/abs/2306.01708  (Yadav et al. 2023): magnitude trim + sign election
+  dare_ties / dare_linear  https://arxiv.org/abs/2311.03099  (Yu et al. 2023): random drop + rescale
+  breadcrumbs / breadcrumbs_ties  https://arxiv.org/abs/2312.06795
+  della / della_linear  https://arxiv.org/abs/2406.11617
+Semantics and defaults follow mergekit's generalized_task_arithmetic.py, so configs port unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from . import sparsify as sp
+from .base import REQUIRED, MergeMethod, register
+
+
+def sign_mask(deltas, method: str = "sum"):
+    """Which entries agree with the elected sign: 'sum' = sign of the summed deltas (TIES),
+    'count' = the sign most deltas have. ``deltas`` is stacked [models, ...]."""
+    sign = deltas.sign()
+    if method == "sum":
+        majority = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+    elif method == "count":
+        majority = (sign.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+    else:
+        raise ValueError(f"unknown consensus {method!r}")
+    return sign == majority
+
+
+def task_arithmetic(base, deltas: Sequence, weights: Sequence[float], *, consensus: str | None = None,
+                    normalize: bool = False, lam: float = 1.0):
+    """base + lam * mix(weights_i * delta_i); with ``consensus``, only deltas agreeing with the elected
+    sign count; with ``normalize``, the mix is divided by the (agreeing) weights' sum."""
+    import torch
+
+    if not deltas:
+        return base
+    d = torch.stack([x.to(base.dtype) for x in deltas], dim=0)
+    w = torch.tensor([float(x) for x in weights], dtype=d.dtype)
+    while w.dim() < d.dim():
+        w = w.unsqueeze(-1)
+    d = d * w
+    if consensus:
+        mask = sign_mask(d, consensus).to(d.dtype)
+        mixed = (d * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = d.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lam != 1:
+        mixed = mixed * lam
+    return (base + mixed).to(base.dtype)
+
+
+def _make(name: str, consensus: str | None, sparsification: str | None, normalize: bool, rescale: bool,
+          url: str, doc: str) -> MergeMethod:
+    tparams: dict = {"weight": REQUIRED, "density": 1.0}
+    if sparsification == "magnitude_outliers":
+        tparams["gamma"] = 0.01
+    if sparsification == "della_magprune":
+        tparams["epsilon"] = 0.15
+
+    def apply(tensors, base, params, options, generator=None):
+        keys = list(tensors)
+        deltas = []
+        for k in keys:
+            delta = tensors[k].to(base.dtype) - base
+            p = params[k]
+            if sparsification == "magnitude":
+                delta = sp.magnitude(delta, p["density"], options["rescale"])
+            elif sparsification == "random":
+                delta = sp.bernoulli(delta, p["density"], options["rescale"], generator=generator)
+            elif sparsification == "magnitude_outliers":
+                delta = sp.magnitude_outliers(delta, p["density"], options["rescale"], gamma=p["gamma"])
+            elif sparsification == "della_magprune":
+                delta = sp.della_magprune(delta, p["density"], p["epsilon"], options["rescale"], generator=generator)
+            deltas.append(delta)
+        return task_arithmetic(base, deltas, [params[k]["weight"] for k in keys], consensus=consensus,
+                               normalize=bool(options["normalize"]), lam=float(options["lambda"]))
+
+    return register(MergeMethod(
+        name, apply, url, base="required", tensor_params=tparams,
+        options={"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False},
+        random=sparsification in ("random", "della_magprune"), doc=doc,
+    ))
+
+
+_make("task_arithmetic", None, None, False, False, "https://arxiv.org/abs/2212.04089",
+      "base + sum of weighted task vectors (model - base); --base, --weights, --lambda.")
+_make("ties", "sum", "magnitude", True, False, "https://arxiv.org/abs/2306.01708",
+      "TIES: keep the --density largest deltas, elect signs, average agreeing deltas; --base.")
+_make("dare_ties", "sum", "random", False, True, "https://arxiv.org/abs/2311.03099",
+      "DARE + TIES sign election: drop deltas at random (keep --density, --seed), rescale; --base.")
+_make("dare_linear", None, "random", False, True, "https://arxiv.org/abs/2311.03099",
+      "DARE: drop deltas at random (keep --density, --seed), rescale, add weighted; --base.")
+_make("breadcrumbs", None, "magnitude_outliers", False, False, "https://arxiv.org/abs/2312.06795",
+      "Model breadcrumbs: drop the largest (gamma) and smallest deltas, keep --density; --base.")
+_make("breadcrumbs_ties", "sum", "magnitude_outliers", False, False, "https://arxiv.org/abs/2312.06795",
+      "Breadcrumbs with TIES sign election; --base.")
+_make("della", "sum", "della_magprune", True, True, "https://arxiv.org/abs/2406.11617",
+      "DELLA: magnitude-ranked random drop (density +/- epsilon), rescale, sign election; --base.")
+_make("della_linear", None, "della_magprune", False, True, "https://arxiv.org/abs/2406.11617",
+      "DELLA without sign election; --base.")

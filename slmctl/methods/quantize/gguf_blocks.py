@@ -1,0 +1,128 @@
+"""GGUF legacy block quantisation (q8_0, q4_0, q4_1, q5_0, q5_1) as vectorised numpy block maths.
+
+Each function takes a float32 array whose last dimension is a multiple of 32 and returns the packed
+bytes (uint8, last dimension = blocks per row * bytes per block) exactly as ggml's reference
+quantisers lay them out (ggml-quants.c ``quantize_row_*_ref``), so the output is bit-identical to
+``gguf.quants.quantize``. Reference: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-quants.c
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ...registry import Registry
+
+QK = 32  # every legacy type uses blocks of 32 weights
+
+# name -> (bytes per block of 32, quantiser)
+GGUF_BLOCK_TYPES: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("GGUF block type")
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24}
+
+
+def _blocks(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 0 or x.shape[-1] % QK:
+        raise ValueError(f"row length {x.shape[-1] if x.ndim else 0} is not a multiple of {QK}")
+    return x.reshape(-1, QK), x.shape
+
+
+def _pack(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    out = np.concatenate(parts, axis=1)
+    return out.reshape(*shape[:-1], shape[-1] // QK * out.shape[1])
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """1/d in float32, 0 where d is 0 (an all-zero block quantises to zeros)."""
+    safe = np.where(d == 0, np.float32(1), d)
+    return np.where(d == 0, np.float32(0), np.float32(1) / safe).astype(np.float32)
+
+
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    """C roundf: halves go away from zero (exact: the fraction is computed without rounding)."""
+    whole = np.trunc(x)
+    frac = x - whole
+    return whole + np.where(np.abs(frac) >= 0.5, np.sign(x), 0).astype(np.float32)
+
+
+def _signed_absmax(b: np.ndarray) -> np.ndarray:
+    """Per block, the value with the largest magnitude, sign kept (first one on ties)."""
+    idx = np.abs(b).argmax(axis=1)[:, None]
+    return np.take_along_axis(b, idx, axis=1)
+
+
+def _f16_bytes(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float16).view(np.uint8)
+
+
+def _nibbles(q: np.ndarray) -> np.ndarray:
+    """Weights j and j+16 share a byte: j in the low nibble, j+16 in the high one."""
+    return (q[:, :16] & np.uint8(0x0F)) | (q[:, 16:] << np.uint8(4))
+
+
+def _high_bits(q: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of the 32 weights as a little-endian 32-bit mask (4 bytes)."""
+    bits = (q >> np.uint8(4)).astype(np.uint32) & np.uint32(1)
+    mask = (bits << np.arange(QK, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    return mask.astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+@GGUF_BLOCK_TYPES.register("q8_0")
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """8-bit, one f16 scale per 32 weights: q = round(x / (absmax/127))."""
+    b, shape = _blocks(x)
+    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+    q = _round_half_away(b * _inverse(d)).astype(np.int8).view(np.uint8)
+    return _pack([_f16_bytes(d), q], shape)
+
+
+@GGUF_BLOCK_TYPES.register("q4_0")
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    """4-bit symmetric: scale = signed absmax / -8, q = trunc(x/scale + 8.5) clipped to 0..15."""
+    b, shape = _blocks(x)
+    d = (_signed_absmax(b) / np.float32(-8)).astype(np.float32)
+    q = np.trunc(b * _inverse(d) + np.float32(8.5)).astype(np.uint8).clip(0, 15)
+    return _pack([_f16_bytes(d), _nibbles(q)], shape)
+
+
+@GGUF_BLOCK_TYPES.register("q4_1")
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    """4-bit affine: scale = (max - min) / 15 and an f16 minimum per block."""
+    b, shape = _blocks(x)
+    lo = b.min(axis=1, keepdims=True)
+    d = ((b.max(axis=1, keepdims=True) - lo) / np.float32(15)).astype(np.float32)
+    q = np.trunc((b - lo) * _inverse(d) + np.float32(0.5)).astype(np.uint8).clip(0, 15)
+    return _pack([_f16_bytes(d), _f16_bytes(lo), _nibbles(q)], shape)
+
+
+@GGUF_BLOCK_TYPES.register("q5_0")
+def quantize_q5_0(x: np.ndarray) -> np.ndarray:
+    """5-bit symmetric: scale = signed absmax / -16; the fifth bits packed in a 32-bit mask."""
+    b, shape = _blocks(x)
+    d = (_signed_absmax(b) / np.float32(-16)).astype(np.float32)
+    q = np.trunc(b * _inverse(d) + np.float32(16.5)).astype(np.uint8).clip(0, 31)
+    return _pack([_f16_bytes(d), _high_bits(q), _nibbles(q)], shape)
+
+
+@GGUF_BLOCK_TYPES.register("q5_1")
+def quantize_q5_1(x: np.ndarray) -> np.ndarray:
+    """5-bit affine: scale = (max - min) / 31, f16 minimum, fifth bits in a 32-bit mask."""
+    b, shape = _blocks(x)
+    lo = b.min(axis=1, keepdims=True)
+    d = ((b.max(axis=1, keepdims=True) - lo) / np.float32(31)).astype(np.float32)
+    q = np.trunc((b - lo) * _inverse(d) + np.float32(0.5)).astype(np.uint8).clip(0, 31)
+    return _pack([_f16_bytes(d), _f16_bytes(lo), _high_bits(q), _nibbles(q)], shape)
+
+
+def quantize_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (round to nearest even, NaN kept quiet), as ggml_compute_fp32_to_bf16."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    rounded = (u.astype(np.uint64) + np.uint64(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint64(16)
+    out = np.where(nan, (u >> np.uint32(16)) | np.uint32(64), rounded)
+    return out.astype(np.uint16)
+
+
+def packed_row_bytes(kind: str, row: int) -> int:
+    return row // QK * BLOCK_BYTES[kind]

@@ -1,0 +1,185 @@
+"""GPTQ: quantise columns one at a time, spreading each rounding error over the columns not yet
+quantised through the inverse Hessian ``H = 2 X^T X`` of the layer's calibration inputs.
+
+Options: damping (a fraction of mean(diag H) added to the diagonal), act-order (columns in
+decreasing order of diag H), static groups (group grids fixed from the unquantised weight, so the
+stored g_idx stays trivial even with act-order) and true-sequential (the linears of a decoder layer
+are quantised in forward order, each group's Hessian taken from inputs that already pass through
+the quantised linears before it).
+
+Reference: Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers", https://arxiv.org/abs/2210.17323 (reference code: https://github.com/IST-DASLab/gptq).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import UsageError
+from .common import QUANTIZERS, QuantConfig, QuantResult, minmax_qparams
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """GPTQ options: damping fraction, act-order, static groups, true-sequential, block size."""
+
+    damp: float = 0.01
+    act_order: bool = True
+    static_groups: bool = True
+    true_sequential: bool = True
+    block_size: int = 128
+
+    def __post_init__(self):
+        if not 0 < self.damp < 1:
+            raise UsageError(f"--damp {self.damp} must lie in (0, 1)", hint="0.01 is the usual value")
+        if self.block_size < 1:
+            raise UsageError("GPTQ block size must be positive")
+
+
+class HessianAccumulator:
+    """Running ``2/n * sum x^T x`` over the rows of the inputs it is given (float64 for stability)."""
+
+    def __init__(self, columns: int):
+        import torch
+
+        self.H = torch.zeros(columns, columns, dtype=torch.float64)
+        self.n = 0
+
+    def add(self, x) -> None:
+        import torch
+
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        m = x.shape[0]
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = x * (2.0 / self.n) ** 0.5
+        self.H += x.T @ x
+
+    def result(self):
+        import torch
+
+        return self.H.to(torch.float32)
+
+
+def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig(), bias=None) -> QuantResult:
+    """GPTQ for one weight (out, in) given its Hessian (in, in). Returns codes, grids and g_idx."""
+    import torch
+
+    W = W.detach().clone().float()
+    H = H.detach().clone().to(torch.float64)
+    rows, cols = W.shape
+    maxq = cfg.maxq
+    g = cfg.group_len(cols)
+    n_groups = cfg.n_groups(cols)
+
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    static = None
+    if cfg.group_size != -1 and gcfg.static_groups:
+        static = [minmax_qparams(W[:, i * g:(i + 1) * g], cfg) for i in range(n_groups)]
+
+    perm = None
+    if gcfg.act_order:
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+        invperm = torch.argsort(perm)
+
+    Hinv = _inverse_cholesky(H, gcfg.damp)
+
+    Q = torch.zeros(rows, cols, dtype=torch.int32)
+    scales = [None] * n_groups
+    zeros = [None] * n_groups
+    loss = torch.zeros(rows, dtype=torch.float64)
+    scale = zero = None
+    if cfg.group_size == -1:
+        scale, zero = minmax_qparams(W, cfg)
+        scales[0], zeros[0] = scale, zero
+    bs = gcfg.block_size
+    for i1 in range(0, cols, bs):
+        i2 = min(i1 + bs, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if cfg.group_size != -1:
+                if static is not None:
+                    gid = (int(perm[col]) if perm is not None else col) // g
+                    scale, zero = static[gid]
+                    scales[gid], zeros[gid] = scale, zero
+                elif col % g == 0:
+                    # as the reference code: the grid of a group comes from W as the previous blocks left it
+                    scale, zero = minmax_qparams(W[:, col:col + g], cfg)
+                    scales[col // g], zeros[col // g] = scale, zero
+            q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+            Q[:, col] = q.to(torch.int32)
+            wq = scale * (q - zero)
+            err = (w - wq) / d
+            loss += ((w - wq) ** 2 / d ** 2 / 2).double()
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    if perm is not None:
+        Q = Q[:, invperm]
+    if cfg.group_size == -1:
+        g_idx = torch.zeros(cols, dtype=torch.int32)
+    elif static is not None or perm is None:
+        g_idx = torch.arange(cols, dtype=torch.int32) // g
+    else:
+        # groups were formed in act-order: column perm[k] belongs to group k // g
+        g_idx = (torch.arange(cols, dtype=torch.int32) // g)[invperm]
+    scale_t = torch.stack(scales)
+    zero_t = torch.stack(zeros).to(torch.int32)
+    return QuantResult(Q, scale_t, zero_t, g_idx, cfg, bias, info={"loss": float(loss.sum())})
+
+
+def _inverse_cholesky(H, damp: float):
+    """Upper Cholesky factor of H^-1 after damping; more damping if H is not positive definite."""
+    import torch
+
+    mean = torch.mean(torch.diag(H))
+    cols = H.shape[0]
+    idx = torch.arange(cols)
+    for k in range(6):
+        Hd = H.clone()
+        Hd[idx, idx] += damp * (10 ** k) * mean
+        try:
+            L = torch.linalg.cholesky(Hd)
+            Hinv = torch.cholesky_inverse(L)
+            return torch.linalg.cholesky(Hinv, upper=True).float()
+        except RuntimeError:
+            continue
+    raise UsageError("GPTQ: the Hessian is not positive definite even with heavy damping",
+                     hint="use more calibration samples (--samples) or --method rtn")
+
+
+@QUANTIZERS.register("gptq", "GPTQ: Hessian-aware rounding from calibration activations")
+def quantize_gptq(layer, cfg: QuantConfig, *, names: list[str], step, gptq: GPTQConfig | None = None,
+                  log=None, **_) -> dict[str, QuantResult]:
+    """GPTQ for the linears ``names`` of a decoder layer (a layerwise LayerStep gives the inputs)."""
+    import torch
+
+    gcfg = gptq or GPTQConfig()
+    want = set(names)
+    groups = [[n for n in grp if n in want] for grp in step.groups()]
+    groups = [grp for grp in groups if grp]
+    if not gcfg.true_sequential:
+        groups = [[n for grp in groups for n in grp]]
+    out: dict[str, QuantResult] = {}
+    for grp in groups:
+        acc = {n: HessianAccumulator(layer.get_submodule(n).in_features) for n in grp}
+        step.recapture(grp, on_input=lambda n, x: acc[n].add(x))
+        with torch.no_grad():
+            for n in grp:
+                lin = layer.get_submodule(n)
+                res = gptq_quantize_weight(lin.weight.data, acc[n].result(), cfg, gcfg,
+                                           lin.bias.data.clone() if lin.bias is not None else None)
+                lin.weight.data = res.dequantize().to(lin.weight.dtype)
+                out[n] = res
+    return out

@@ -1,0 +1,408 @@
+"""HF folder -> GGUF: metadata from the family's spec, tokenizer, tensors converted and written one at a time.
+
+``--outtype`` f32, f16, bf16 and the legacy block types (q8_0, q4_0, q4_1, q5_0, q5_1) are written by
+slmctl itself; k-quants (q2_k ... q6_k) go through llama.cpp's own quantiser
+(``llama_model_quantize``) from an f16 GGUF, optionally with an importance matrix.
+Reference: https://github.com/ggml-org/llama.cpp/blob/master/convert_hf_to_gguf.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import provenance
+from ..api import EXPORTERS
+from ..arch import ArchSpec, head_dim, permute_qk, rope_params, spec_for
+from ..errors import InputError, SlmctlError, UnsupportedError, UsageError
+
+NATIVE = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+# k-quants through llama.cpp: name -> llama_ftype
+KQUANTS = {"q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16,
+           "q5_k_m": 17, "q6_k": 18}
+# llama.cpp also quantises to the legacy types itself (used for GGUF -> GGUF)
+LLAMA_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "bf16": 32, **KQUANTS}
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "bf16": 32}
+CHUNK = 1 << 20  # elements quantised at a time
+DTYPE_OUTTYPE = {"auto": "f16", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+Log = Callable[[str], None]
+
+
+def normalise_outtype(outtype: str | None, dtype: str = "auto") -> str:
+    t = (outtype or DTYPE_OUTTYPE.get(dtype, "f16")).lower()
+    if t not in NATIVE and t not in KQUANTS:
+        import difflib
+
+        close = difflib.get_close_matches(t, [*NATIVE, *KQUANTS], n=1)
+        raise UsageError(f"unknown GGUF --outtype {outtype!r}",
+                         hint=(f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join([*NATIVE, *KQUANTS]))
+    return t
+
+
+@dataclass
+class _Planned:
+    hf: str
+    gguf: str
+    shape: tuple[int, ...]  # output shape, numpy order
+    gtype: str
+    bid: int | None
+
+
+def _tensor_type(spec: ArchSpec, gguf_name: str, shape: tuple[int, ...], outtype: str) -> str:
+    """convert_hf_to_gguf.py's rule: 1-D, norms, biases and position embeddings stay f32."""
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight") \
+            or gguf_name.startswith("position_embd."):
+        return "f32"
+    if outtype in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") and shape[-1] % 32:
+        return "f16"  # rows that do not fill whole blocks
+    return outtype
+
+
+def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
+    cfg = art.config or {}
+    tied = bool(cfg.get("tie_word_embeddings", spec.name in ("gpt2", "gemma2")))
+    out: list[_Planned] = []
+    for name, lt in art.tensors.items():
+        g = spec.gguf_name(name)
+        if g is None or (g == "output.weight" and tied and spec.drop_output_when_tied):
+            continue
+        shape = tuple(lt.shape)
+        if any(name.endswith("." + s) for s in spec.transpose):
+            shape = tuple(reversed(shape))
+        out.append(_Planned(name, g, shape, _tensor_type(spec, g, shape, outtype), spec.block_index(name)))
+    if not any(p.gguf == "token_embd.weight" for p in out):
+        raise InputError(f"{art.path}: no token embedding tensor found", hint="is this a complete causal LM?")
+    order = {"token_embd.weight": 0, "position_embd.weight": 1}
+    out.sort(key=lambda p: (p.bid if p.bid is not None else (-1 if p.gguf in order else 1 << 30),
+                            order.get(p.gguf, 2), p.gguf))
+    return out
+
+
+def _convert(t, p: _Planned, spec: ArchSpec, cfg: dict) -> np.ndarray:
+    """One HF tensor -> the bytes GGUF stores for it (family quirks, then the type)."""
+    import torch
+
+    from ..methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
+
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    if any(p.hf.endswith("." + s) for s in spec.transpose):
+        t = t.t()
+    if spec.permute_qk and (p.hf.endswith("self_attn.q_proj.weight") or p.hf.endswith("self_attn.k_proj.weight")
+                            or p.hf.endswith("self_attn.q_proj.bias") or p.hf.endswith("self_attn.k_proj.bias")):
+        t = permute_qk(t, t.shape[0] // head_dim(cfg))
+    if spec.norm_plus_one and p.hf.endswith("norm.weight"):
+        t = t + 1
+    a = t.contiguous().numpy()
+    if tuple(a.shape) != p.shape:
+        raise InputError(f"tensor {p.hf}: shape {tuple(a.shape)} after conversion, planned {p.shape}")
+    if p.gtype == "f32":
+        return a
+    if p.gtype == "f16":
+        return a.astype(np.float16)
+    fn = quantize_bf16 if p.gtype == "bf16" else GGUF_BLOCK_TYPES.get(p.gtype)
+    if a.ndim < 2 or a.size <= CHUNK:
+        return fn(a)
+    # row chunks keep the block maths' temporaries small next to the tensor itself
+    rows = a.reshape(-1, a.shape[-1])
+    step = max(1, CHUNK // rows.shape[1])
+    first = fn(rows[:step])
+    out = np.empty((rows.shape[0], first.shape[1]), dtype=first.dtype)
+    out[:step] = first
+    for i in range(step, rows.shape[0], step):
+        out[i:i + step] = fn(rows[i:i + step])
+    return out
+
+
+def _first(cfg: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return None
+
+
+def write_hparams(w, spec: ArchSpec, cfg: dict, arch: str, per_layer: dict[str, list[int]]) -> None:
+    """``<arch>.*`` hyperparameters from config.json through the spec's key table."""
+    from ..io.gguf_writer import F32, U32
+
+    per_key = {"attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+               "feed_forward_length": "intermediate_size"}
+    for suffix, keys in spec.hparams.items():
+        if per_key.get(suffix) in per_layer:
+            w.add_array(f"{arch}.{suffix}", per_layer[per_key[suffix]], U32)
+            continue
+        v = _first(cfg, keys)
+        if v is None and suffix == "feed_forward_length" and spec.name == "gpt2":
+            v = 4 * cfg["n_embd"]
+        if v is None:
+            continue
+        w.add(f"{arch}.{suffix}", v, F32 if isinstance(v, float) else U32)
+    if spec.name == "gpt2" and not w.has(f"{arch}.feed_forward_length"):
+        w.add_u32(f"{arch}.feed_forward_length", cfg.get("n_inner") or 4 * cfg["n_embd"])
+    if spec.name in ("llama", "mistral"):
+        w.add_u32(f"{arch}.vocab_size", cfg["vocab_size"])
+    if cfg.get("head_dim") or spec.name == "gemma2":
+        w.add_u32(f"{arch}.attention.key_length", head_dim(cfg))
+        w.add_u32(f"{arch}.attention.value_length", head_dim(cfg))
+    if spec.rope:
+        rp = rope_params(cfg)
+        rot = int(head_dim(cfg) * float(rp.get("partial_rotary_factor", 1.0)))
+        w.add_u32(f"{arch}.rope.dimension_count", rot)
+        if rp.get("rope_theta") is not None:
+            w.add_f32(f"{arch}.rope.freq_base", rp["rope_theta"])
+        rtype = rp.get("rope_type", "default")
+        if rtype == "linear" and rp.get("factor"):
+            w.add_string(f"{arch}.rope.scaling.type", "linear")
+            w.add_f32(f"{arch}.rope.scaling.factor", rp["factor"])
+        elif rtype == "yarn" and rp.get("factor"):
+            w.add_string(f"{arch}.rope.scaling.type", "yarn")
+            w.add_f32(f"{arch}.rope.scaling.factor", rp["factor"])
+            w.add_u32(f"{arch}.rope.scaling.original_context_length", rp["original_max_position_embeddings"])
+        elif rtype not in ("default", None):
+            raise UnsupportedError(f"RoPE type {rtype!r} is not supported by slmctl's GGUF exporter yet",
+                                   hint="supported: default, linear, yarn")
+    if spec.name == "phi3":
+        w.add_u32(f"{arch}.rope.scaling.original_context_length",
+                  int(cfg.get("original_max_position_embeddings") or cfg.get("max_position_embeddings")))
+        w.add_u32(f"{arch}.attention.sliding_window", int(cfg.get("sliding_window") or 0))
+    if spec.name == "gemma2":
+        w.add_f32(f"{arch}.attn_logit_softcapping", cfg.get("attn_logit_softcapping") or 0.0)
+        w.add_f32(f"{arch}.final_logit_softcapping", cfg.get("final_logit_softcapping") or 0.0)
+        if cfg.get("sliding_window"):
+            w.add_u32(f"{arch}.attention.sliding_window", int(cfg["sliding_window"]))
+
+
+def write_vocab(w, vocab) -> None:
+    from ..io.gguf_writer import I32, STRING, F32
+
+    w.add_string("tokenizer.ggml.model", vocab.model)
+    w.add_string("tokenizer.ggml.pre", vocab.pre)
+    w.add_array("tokenizer.ggml.tokens", vocab.tokens, STRING)
+    w.add_array("tokenizer.ggml.token_type", vocab.types, I32)
+    if vocab.model == "llama":
+        w.add_array("tokenizer.ggml.scores", vocab.scores, F32)  # pragma: no cover - SentencePiece not yet
+    if vocab.merges:
+        w.add_array("tokenizer.ggml.merges", vocab.merges, STRING)
+    for kind, i in vocab.special.items():
+        w.add_u32(f"tokenizer.ggml.{'padding' if kind == 'pad' else kind}_token_id" if kind != "unk"
+                  else "tokenizer.ggml.unknown_token_id", i)
+    w.add_bool("tokenizer.ggml.add_bos_token", bool(vocab.add_bos))
+    w.add_bool("tokenizer.ggml.add_eos_token", bool(vocab.add_eos))
+    if vocab.chat_template:
+        w.add_string("tokenizer.chat_template", vocab.chat_template)
+
+
+def per_layer_sizes(cfg: dict) -> dict[str, list[int]]:
+    """``slmctl_per_layer`` lists (only the keys that vary), validated against the layer count."""
+    pl = cfg.get("slmctl_per_layer") or {}
+    n = cfg.get("num_hidden_layers")
+    out = {}
+    for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        if k in pl:
+            v = pl[k]
+            if not isinstance(v, list) or len(v) != n or not all(isinstance(x, int) and x >= 0 for x in v):
+                raise InputError(f"config.json: slmctl_per_layer.{k} must list {n} non-negative integers",
+                                 hint="re-run the pruning step that wrote it")
+            out[k] = v
+    if out:  # llama.cpp's per-layer arrays need all three once one varies
+        out.setdefault("num_attention_heads", [cfg["num_attention_heads"]] * n)
+        out.setdefault("num_key_value_heads", [cfg.get("num_key_value_heads") or cfg["num_attention_heads"]] * n)
+        out.setdefault("intermediate_size", [cfg["intermediate_size"]] * n)
+    return out
+
+
+def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str | None = None, log: Log,
+               progress=None) -> dict[str, Any]:
+    """Stream one HF artifact into a GGUF file at ``out_tmp``; returns a summary."""
+    from ..io.artifact import PROVENANCE_KEY
+    from ..io.gguf_writer import GGUFStreamWriter
+    from ..io.hf_vocab import read_vocab
+
+    cfg = art.config
+    if cfg is None:
+        raise InputError(f"{art.path}: no config.json beside the weights", hint="export from the HF model folder")
+    spec = spec_for(cfg, str(art.path / "config.json") if art.path.is_dir() else str(art.path))
+    per_layer = per_layer_sizes(cfg)
+    arch = spec.gguf_arch
+    if per_layer:
+        if not spec.per_layer_arch:
+            raise UnsupportedError(f"{art.path}: llama.cpp has no per-layer head/FFN sizes for {spec.name}",
+                                   hint="per-layer widths export for llama and mistral (as GGUF arch 'deci')")
+        arch = spec.per_layer_arch
+        log(f"per-layer widths: writing GGUF architecture {arch!r} with per-layer arrays")
+    folder = art.path if art.path.is_dir() else art.path.parent
+    vocab = read_vocab(folder, cfg, int(cfg.get("vocab_size") or 0))
+    if vocab_pre:
+        vocab.pre = vocab_pre
+    planned = plan(art, spec, outtype)
+
+    w = GGUFStreamWriter(out_tmp, arch)
+    w.add_string("general.type", "model")
+    # not the folder name: llama.cpp keys vocab quirks on general.name (a folder "phi3" would claim Phi-3's tokens)
+    name = cfg.get("_name_or_path") or cfg.get("_model_name_or_path")
+    if name:
+        w.add_string("general.name", str(name))
+    write_hparams(w, spec, cfg, arch, per_layer)
+    if outtype in FILE_TYPE:
+        w.add_u32("general.file_type", FILE_TYPE[outtype])
+    w.add_u32("general.quantization_version", 2)
+    write_vocab(w, vocab)
+    w.add_string(PROVENANCE_KEY, provenance.dumps(prov))
+    for p in planned:
+        w.add_tensor_info(p.gguf, p.shape, p.gtype)
+    w.open()
+    try:
+        it = progress(planned, desc="tensors") if progress else planned
+        for p in it:
+            w.write_tensor(p.gguf, _convert(art.tensors[p.hf].load(), p, spec, cfg))
+        w.close()
+    except BaseException:
+        w.abort()
+        raise
+    return {"arch": arch, "tensors": len(planned), "pre": vocab.pre}
+
+
+@EXPORTERS.register("gguf")
+def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log, progress=None,
+                outtype: str | None = None, imatrix: str | None = None, data: str | None = None,
+                vocab_pre: str | None = None, **_: Any) -> Path:
+    """One GGUF file that llama.cpp runs: f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 here, k-quants via llama.cpp."""
+    from ..io.atomic import atomic_path
+    from ..io.convert import write_provenance_file
+
+    if max_shard_size:
+        raise UsageError("--max-shard-size does not apply to GGUF (one file)")
+    t = normalise_outtype(outtype, dtype)
+    recipe: dict[str, Any] = {"format": "gguf", "outtype": t}
+    if imatrix or data:
+        recipe["imatrix"] = str(imatrix) if imatrix else {"data": data}
+    if (imatrix or data) and t not in KQUANTS:
+        raise UsageError(f"--imatrix/--data only matter for k-quants, not {t}", hint="e.g. --outtype q4_k_m")
+    prov = provenance.build("export", recipe, [provenance.input_record(ref, art.path, art)])
+    if art.format == "gguf":  # GGUF -> GGUF: requantise with llama.cpp
+        if t not in LLAMA_FTYPES:
+            raise UnsupportedError(f"{art.path}: GGUF -> {t} is not supported")
+        quantize_gguf(art.path, out, t, imatrix=imatrix, force=force, log=log)
+        write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
+        return out
+    if art.format not in ("hf", "safetensors"):
+        raise UnsupportedError(f"{art.path}: {art.format} -> GGUF is not supported", hint="export from the HF folder")
+    with atomic_path(out, force=force) as tmp:
+        if t in KQUANTS:
+            im = _imatrix_for(art, imatrix, data, log=log, progress=progress)
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.f16-") as td:
+                f16 = Path(td) / "model-f16.gguf"
+                log(f"writing an f16 GGUF, then {t.upper()} with llama.cpp's quantiser")
+                write_gguf(art, f16, "f16", prov, vocab_pre=vocab_pre, log=log, progress=progress)
+                _llama_quantize(f16, tmp, t, im)
+        else:
+            info = write_gguf(art, tmp, t, prov, vocab_pre=vocab_pre, log=log, progress=progress)
+            log(f"GGUF {info['arch']}, {info['tensors']} tensors, outtype {t}, tokenizer pre {info['pre']!r}")
+    write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
+    return out
+
+
+# ---------------------------------------------------------------- k-quants and imatrix
+def _imatrix_for(art, imatrix, data, *, log, progress=None):
+    """{gguf tensor name: mean squared input activation per column} or None."""
+    from ..io.imatrix import read_imatrix, write_imatrix
+
+    if imatrix and (not data or Path(imatrix).is_file()):
+        return read_imatrix(Path(imatrix))
+    if data:
+        from ..calib import load_text
+        from ..imatrix import CHUNKS, CTX, compute_imatrix
+
+        log(f"computing the importance matrix on {data} (calib region, {CHUNKS} x {CTX} tokens)")
+        sums, n = compute_imatrix(art, load_text(data, purpose="calib"), ctx=CTX, chunks=CHUNKS, progress=progress)
+        if imatrix:  # --imatrix FILE with --data: keep what was computed
+            write_imatrix(Path(imatrix), sums, datasets=[data], chunk_size=CTX, chunk_count=n)
+            log(f"importance matrix written to {imatrix}")
+        return {k: s / max(c, 1) for k, (s, c) in sums.items()}
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """llama.cpp prints on fd 1 and 2; stdout carries only slmctl's result."""
+    if os.environ.get("SLMCTL_DEBUG") == "1":
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def _llama_quantize(src: Path, dst: Path, outtype: str, imatrix: dict[str, np.ndarray] | None = None,
+                    nthread: int | None = None) -> None:
+    try:
+        import ctypes
+
+        import llama_cpp
+    except ImportError:
+        raise UnsupportedError("k-quants need llama-cpp-python (llama.cpp's quantiser)",
+                               hint="pip install 'slmctl[gguf]' (builds llama.cpp, about 5 minutes)") from None
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_FTYPES[outtype]
+    params.nthread = int(nthread or os.environ.get("SLMCTL_THREADS", os.cpu_count() or 1))
+    keep = []
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, v) in enumerate(sorted(imatrix.items())):
+            arr = np.ascontiguousarray(v, dtype=np.float32)
+            keep.append(arr)
+            entries[i].name = name.encode()
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        entries[len(imatrix)].name = None
+        keep.append(entries)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    with _quiet_fds():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0 or not dst.is_file():
+        raise SlmctlError(f"llama.cpp could not quantise {src} to {outtype.upper()} (code {rc})",
+                          hint="rerun with SLMCTL_DEBUG=1 to see llama.cpp's log")
+
+
+def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: str, imatrix=None, *,
+                  force: bool = False, log: Log = lambda m: None, nthread: int | None = None) -> Path:
+    """Quantise a GGUF (f32/f16/bf16) with llama.cpp's own quantiser: k-quants and legacy types.
+
+    ``imatrix``: a path to an importance matrix (GGUF imatrix or legacy .dat written by slmctl or
+    llama-imatrix) or a dict {tensor name: per-column mean squared activation}.
+    """
+    from ..io.atomic import atomic_path
+
+    src, out = Path(src_gguf), Path(out)
+    t = outtype.lower()
+    if t not in LLAMA_FTYPES:
+        raise UsageError(f"unknown GGUF type {outtype!r}", hint="valid: " + ", ".join(LLAMA_FTYPES))
+    if not src.is_file():
+        raise InputError(f"{src} does not exist")
+    if isinstance(imatrix, (str, os.PathLike)):
+        from ..io.imatrix import read_imatrix
+
+        imatrix = read_imatrix(Path(imatrix))
+    with atomic_path(out, force=force) as tmp:
+        log(f"quantising {src.name} to {t.upper()} with llama.cpp{' and an importance matrix' if imatrix else ''}")
+        _llama_quantize(src, tmp, t, imatrix, nthread)
+    return out

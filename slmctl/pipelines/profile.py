@@ -1,0 +1,105 @@
+"""profile(): latency and memory of a model on a target, or a depth-width sweep at a parameter budget."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Callable, Sequence
+
+from ..errors import UsageError
+
+Log = Callable[[str], None]
+
+
+def _nolog(msg: str) -> None:
+    pass
+
+
+def profile(model: str | None = None, *, target: str = "torch", ctx: Sequence[int] = (128, 512),
+            batch: Sequence[int] = (1, 4), repeats: int = 10, warmup: int = 2, decode_tokens: int = 16,
+            decode_ctx: int | None = None, device: str | None = None, layers: bool = True, bandwidth: bool = True,
+            sweep: str | None = None, params: str | int | None = None, base: str | None = None,
+            depths: Sequence[int] | None = None, budget_ms: float | None = None, allow_pickle: bool = False,
+            log: Log = _nolog, progress=None) -> dict[str, Any]:
+    """Profile ``model`` on ``target``; with ``sweep="depth-width"``, sweep shapes at ``params`` parameters."""
+    if sweep is not None:
+        if sweep != "depth-width":
+            raise UsageError(f"unknown sweep {sweep!r}", hint="valid: depth-width")
+        from ..profile.sweep import run_sweep
+
+        if model is not None and base is not None:
+            raise UsageError("give the base model once: as MODEL or with --base")
+        return run_sweep(base or model, params=params, target=target, depths=depths, batch=batch, ctx=ctx,
+                         repeats=repeats, warmup=warmup, decode_tokens=decode_tokens, device=device,
+                         budget_ms=budget_ms, log=log, progress=progress)
+    if model is None:
+        raise UsageError("profile needs a MODEL (or --sweep depth-width --params N --base MODEL)")
+    from .. import api
+    from ..profile.latency import PeakRSS, efficiency, measure, memory_bandwidth, rss_bytes
+    from ..targets import get_target
+
+    tgt = get_target(target)
+    tgt.check_available()
+    art, path = api.load_artifact(model, allow_pickle=allow_pickle, log=log)
+    art = tgt.prepare(art, model, log=log)
+    rss0 = rss_bytes()
+    t0 = time.perf_counter()
+    log(f"loading {path} on target {tgt.name}")
+    with PeakRSS() as load_peak:
+        session = tgt.load(art, device=device, log=log)
+    load_s = time.perf_counter() - t0
+    rss_loaded = rss_bytes()
+    try:
+        with PeakRSS() as run_peak:
+            res = measure(session, ctx=list(ctx), batch=list(batch), repeats=repeats, warmup=warmup,
+                          decode_tokens=decode_tokens, decode_ctx=decode_ctx, layers=layers, log=log)
+        dev_peak = session.peak_memory_bytes()
+        rep: dict[str, Any] = {
+            "model": model, "path": str(path), "format": art.format, "target": tgt.name, "device": session.device,
+            "kv_cache": session.kv_cache, "parameters": session.parameters, "weight_bytes": session.weight_bytes,
+            "settings": {"ctx": list(ctx), "batch": list(batch), "repeats": repeats, "warmup": warmup,
+                         "decode_tokens": decode_tokens, "decode_ctx": decode_ctx or min(ctx)},
+            "load_s": load_s,
+            **res,
+            "memory": {"rss_before_load_mb": rss0 / 2**20, "rss_after_load_mb": rss_loaded / 2**20,
+                       "load_delta_mb": (rss_loaded - rss0) / 2**20,
+                       "peak_rss_mb": max(load_peak.peak, run_peak.peak) / 2**20,
+                       "peak_over_baseline_mb": (max(load_peak.peak, run_peak.peak) - rss0) / 2**20,
+                       "device_peak_mb": dev_peak / 2**20 if dev_peak is not None else None},
+            "machine": machine_info(),
+        }
+    finally:
+        session.close()
+    if bandwidth:
+        log("measuring memory bandwidth (streaming copy)")
+        bw = memory_bandwidth()
+        rep["bandwidth"] = bw
+        rep["efficiency"] = efficiency(rep["weight_bytes"], rep["decode"], bw["gb_per_s"])
+    return rep
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                            "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        info["load_avg_1m"] = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        pass
+    return info

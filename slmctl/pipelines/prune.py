@@ -1,0 +1,492 @@
+"""prune: unstructured (magnitude, wanda, sparsegpt; N:M; adaptive), depth and width pruning.
+
+artifact in -> calibration activations, layer by layer -> method -> HF folder out (with provenance),
+then perplexity before/after on held-out text and an optional gate.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import provenance
+from ..errors import InputError, UnsupportedError, UsageError
+
+Log = Callable[[str], None]
+METHODS = ("magnitude", "wanda", "sparsegpt", "depth", "width")
+
+
+def _nolog(msg: str) -> None:
+    pass
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(method, METHODS, n=1)
+        raise UsageError(f"unknown prune method {method!r}",
+                         hint=(f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(METHODS))
+
+
+def load_model(art, path: Path, trust_remote_code: bool = False):
+    """The artifact as an fp32 transformers model; per-layer widths (slmctl_per_layer) are rebuilt without remote code."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..hf import quiet_transformers
+    from ..surgery.width import PER_LAYER_KEY, apply_per_layer
+
+    quiet_transformers()
+    folder = path if path.is_dir() else path.parent
+    try:
+        if not (art.config or {}).get(PER_LAYER_KEY):
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                         trust_remote_code=trust_remote_code)
+        else:
+            cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).float()
+            apply_per_layer(model, art.config)
+            state = {n: t.load().float() for n, t in art.tensors.items()}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [m for m in missing if not (m == "lm_head.weight" and art.config.get("tie_word_embeddings"))]
+            if missing or unexpected:
+                raise InputError(f"{folder}: weights do not match the per-layer config "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            model.tie_weights()
+    except ValueError as exc:
+        raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
+def calibration_ids(tok, *, data: str, field: str, samples: int, seqlen: int, seed: int):
+    """``samples`` windows of ``seqlen`` tokens, drawn (seeded) from the calibration region of ``data``."""
+    import torch
+
+    from ..calib import load_text, token_windows
+
+    if samples < 1 or seqlen < 2:
+        raise UsageError("--samples must be at least 1 and --seqlen at least 2")
+    text = load_text(data, purpose="calib", field=field)
+    fn = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pool = token_windows(fn, text, seqlen, samples * 4)
+    pick = sorted(random.Random(seed).sample(range(len(pool)), min(samples, len(pool))))
+    return torch.tensor([pool[i] for i in pick], dtype=torch.long)
+
+
+def _torch_dtype(st_dtype: str):
+    import torch
+
+    from ..io.safetensors import DTYPES
+
+    return getattr(torch, DTYPES[st_dtype][1]) if st_dtype in DTYPES else None
+
+
+def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: float = 0.5, pattern: str | None = None,
+          adaptive: bool = False, adaptive_metric: str | None = None, adaptive_lambda: float = 0.08,
+          layers: int | None = None, ratio: float | None = None, depth_metric: str = "bi",
+          heads_ratio: float = 0.0, mlp_ratio: float = 0.0, hidden_ratio: float = 0.0,
+          data: str = "sample:shakespeare", field: str = "text", samples: int = 32, seqlen: int = 256, seed: int = 0,
+          eval_data: str = "sample:shakespeare", eval_ctx: int = 256, eval_windows: int = 8,
+          max_ppl_increase: float | None = None, max_shard_size: str | int | None = None, force: bool = False,
+          trust_remote_code: bool = False, log: Log = _nolog, progress=None) -> dict[str, Any]:
+    """Prune ``model`` into an HF folder at ``out``; returns the report (per-layer sizes, parameters, quality)."""
+    import torch
+
+    from ..api import load_artifact
+    from ..io.atomic import check_output
+    from ..io.safetensors import parse_size
+    from ..methods.prune.masks import parse_pattern
+
+    _check_method(method)
+    out = Path(out)
+    pat = parse_pattern(pattern)
+    shard = parse_size(max_shard_size)
+    if method in ("depth", "width") and pat:
+        raise UsageError("--pattern applies to magnitude, wanda and sparsegpt")
+    if pat and adaptive:
+        raise UsageError("--adaptive cannot be combined with an N:M --pattern (every layer has the same pattern)")
+    if method in ("magnitude", "wanda", "sparsegpt") and not pat and not 0.0 < sparsity < 1.0:
+        raise UsageError(f"--sparsity {sparsity} must be between 0 and 1", hint="e.g. --sparsity 0.5")
+    if method == "depth" and (layers is None) == (ratio is None):
+        raise UsageError("depth pruning needs exactly one of --layers K or --ratio R")
+    if method == "width":
+        for name, r in (("--heads-ratio", heads_ratio), ("--mlp-ratio", mlp_ratio), ("--hidden-ratio", hidden_ratio)):
+            if not 0.0 <= r < 1.0:
+                raise UsageError(f"{name} {r} must be in [0, 1)")
+        if not (heads_ratio or mlp_ratio or hidden_ratio):
+            raise UsageError("width pruning needs --heads-ratio, --mlp-ratio and/or --hidden-ratio above 0")
+    check_output(out, force)  # fail before the slow part
+
+    t0 = time.perf_counter()
+    art, path = load_artifact(model, log=log)
+    if art.format != "hf":
+        raise UnsupportedError(f"{path}: prune reads HF folders (this is {art.format})",
+                               hint=f"convert it first: slmctl export {model} --format hf -o DIR")
+    torch.manual_seed(seed)
+    calib = {"data": data, "samples": samples, "seqlen": seqlen, "seed": seed}
+    ctx = dict(art=art, path=path, ref=model, log=log, progress=progress, calib=calib, field=field,
+               trust_remote_code=trust_remote_code)
+    if method == "depth":
+        state_iter, config, recipe, layer_rows = _depth(ctx, layers=layers, ratio=ratio, metric=depth_metric)
+    elif method == "width":
+        state_iter, config, recipe, layer_rows = _width(ctx, heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,
+                                                        hidden_ratio=hidden_ratio, adaptive=adaptive,
+                                                        lam=adaptive_lambda)
+    else:
+        state_iter, config, recipe, layer_rows = _unstructured(ctx, method=method, sparsity=sparsity, pat=pat,
+                                                               pattern=pattern, adaptive=adaptive,
+                                                               metric=adaptive_metric, lam=adaptive_lambda)
+    calibrated = recipe.pop("_calibrated", True)
+    recipe = {"method": method, **recipe, "calibration": calib if calibrated else None}
+    prov = provenance.build("prune", recipe, [provenance.input_record(model, path, art)])
+    from ..io.hf_folder import write_hf_folder
+
+    params_before = sum(t.numel for t in art.tensors.values())
+    counted = {"params": 0, "nonzero": 0}
+
+    def counting(it):
+        for name, t in it:
+            counted["params"] += t.numel()
+            if method in ("magnitude", "wanda", "sparsegpt"):
+                counted["nonzero"] += int(torch.count_nonzero(t))
+            yield name, t
+
+    src_dir = path if path.is_dir() else path.parent
+    write_hf_folder(out, src_dir=src_dir, config=config, tensors=counting(state_iter), prov=prov, force=force,
+                    max_shard_size=shard)
+    log(f"wrote {out}")
+    rep: dict[str, Any] = {"output": str(out), "input": str(path), "method": method, "recipe": recipe,
+                           "parameters_before": params_before, "parameters_after": counted["params"],
+                           "layers": layer_rows}
+    if method in ("magnitude", "wanda", "sparsegpt"):
+        lin = sum(r["params"] for r in layer_rows)
+        zeros = sum(r["zeros"] for r in layer_rows)
+        rep["sparsity"] = zeros / lin if lin else 0.0
+        rep["nonzero_parameters_after"] = counted["nonzero"]
+    rep["prune_seconds"] = time.perf_counter() - t0
+    rep["quality"] = _quality(out, path, config, data=eval_data, field=field, ctx=eval_ctx, windows=eval_windows,
+                              log=log) if eval_windows else None
+    failed = []
+    q = rep["quality"]
+    if max_ppl_increase is not None:
+        if q is None:
+            raise UsageError("--max-ppl-increase needs the evaluation (do not pass --eval-windows 0)")
+        if q["ppl_increase_pct"] > max_ppl_increase:
+            failed.append(f"perplexity rose {q['ppl_increase_pct']:.3f}% ({q['ppl_before']:.4f} -> {q['ppl_after']:.4f}), "
+                          f"limit {max_ppl_increase}%: over by {q['ppl_increase_pct'] - max_ppl_increase:.3f} points")
+    rep["gates"] = {"passed": not failed, "failed": failed}
+    return rep
+
+
+# ---------------------------------------------------------------- helpers shared by the methods
+def _model_and_ids(ctx):
+    from ..eval.backends import load_tokenizer
+
+    model = load_model(ctx["art"], ctx["path"], ctx["trust_remote_code"])
+    tok = load_tokenizer(ctx["art"], ctx["trust_remote_code"])
+    c = ctx["calib"]
+    ids = calibration_ids(tok, data=c["data"], field=ctx["field"], samples=c["samples"], seqlen=c["seqlen"],
+                          seed=c["seed"])
+    ctx["log"](f"calibration: {ids.shape[0]} window(s) of {ids.shape[1]} tokens from {c['data']}")
+    return model, ids
+
+
+def _bar(ctx, n: int, desc: str):
+    it = range(n)
+    return ctx["progress"](it, desc=desc) if ctx["progress"] else it
+
+
+def _stream_state(art, state: dict[str, Any], rename: dict[str, str | None] | None = None):
+    """(name, tensor) in the artifact's order and dtypes; tensors come from ``state`` or the artifact."""
+    for name, lazy in art.tensors.items():
+        new = rename.get(name, name) if rename is not None else name
+        if new is None:
+            continue
+        t = state[new] if new in state else lazy.load()
+        dt = _torch_dtype(lazy.dtype)
+        if dt is not None and t.is_floating_point() and t.dtype != dt:
+            t = t.to(dt)
+        yield new, t
+
+
+def _model_state(model, art):
+    """The model's tensors under the artifact's names (tied weights once, as the input stored them)."""
+    sd = model.state_dict()
+    missing = [n for n in art.tensors if n not in sd]
+    if missing:
+        raise UnsupportedError(f"{art.path}: tensor {missing[0]!r} has no counterpart in the transformers model",
+                               hint="this checkpoint's names differ from transformers'; re-export it with slmctl export")
+    return {n: sd[n] for n in art.tensors}
+
+
+# ---------------------------------------------------------------- unstructured
+def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam):
+    import torch
+
+    from ..methods.prune import UNSTRUCTURED
+    from ..methods.prune.adaptive import ADAPTIVE, allocate, outlier_ratio
+    from ..methods.prune.depth import BoundaryCos
+    from ..methods.prune.layerwise import LayerRunner, collect_inputs, linear_weight, linears, set_linear_weight
+    from ..methods.prune.wanda import wanda_score
+
+    pruner = UNSTRUCTURED.get(method)
+    log = ctx["log"]
+    target = 1.0 - pat[0] / pat[1] if pat else sparsity
+    metric = metric or "owl"
+    if adaptive:
+        ADAPTIVE.get(metric)
+    needs_calib = pruner.needs is not None or adaptive
+    if needs_calib:
+        model, ids = _model_and_ids(ctx)
+    else:
+        model, ids = load_model(ctx["art"], ctx["path"], ctx["trust_remote_code"]), None
+    from ..methods.prune.layerwise import decoder_layers
+
+    n = len(decoder_layers(model)[0])
+    ratios = [target] * n
+    if adaptive:
+        runner = LayerRunner(model, ids)
+        scores = []
+        bc = BoundaryCos(n, 1)
+        bc.push(runner.inps)
+        for i in _bar(ctx, n, "importance"):
+            lin = linears(runner.layers[i])
+            sq: dict[str, Any] = {}
+
+            def add(name, x, sq=sq):
+                s = (x.float() ** 2).sum(0)
+                sq[name] = s if name not in sq else sq[name] + s
+            hs = collect_inputs(lin, add)
+            outs = runner.run(i)
+            for h in hs:
+                h.remove()
+            if metric == "owl":
+                scores.append(outlier_ratio([wanda_score(linear_weight(m), sq[nm]) for nm, m in lin.items()]))
+            bc.push(outs)
+            runner.advance(outs)
+        if metric == "bi":
+            scores = bc.block_influence()
+        ratios = allocate(scores, target, lam)
+        log("adaptive sparsity per layer: " + ", ".join(f"{r:.3f}" for r in ratios))
+        del runner
+    runner = LayerRunner(model, ids) if pruner.needs is not None else None
+    layers = decoder_layers(model)[0]
+    rows = []
+    for i in _bar(ctx, n, method):
+        lin = linears(layers[i])
+        stats: dict[str, dict[str, Any]] = {nm: {} for nm in lin}
+        if pruner.needs == "norm":
+            def add(name, x):
+                s = (x.float() ** 2).sum(0)
+                st = stats[name]
+                st["sq_norm"] = s if "sq_norm" not in st else st["sq_norm"] + s
+        elif pruner.needs == "hessian":
+            def add(name, x):
+                x = x.float()
+                st = stats[name]
+                if "hessian" not in st:
+                    st["hessian"] = torch.zeros(x.shape[1], x.shape[1])
+                    st["n"] = 0
+                t = x.shape[0]
+                st["hessian"] *= st["n"] / (st["n"] + t)
+                st["n"] += t
+                x = (2.0 / st["n"]) ** 0.5 * x
+                st["hessian"] += x.t() @ x
+        if runner is not None:
+            hs = collect_inputs(lin, add)
+            runner.run(i)
+            for h in hs:
+                h.remove()
+        zeros = total = 0
+        for nm, m in lin.items():
+            w = linear_weight(m)
+            new = pruner(w, stats[nm], sparsity=ratios[i], pattern=pat)
+            set_linear_weight(m, new)
+            zeros += int((new == 0).sum())
+            total += new.numel()
+        rows.append({"layer": i, "target": ratios[i], "sparsity": zeros / total, "zeros": zeros, "params": total})
+        if runner is not None:
+            runner.advance(runner.run(i))  # sequential: the next layer sees this layer's pruned outputs
+    state = _model_state(model, ctx["art"])
+    recipe = {"sparsity": {"kind": pattern if pat else "unstructured", "target": target,
+                           "achieved": sum(r["zeros"] for r in rows) / max(1, sum(r["params"] for r in rows)),
+                           "per_layer": [round(r["sparsity"], 6) for r in rows]},
+              "pattern": pattern, "adaptive": {"metric": metric, "lambda": lam} if adaptive else None,
+              "_calibrated": needs_calib}
+    config = dict(ctx["art"].config)
+    return _stream_state(ctx["art"], state), config, recipe, rows
+
+
+# ---------------------------------------------------------------- depth
+def _depth(ctx, *, layers, ratio, metric):
+    from ..methods.prune.depth import DEPTH_METRICS, BoundaryCos, choose_layers
+    from ..methods.prune.layerwise import LayerRunner
+    from ..surgery.layers import drop_layers, n_layers, renamed_config
+
+    DEPTH_METRICS.get(metric)
+    art = ctx["art"]
+    n = n_layers(art.config)
+    if ratio is not None:
+        if not 0.0 < ratio < 1.0:
+            raise UsageError(f"--ratio {ratio} must be between 0 and 1")
+        layers = max(1, int(round(n * ratio)))
+    k = layers
+    if not 0 < k < n:
+        raise UsageError(f"cannot remove {k} of {n} layers", hint=f"choose --layers between 1 and {n - 1}")
+    stats = None
+    if metric != "last":
+        model, ids = _model_and_ids(ctx)
+        runner = LayerRunner(model, ids)
+        stats = BoundaryCos(n, k)
+        stats.push(runner.inps)
+        for i in _bar(ctx, n, "block influence"):
+            outs = runner.run(i)
+            stats.push(outs)
+            runner.advance(outs)
+        del runner, model
+    drop = choose_layers(n, k, metric, stats)
+    ctx["log"](f"dropping layer(s) {drop} of {n} ({metric})")
+    rename = drop_layers(list(art.tensors), drop, n)
+    config = renamed_config(art.config, drop)
+    rows = []
+    bi = stats.block_influence() if stats else None
+    ang = stats.angular() if stats else None
+    for i in range(n):
+        row = {"layer": i, "dropped": i in drop}
+        if bi is not None:
+            row["block_influence"] = bi[i]
+        rows.append(row)
+    recipe = {"layers_removed": drop, "k": k, "metric": metric, "layers_before": n, "layers_after": n - k,
+              "angular_distance": ang, "_calibrated": metric != "last"}
+    return _stream_state(art, {}, rename), config, recipe, rows
+
+
+# ---------------------------------------------------------------- width
+def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
+    from ..methods.prune.adaptive import allocate
+    from ..methods.prune.depth import BoundaryCos
+    from ..methods.prune.layerwise import LayerRunner, final_norm
+    from ..methods.prune.width import Importance, head_activations, keep_count, keep_heads, top_k
+    from ..surgery.width import PER_LAYER_KEY, family, shrink
+
+    art = ctx["art"]
+    cfg = art.config
+    fam = family(cfg, hidden=hidden_ratio > 0)
+    if cfg.get(PER_LAYER_KEY):
+        raise UnsupportedError(f"{ctx['path']}: width pruning of a model that already has per-layer widths is not supported")
+    n = cfg["num_hidden_layers"]
+    H = cfg["num_attention_heads"]
+    KV = cfg.get("num_key_value_heads") or H
+    inter = cfg["intermediate_size"]
+    D = cfg["hidden_size"]
+    model, ids = _model_and_ids(ctx)
+    runner = LayerRunner(model, ids)
+    imp_h = [Importance() for _ in range(n)]
+    imp_m = [Importance() for _ in range(n)]
+    imp_d = Importance()
+    bc = BoundaryCos(n, 1)
+    bc.push(runner.inps)
+    for i in _bar(ctx, n, "importance"):
+        layer = runner.layers[i]
+        hooks = [layer.self_attn.o_proj.register_forward_pre_hook(
+                     lambda m, a, i=i: imp_h[i].add(head_activations(a[0], H))),
+                 layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: imp_m[i].add(a[0]))]
+        for norm in fam["norms"]:
+            mod = getattr(layer, norm, None)
+            if mod is not None:
+                hooks.append(mod.register_forward_hook(lambda m, a, o: imp_d.add(o)))
+        outs = runner.run(i)
+        for h in hooks:
+            h.remove()
+        bc.push(outs)
+        runner.advance(outs)
+    fn = final_norm(model)
+    if fn is not None:
+        import torch
+
+        with torch.no_grad():
+            for x in runner.inps:
+                imp_d.add(fn(x))
+    del runner, model
+    head_r = [heads_ratio] * n
+    mlp_r = [mlp_ratio] * n
+    if adaptive:
+        bi = bc.block_influence()
+        head_r = allocate(bi, heads_ratio, lam) if heads_ratio else head_r
+        mlp_r = allocate(bi, mlp_ratio, lam) if mlp_ratio else mlp_r
+    mult = 32 if inter % 32 == 0 and inter >= 128 else 1
+    plan: dict[str, Any] = {"heads": {}, "mlp": {}, "hidden": None}
+    for i in range(n):
+        if heads_ratio:
+            plan["heads"][i] = keep_heads(imp_h[i].value(), H, KV, head_r[i])
+        if mlp_ratio:
+            plan["mlp"][i] = top_k(imp_m[i].value(), keep_count(inter, mlp_r[i], mult))
+    if hidden_ratio:
+        plan["hidden"] = top_k(imp_d.value(), keep_count(D, hidden_ratio, 32 if D % 32 == 0 and D >= 128 else 1))
+    state = {nm: t.load() for nm, t in art.tensors.items()}
+    state, config = shrink(state, cfg, plan)
+    per = config.get(PER_LAYER_KEY, {})
+    rows = []
+    for i in range(n):
+        rows.append({"layer": i,
+                     "num_attention_heads": per.get("num_attention_heads", [config["num_attention_heads"]] * n)[i],
+                     "num_key_value_heads": per.get("num_key_value_heads", [config["num_key_value_heads"]] * n)[i],
+                     "intermediate_size": per.get("intermediate_size", [config["intermediate_size"]] * n)[i],
+                     "heads_kept": plan["heads"].get(i, (list(range(H)), None))[0]})
+    recipe = {"heads_ratio": heads_ratio, "mlp_ratio": mlp_ratio, "hidden_ratio": hidden_ratio,
+              "adaptive": {"metric": "bi", "lambda": lam} if adaptive else None,
+              "hidden_size": [D, config["hidden_size"]], "per_layer": bool(per)}
+    if per:
+        ctx["log"]("non-uniform widths are recorded in config.json as slmctl_per_layer: transformers' "
+                   "from_pretrained cannot load them; slmctl (prune/distill) and a GGUF export can")
+    return _stream_state(art, state), config, recipe, rows
+
+
+# ---------------------------------------------------------------- quality
+def _quality(out: Path, src: Path, config: dict, *, data, field, ctx, windows, log) -> dict[str, Any] | None:
+    """Perplexity of input and output on held-out text (the eval region), KL and top-1 when transformers loads both."""
+    from ..surgery.width import PER_LAYER_KEY
+
+    if config.get(PER_LAYER_KEY):
+        return _quality_per_layer(out, src, data=data, field=field, ctx=ctx, windows=windows, log=log)
+    from ..api import evaluate
+
+    rep = evaluate(str(out), data=data, field=field, reference=str(src), ctx=ctx, windows=windows, log=log)
+    q = {"ppl_before": rep["reference_ppl"], "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"],
+         "kld_mean": rep["kld"]["mean"], "top1_agreement_pct": rep["top1_agreement_pct"], "ctx": ctx,
+         "windows": rep["windows"], "data": data}
+    log(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%), "
+        f"KL {q['kld_mean']:.4f}, top-1 {q['top1_agreement_pct']:.1f}%")
+    return q
+
+
+def _quality_per_layer(out: Path, src: Path, *, data, field, ctx, windows, log) -> dict[str, Any]:
+    """As _quality, for outputs with per-layer widths (the torch eval backend cannot build them)."""
+    import torch
+
+    from ..api import load_artifact
+    from ..calib import load_text
+    from ..eval.backends import load_tokenizer
+    from ..eval.metrics import Stats
+    from ..eval.run import token_windows_for
+
+    a_out, _ = load_artifact(str(out))
+    a_src, _ = load_artifact(str(src))
+    tok = load_tokenizer(a_src)
+    wins = token_windows_for(tok, load_text(data, purpose="eval", field=field), ctx, windows)
+    m_out, m_src = load_model(a_out, out), load_model(a_src, src)
+    stats = Stats()
+    with torch.inference_mode():
+        for ids in wins:
+            x = torch.tensor([ids])
+            stats.add(ids, m_out(input_ids=x, use_cache=False).logits[0].float().numpy(),
+                      m_src(input_ids=x, use_cache=False).logits[0].float().numpy())
+    rep = stats.report()
+    q = {"ppl_before": rep["reference_ppl"], "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"],
+         "kld_mean": rep["kld"]["mean"], "top1_agreement_pct": rep["top1_agreement_pct"], "ctx": ctx,
+         "windows": len(wins), "data": data, "backend": "torch (slmctl per-layer loader)"}
+    log(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%)")
+    return q

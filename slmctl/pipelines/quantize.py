@@ -1,0 +1,299 @@
+"""quantize: RTN, GPTQ and AWQ weight-only integer quantisation to the GPTQ layout or compressed-tensors.
+
+artifact in -> (calibration windows -> one decoder layer at a time) -> method -> packed safetensors out
+(with provenance) -> quality report (perplexity before/after, KL, top-1, size, bits per weight) and
+an optional gate. RTN needs no activations and streams tensor by tensor without building the model.
+GGUF inputs with a GGUF quant type go to llama.cpp (slmctl.pipelines.export_gguf.quantize_gguf);
+ONNX inputs to onnxruntime (slmctl.pipelines.quantize_onnx.quantize_onnx).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import provenance
+from ..errors import InputError, UnsupportedError, UsageError
+
+Log = Callable[[str], None]
+METHODS = ("rtn", "gptq", "awq")
+
+
+def _nolog(msg: str) -> None:
+    pass
+
+
+def default_output(ref: str, path: Path, method: str, cfg) -> Path:
+    """MODEL-<method>-w4g128 beside a local input; in the current folder for sample:/hub references."""
+    name = f"{method}-{cfg.tag()}"
+    local = Path(ref).expanduser()
+    if local.exists():
+        base = local.resolve()
+        stem = base.name[: -len(base.suffix)] if base.is_file() and base.suffix else base.name
+        return base.parent / f"{stem}-{name}"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", ref.split(":")[-1].split("/")[-1]).strip("-") or "model"
+    return Path.cwd() / f"{stem}-{name}"
+
+
+def calibration_windows(tokenize, *, data: str, field: str, samples: int, seq_len: int, seed: int):
+    """(windows, sha256 of the calibration text): ``samples`` windows of ``seq_len`` tokens, drawn seeded."""
+    from ..calib import load_text, token_windows
+
+    if samples < 1 or seq_len < 2:
+        raise UsageError("--samples must be at least 1 and --seq-len at least 2")
+    text = load_text(data, purpose="calib", field=field)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    pool = token_windows(tokenize, text, seq_len, samples * 4)
+    pick = sorted(random.Random(seed).sample(range(len(pool)), min(samples, len(pool))))
+    return [pool[i] for i in pick], digest
+
+
+def _dispatch_other(art, ref, out, *, qtype, allow_requantize, force, log, **kw):
+    import importlib
+
+    if art.format == "gguf":
+        if not qtype:
+            raise UsageError(f"{art.path} is a GGUF file: say which GGUF type to quantise to",
+                             hint="e.g. slmctl quantize MODEL.gguf --type q4_k_m")
+        mod, fn = "slmctl.pipelines.export_gguf", "quantize_gguf"
+        kwargs = {"qtype": qtype, "allow_requantize": allow_requantize}
+    else:
+        mod, fn = "slmctl.pipelines.quantize_onnx", "quantize_onnx"
+        kwargs = {"bits": kw.get("bits"), "qtype": qtype}
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError):
+        raise UnsupportedError(f"{art.path}: quantising {art.format.upper()} models is not available in this build "
+                               f"({mod}.{fn} is missing)",
+                               hint="quantise the HF model instead, then export it") from None
+    return f(ref, out, force=force, log=log, **kwargs)
+
+
+def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method: str = "gptq",
+             group_size: int = 128, sym: bool = True, fmt: str = "gptq", data: str = "sample:shakespeare",
+             field: str = "text", samples: int = 64, seq_len: int = 512, seed: int = 0, damp: float = 0.01,
+             act_order: bool = True, static_groups: bool = True, true_sequential: bool = True,
+             qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
+             eval_data: str = "sample:shakespeare", eval_ctx: int = 512, eval_windows: int = 16,
+             force: bool = False, trust_remote_code: bool = False, log: Log = _nolog,
+             progress=None) -> dict[str, Any]:
+    """Quantise ``model``'s linear weights; returns {"output", "method", ..., "report": {...}}."""
+    from ..api import load_artifact
+    from ..io.quantized_formats import FORMATS
+    from ..methods.quantize.common import QuantConfig, load_methods
+
+    art, path = load_artifact(model, log=log)
+    if art.format in ("gguf", "onnx"):
+        target = _dispatch_other(art, model, Path(out) if out else None, qtype=qtype, allow_requantize=allow_requantize,
+                                 force=force, log=log, bits=bits)
+        return {"output": str(target), "format": art.format, "type": qtype}
+    if qtype:
+        raise UsageError("--type names a GGUF/ONNX quant type; this model is an HF/safetensors model",
+                         hint="use --bits/--group-size/--method, or export to GGUF with "
+                              "slmctl export MODEL --format gguf --outtype q4_k_m")
+    if art.format != "hf":
+        raise UnsupportedError(f"{art.path}: quantise needs an HF folder (config.json, tokenizer, safetensors)",
+                               hint="slmctl export MODEL --format hf -o DIR, then quantise DIR")
+    if (art.config or {}).get("quantization_config"):
+        raise UnsupportedError(f"{art.path}: the model is already quantised "
+                               f"({art.config['quantization_config'].get('quant_method')})",
+                               hint="quantise the original floating-point model")
+    if art.config.get("model_type") in ("gpt2",):
+        raise UnsupportedError(f"{art.path}: {art.config['model_type']} stores its linears as Conv1D, which the "
+                               "GPTQ layout does not describe", hint="supported: llama, mistral, qwen2, qwen3, phi3, gemma2")
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown quantised format {fmt!r}", hint="valid: " + ", ".join(FORMATS))
+    methods = load_methods()
+    methods.get(method)
+    cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym, zero_min=1 if (fmt == "gptq" and not sym) else 0)
+    from ..methods.quantize.gptq import GPTQConfig
+
+    gcfg = GPTQConfig(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential)
+    if fmt == "compressed-tensors" and method == "gptq" and act_order and not static_groups:
+        raise UsageError("compressed-tensors keeps groups in column order: act-order needs static groups here",
+                         hint="drop --no-static-groups, or use --format gptq")
+    out = Path(out) if out else default_output(model, path, method, cfg)
+    recipe: dict[str, Any] = {"method": method, "bits": bits, "group_size": group_size, "sym": sym, "format": fmt}
+    if method != "rtn":
+        recipe.update({"data": data, "field": field, "samples": samples, "seq_len": seq_len, "seed": seed})
+    if method == "gptq":
+        recipe.update({"damp": damp, "act_order": act_order, "static_groups": static_groups,
+                       "true_sequential": true_sequential})
+    log(f"quantising {path.name} with {method} to {bits}-bit, group size {group_size}, "
+        f"{'symmetric' if sym else 'asymmetric'}, {fmt} layout")
+    t0 = time.perf_counter()
+    stats = _write(art, model, path, out, cfg, gcfg, method, fmt, recipe, data=data, field=field, samples=samples,
+                   seq_len=seq_len, seed=seed, force=force, trust_remote_code=trust_remote_code, log=log,
+                   progress=progress)
+    seconds = time.perf_counter() - t0
+    log(f"wrote {out} in {seconds:.1f}s")
+    result: dict[str, Any] = {"output": str(out), "method": method, "format": fmt, "bits": bits,
+                              "group_size": group_size, "sym": sym, "seconds": round(seconds, 2), **stats}
+    if report:
+        result["report"] = quality_report(str(out), model, data=eval_data, ctx=eval_ctx, windows=eval_windows,
+                                          stats=stats, log=log, progress=progress)
+    return result
+
+
+def _linear_prefixes(art, lm=None) -> list[str]:
+    """Artifact tensor prefixes (name without .weight) of the 2-D weights inside decoder layers."""
+    pat = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.")
+    return [n[: -len(".weight")] for n, t in art.tensors.items()
+            if n.endswith(".weight") and len(t.shape) == 2 and pat.search(n)]
+
+
+def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, samples, seq_len, seed, force,
+           trust_remote_code, log, progress) -> dict[str, Any]:
+    from ..io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
+    from ..io.atomic import atomic_path
+    from ..io.convert import write_provenance_file
+    from ..io.quantized_formats import ct_config, ct_tensors, gptq_config, gptq_tensors
+    from ..io.safetensors import ShardedWriter
+
+    pack = gptq_tensors if fmt == "gptq" else ct_tensors
+    stats = {"quantized_linears": 0, "quantized_params": 0, "quantized_bytes": 0}
+    inputs = [provenance.input_record(ref, path, art)]
+    losses: list[float] = []
+    windows = None
+    if method != "rtn":
+        from ..layerwise import LayerwiseModel
+
+        lm = LayerwiseModel(art, trust_remote_code=trust_remote_code)
+        tok = lm.tokenizer()
+        windows, digest = calibration_windows(lambda s: tok(s, add_special_tokens=False)["input_ids"], data=data,
+                                              field=field, samples=samples, seq_len=seq_len, seed=seed)
+        inputs.append({"ref": data, "role": "calibration", "sha256": digest, "windows": len(windows),
+                       "seq_len": seq_len})
+        log(f"calibration: {len(windows)} window(s) of {seq_len} tokens from {data}")
+    prov = provenance.build("quantize", recipe, inputs)
+    qconf = (gptq_config(cfg, desc_act=gcfg.act_order and not gcfg.static_groups and method == "gptq",
+                         static_groups=gcfg.static_groups, true_sequential=gcfg.true_sequential, damp=gcfg.damp,
+                         method=method)
+             if fmt == "gptq" else ct_config(cfg, method=method,
+                                              actorder="static" if method == "gptq" and gcfg.act_order else None))
+    qc_json = json.loads(json.dumps(qconf))
+
+    def add_packed(w, prefix, res):
+        for n, t in pack(prefix, res).items():
+            w.add(n, t)
+            if not n.endswith(".bias"):
+                stats["quantized_bytes"] += t.numel() * t.element_size()
+        stats["quantized_linears"] += 1
+        stats["quantized_params"] += res.q.numel()
+        if "loss" in res.info:
+            losses.append(res.info["loss"])
+
+    src_dir = art.path
+    with atomic_path(out, force=force, is_dir=True) as tmp:
+        for name in SIDE_FILES:
+            if name != "config.json" and (src_dir / name).is_file():
+                shutil.copyfile(src_dir / name, tmp / name)
+        config = dict(art.config)
+        config["quantization_config"] = qc_json
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        w = ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
+        try:
+            if method == "rtn":
+                _rtn_stream(art, w, cfg, add_packed, progress)
+            else:
+                _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress)
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
+        write_provenance_file(tmp / PROVENANCE_FILE, prov)
+    if losses:
+        stats["gptq_loss"] = sum(losses)
+    return stats
+
+
+def _rtn_stream(art, w, cfg, add_packed, progress) -> None:
+    """RTN without building the model: one tensor in memory at a time."""
+    from ..methods.quantize.common import rtn
+
+    prefixes = set(_linear_prefixes(art))
+    names = list(art.tensors)
+    for name in (progress(names, desc="tensors") if progress else names):
+        prefix = name[: -len(".weight")] if name.endswith(".weight") else None
+        if prefix in prefixes:
+            bias = art.tensors.get(prefix + ".bias")
+            add_packed(w, prefix, rtn(art.tensors[name].load().float(), cfg,
+                                      bias.load() if bias is not None else None))
+        elif name.endswith(".bias") and name[: -len(".bias")] in prefixes:
+            continue  # written with its weight
+        else:
+            w.add(name, art.tensors[name].load())
+
+
+def _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress) -> None:
+    """GPTQ/AWQ one decoder layer at a time: the layer's tensors are written as soon as it is done."""
+    from ..layerwise import iter_layers
+    from ..methods.quantize.common import QUANTIZERS
+
+    fn = QUANTIZERS.get(method)
+    layer_names = set()
+    for i in range(lm.n_layers):
+        layer_names.update(lm.layer_tensor_names(i).values())
+    for name in art.tensors:  # embeddings, final norm, LM head: as they are
+        if name not in layer_names:
+            w.add(name, art.tensors[name].load())
+    for step in iter_layers(lm, windows, capture=False, progress=progress):
+        names = lm.linear_names(step.idx)
+        t = time.perf_counter()
+        results = fn(step.layer, cfg, names=names, step=step, gptq=gcfg, log=log)
+        mapping = lm.layer_tensor_names(step.idx)
+        done = set()
+        for lin, res in results.items():
+            src = mapping[f"{lin}.weight"]
+            add_packed(w, src[: -len(".weight")], res)
+            done.update({f"{lin}.weight", f"{lin}.bias"})
+        sd = step.layer.state_dict()
+        for pname, src in mapping.items():
+            if pname not in done:
+                t_src = art.tensors[src]
+                w.add(src, sd[pname].to(_dtype(t_src.dtype)))
+        log(f"layer {step.idx + 1}/{lm.n_layers}: {len(results)} linears in {time.perf_counter() - t:.1f}s")
+
+
+def _dtype(st_dtype: str):
+    import torch
+
+    from ..io.safetensors import DTYPES
+
+    return getattr(torch, DTYPES[st_dtype][1]) if st_dtype in DTYPES else torch.float32
+
+
+def quality_report(out: str, ref: str, *, data: str, ctx: int, windows: int, stats: dict, log: Log = _nolog,
+                   progress=None) -> dict[str, Any]:
+    """Perplexity before/after on held-out text, KL, top-1 agreement, size and bits per weight."""
+    from ..api import evaluate, load_artifact
+
+    log(f"quality report: {windows} window(s) of {ctx} tokens of {data} (held-out region)")
+    rep = evaluate(out, data=data, reference=ref, ctx=ctx, windows=windows, log=log, progress=progress)
+    before = load_artifact(ref)[0].size_on_disk()
+    after = load_artifact(out)[0].size_on_disk()
+    params = stats.get("quantized_params") or 0
+    r = {"data": data, "ctx": ctx, "windows": rep["windows"], "ppl_before": rep["reference_ppl"],
+         "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"], "kld_mean": rep["kld"]["mean"],
+         "top1_agreement_pct": rep["top1_agreement_pct"], "size_before": before, "size_after": after,
+         "bits_per_weight": (8 * stats["quantized_bytes"] / params) if params else None,
+         "eval": rep}
+    return r
+
+
+def render_report(r: dict[str, Any]) -> str:
+    mb = 1024 * 1024
+    rows = [("perplexity", f"{r['ppl_before']:.4f} -> {r['ppl_after']:.4f} ({r['ppl_increase_pct']:+.3f}%)"),
+            ("KL mean", f"{r['kld_mean']:.6f}"), ("top-1 agreement", f"{r['top1_agreement_pct']:.2f}%"),
+            ("size", f"{r['size_before'] / mb:.1f} MiB -> {r['size_after'] / mb:.1f} MiB")]
+    if r.get("bits_per_weight"):
+        rows.append(("bits per weight", f"{r['bits_per_weight']:.3f} (quantised linears, with scales and zeros)"))
+    rows.append(("measured on", f"{r['windows']} x {r['ctx']} tokens of {r['data']}"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

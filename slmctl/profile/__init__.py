@@ -1,0 +1,1 @@
+"""Latency measurement, depth-width sweeps, Pareto frontier, tables and plots."""
