@@ -417,3 +417,39 @@ def test_existing_output_needs_force(trio, tmp_path, cli):
     (tmp_path / "m").mkdir()
     code, _, err = cli("merge", str(trio["a"]), str(trio["b"]), "--method", "linear", "-o", str(tmp_path / "m"))
     assert code == 1 and "--force" in err
+
+
+def test_streams_one_output_tensor_at_a_time(trio, tmp_path, monkeypatch):
+    """At most one loaded tensor per input model is alive at once (memory ~ (inputs + 1) x largest)."""
+    import weakref
+
+    from slmctl import api
+    from slmctl.io.lazy import LazyTensor
+
+    alive, peak = [0], [0]
+    orig = LazyTensor.load
+
+    def load(self):
+        t = orig(self)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(t, lambda: alive.__setitem__(0, alive[0] - 1))
+        return t
+
+    monkeypatch.setattr(LazyTensor, "load", load)
+    api.merge([str(trio["a"]), str(trio["b"]), str(trio["c"])], tmp_path / "m", method="ties",
+              base=str(trio["a"]), density=0.5)
+    assert 3 <= peak[0] <= 3
+
+
+@pytest.mark.slow
+def test_gguf_input_is_dequantised_and_renamed(tmp_path):
+    """The Q4_1 sample GGUF merges with its own HF import: linear (1, 0) from the GGUF gives the import."""
+    from slmctl import api
+
+    api.merge(["sample:smollm2-135m-gguf", "sample:smollm2-135m"], tmp_path / "m", method="linear",
+              weights="1,0")
+    got = load_dir(tmp_path / "m")
+    want = load_dir(api.load_artifact("sample:smollm2-135m")[1])
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)

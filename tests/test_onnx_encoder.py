@@ -26,7 +26,8 @@ def _tiny_bert(folder: Path, classifier: bool) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("classifier", [False, True], ids=["features", "classifier"])
+@pytest.mark.parametrize("classifier", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["features", "classifier"])
 def test_encoder_export(tmp_path, cli, classifier):
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification

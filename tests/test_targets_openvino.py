@@ -32,6 +32,7 @@ def installed(tmp_path_factory) -> Path:
     return site
 
 
+@pytest.mark.slow  # pip install + two CLI processes + an OpenVINO conversion: minutes on a loaded machine
 def test_installed_plugin_is_listed_and_profiles(installed, tiny_llama):
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(installed), os.environ.get("PYTHONPATH", "")) if p),
            "SLMCTL_LOAD_PLUGINS": "openvino"}

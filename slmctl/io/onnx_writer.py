@@ -4,11 +4,10 @@ safety check every ONNX reader in slmctl runs before handing a file to onnxrunti
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-from ..errors import FormatError, InputError
+from ..errors import FormatError
 
 # protobuf cannot hold a message over 2 GiB; keep a margin for the graph itself
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -62,43 +61,18 @@ def write_json(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def external_locations(model) -> list[str]:
-    """Every external-data ``location`` named by the model's initializers (and Constant nodes)."""
-    from onnx.external_data_helper import _get_all_tensors
-
-    locs = []
-    for t in _get_all_tensors(model):
-        if t.data_location == 1:  # TensorProto.EXTERNAL
-            for e in t.external_data:
-                if e.key == "location":
-                    locs.append(e.value)
-    return locs
-
-
 def check_external_data(model_file: Path, model=None) -> None:
     """Refuse an ONNX model whose external data lies outside its folder (``../``, absolute paths, symlinks
-    out of the folder) or is missing: onnxruntime would otherwise read any file the user can read."""
+    out of the folder) or is missing, before onnxruntime reads a byte: the checks of slmctl.io.onnx."""
     import onnx
+
+    from .onnx import _all_tensors, _uses_external, external_location
 
     if model is None:
         try:
             model = onnx.load(str(model_file), load_external_data=False)
         except Exception as exc:  # protobuf raises DecodeError and others
             raise FormatError(f"{model_file}: not a readable ONNX model ({type(exc).__name__})") from None
-    folder = model_file.resolve().parent
-    for loc in dict.fromkeys(external_locations(model)):
-        bad = os.path.isabs(loc) or loc.startswith(("/", "\\")) or any(part == ".." for part in Path(loc).parts) \
-            or ":" in loc
-        target = (model_file.parent / loc)
-        if not bad:
-            try:
-                resolved = target.resolve()
-                bad = folder != resolved and folder not in resolved.parents
-            except (OSError, RuntimeError):
-                bad = True
-        if bad:
-            raise InputError(f"{model_file}: external data location {loc!r} points outside the model's folder",
-                             hint="refusing to read it; only load ONNX models whose weights live beside them")
-        if not target.is_file():
-            raise InputError(f"{model_file}: external data file {loc!r} is missing",
-                             hint="copy the whole model folder, including its .data file")
+    for t in _all_tensors(model):
+        if _uses_external(t):
+            external_location(t, model_file.parent, model_file)

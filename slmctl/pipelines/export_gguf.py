@@ -86,23 +86,18 @@ def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
     return out
 
 
-def _convert(t, p: _Planned, spec: ArchSpec, cfg: dict) -> np.ndarray:
-    """One HF tensor -> the bytes GGUF stores for it (family quirks, then the type)."""
-    import torch
-
+def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict) -> np.ndarray:
+    """One HF tensor (float32 numpy) -> the bytes GGUF stores for it (family quirks, then the type)."""
     from ..methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
 
-    t = t.detach()
-    if t.dtype != torch.float32:
-        t = t.to(torch.float32)
     if any(p.hf.endswith("." + s) for s in spec.transpose):
-        t = t.t()
+        a = a.T
     if spec.permute_qk and (p.hf.endswith("self_attn.q_proj.weight") or p.hf.endswith("self_attn.k_proj.weight")
                             or p.hf.endswith("self_attn.q_proj.bias") or p.hf.endswith("self_attn.k_proj.bias")):
-        t = permute_qk(t, t.shape[0] // head_dim(cfg))
+        a = permute_qk(a, a.shape[0] // head_dim(cfg))
     if spec.norm_plus_one and p.hf.endswith("norm.weight"):
-        t = t + 1
-    a = t.contiguous().numpy()
+        a = a + np.float32(1)
+    a = np.ascontiguousarray(a, dtype=np.float32)
     if tuple(a.shape) != p.shape:
         raise InputError(f"tensor {p.hf}: shape {tuple(a.shape)} after conversion, planned {p.shape}")
     if p.gtype == "f32":
@@ -226,6 +221,7 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     from ..io.artifact import PROVENANCE_KEY
     from ..io.gguf_writer import GGUFStreamWriter
     from ..io.hf_vocab import read_vocab
+    from ..io.np_tensors import load_float32
 
     cfg = art.config
     if cfg is None:
@@ -263,7 +259,7 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     try:
         it = progress(planned, desc="tensors") if progress else planned
         for p in it:
-            w.write_tensor(p.gguf, _convert(art.tensors[p.hf].load(), p, spec, cfg))
+            w.write_tensor(p.gguf, _convert(load_float32(art.tensors[p.hf]), p, spec, cfg))
         w.close()
     except BaseException:
         w.abort()
@@ -291,7 +287,11 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
     if art.format == "gguf":  # GGUF -> GGUF: requantise with llama.cpp
         if t not in LLAMA_FTYPES:
             raise UnsupportedError(f"{art.path}: GGUF -> {t} is not supported")
-        quantize_gguf(art.path, out, t, imatrix=imatrix, force=force, log=log)
+        quantized = {lt.dtype for lt in art.tensors.values()} - {"F32", "F16", "BF16"}
+        if quantized:
+            log(f"warning: {art.path.name} is already quantised ({', '.join(sorted(quantized))}); requantising to "
+                f"{t} loses quality twice. Export from the HF model when you have it.")
+        quantize_gguf(art.path, out, t, imatrix=imatrix, force=force, log=log, allow_requantize=bool(quantized))
         write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
         return out
     if art.format not in ("hf", "safetensors"):
@@ -353,7 +353,7 @@ def _quiet_fds():
 
 
 def _llama_quantize(src: Path, dst: Path, outtype: str, imatrix: dict[str, np.ndarray] | None = None,
-                    nthread: int | None = None) -> None:
+                    nthread: int | None = None, allow_requantize: bool = False) -> None:
     try:
         import ctypes
 
@@ -364,6 +364,7 @@ def _llama_quantize(src: Path, dst: Path, outtype: str, imatrix: dict[str, np.nd
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[outtype]
     params.nthread = int(nthread or os.environ.get("SLMCTL_THREADS", os.cpu_count() or 1))
+    params.allow_requantize = bool(allow_requantize)
     keep = []
     if imatrix:
         entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
@@ -384,9 +385,11 @@ def _llama_quantize(src: Path, dst: Path, outtype: str, imatrix: dict[str, np.nd
 
 
 def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: str, imatrix=None, *,
-                  force: bool = False, log: Log = lambda m: None, nthread: int | None = None) -> Path:
+                  force: bool = False, log: Log = lambda m: None, nthread: int | None = None,
+                  allow_requantize: bool = False) -> Path:
     """Quantise a GGUF (f32/f16/bf16) with llama.cpp's own quantiser: k-quants and legacy types.
 
+    A source that is already quantised needs ``allow_requantize`` (quality drops twice).
     ``imatrix``: a path to an importance matrix (GGUF imatrix or legacy .dat written by slmctl or
     llama-imatrix) or a dict {tensor name: per-column mean squared activation}.
     """
@@ -404,5 +407,5 @@ def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: 
         imatrix = read_imatrix(Path(imatrix))
     with atomic_path(out, force=force) as tmp:
         log(f"quantising {src.name} to {t.upper()} with llama.cpp{' and an importance matrix' if imatrix else ''}")
-        _llama_quantize(src, tmp, t, imatrix, nthread)
+        _llama_quantize(src, tmp, t, imatrix, nthread, allow_requantize)
     return out

@@ -36,16 +36,40 @@ def profile(model: str | None = None, *, target: str = "torch", ctx: Sequence[in
     if model is None:
         raise UsageError("profile needs a MODEL (or --sweep depth-width --params N --base MODEL)")
     from .. import api
-    from ..profile.latency import PeakRSS, efficiency, measure, memory_bandwidth, rss_bytes
+    from ..profile.latency import efficiency, memory_bandwidth
     from ..targets import get_target
 
     tgt = get_target(target)
     tgt.check_available()
     art, path = api.load_artifact(model, allow_pickle=allow_pickle, log=log)
-    art = tgt.prepare(art, model, log=log)
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    workdir = Path(tempfile.mkdtemp(prefix="slmctl-profile-"))  # a converted copy, when the target needs one
+    try:
+        rep = _measure_model(tgt, art, model, path, workdir, ctx=ctx, batch=batch, repeats=repeats, warmup=warmup,
+                             decode_tokens=decode_tokens, decode_ctx=decode_ctx, device=device, layers=layers,
+                             log=log)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if bandwidth:
+        log("measuring memory bandwidth (streaming copy)")
+        bw = memory_bandwidth()
+        rep["bandwidth"] = bw
+        rep["efficiency"] = efficiency(rep["weight_bytes"], rep["decode"], bw["gb_per_s"])
+    return rep
+
+
+def _measure_model(tgt, art, model, path, workdir, *, ctx, batch, repeats, warmup, decode_tokens, decode_ctx, device,
+                   layers, log) -> dict[str, Any]:
+    from ..profile.latency import PeakRSS, measure, rss_bytes
+
+    src_format = art.format
+    art = tgt.prepare(art, model, workdir=workdir, log=log)
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    log(f"loading {path} on target {tgt.name}")
+    log(f"loading {art.path} on target {tgt.name}")
     with PeakRSS() as load_peak:
         session = tgt.load(art, device=device, log=log)
     load_s = time.perf_counter() - t0
@@ -55,28 +79,23 @@ def profile(model: str | None = None, *, target: str = "torch", ctx: Sequence[in
             res = measure(session, ctx=list(ctx), batch=list(batch), repeats=repeats, warmup=warmup,
                           decode_tokens=decode_tokens, decode_ctx=decode_ctx, layers=layers, log=log)
         dev_peak = session.peak_memory_bytes()
-        rep: dict[str, Any] = {
-            "model": model, "path": str(path), "format": art.format, "target": tgt.name, "device": session.device,
+        peak = max(load_peak.peak, run_peak.peak)
+        return {
+            "model": model, "path": str(path), "format": art.format, "source_format": src_format,
+            "target": tgt.name, "device": session.device,
             "kv_cache": session.kv_cache, "parameters": session.parameters, "weight_bytes": session.weight_bytes,
             "settings": {"ctx": list(ctx), "batch": list(batch), "repeats": repeats, "warmup": warmup,
                          "decode_tokens": decode_tokens, "decode_ctx": decode_ctx or min(ctx)},
             "load_s": load_s,
             **res,
             "memory": {"rss_before_load_mb": rss0 / 2**20, "rss_after_load_mb": rss_loaded / 2**20,
-                       "load_delta_mb": (rss_loaded - rss0) / 2**20,
-                       "peak_rss_mb": max(load_peak.peak, run_peak.peak) / 2**20,
-                       "peak_over_baseline_mb": (max(load_peak.peak, run_peak.peak) - rss0) / 2**20,
+                       "load_delta_mb": (rss_loaded - rss0) / 2**20, "peak_rss_mb": peak / 2**20,
+                       "peak_over_baseline_mb": (peak - rss0) / 2**20,
                        "device_peak_mb": dev_peak / 2**20 if dev_peak is not None else None},
             "machine": machine_info(),
         }
     finally:
         session.close()
-    if bandwidth:
-        log("measuring memory bandwidth (streaming copy)")
-        bw = memory_bandwidth()
-        rep["bandwidth"] = bw
-        rep["efficiency"] = efficiency(rep["weight_bytes"], rep["decode"], bw["gb_per_s"])
-    return rep
 
 
 def machine_info() -> dict[str, Any]:

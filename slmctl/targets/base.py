@@ -18,7 +18,7 @@ from ..errors import UnsupportedError
 Log = Callable[[str], None]
 
 # where an artifact converted for a target goes, by slmctl export format
-_EXPORT_NAMES = {"gguf": "model.gguf", "onnx": "model.onnx", "hf": "model", "safetensors": "model.safetensors"}
+_EXPORT_NAMES = {"gguf": "model.gguf", "onnx": "onnx", "hf": "hf", "safetensors": "model.safetensors"}
 
 
 def _nolog(msg: str) -> None:

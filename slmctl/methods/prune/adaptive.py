@@ -13,7 +13,7 @@ ADAPTIVE: Registry[object] = Registry("adaptive metric")
 
 
 def allocate(scores: list[float], target: float, lam: float = 0.08, lo: float = 0.0, hi: float = 0.95) -> list[float]:
-    """Per-layer ratios in [target-lam, target+lam] whose mean is ``target``; the highest score gets the lowest ratio.
+    """Per-layer ratios spread over a range of width 2·lam, whose mean is ``target``; the highest score gets the lowest ratio.
 
     Scores are min-max normalised (as OWL does), so only their order and spacing matter. Clamping to
     [lo, hi] is followed by a correction so the mean stays at the target where the bounds allow.

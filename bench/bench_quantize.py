@@ -1,0 +1,132 @@
+"""slmctl quantize at w4 g128 (symmetric) on the sample: RTN, GPTQ and AWQ, side by side with
+llm-compressor's GPTQ W4A16 g128 when its environment exists (/work/peers/llmcompressor/bin/python,
+or $BENCH_LLMCOMPRESSOR_PYTHON), on the same calibration and evaluation windows.
+
+Writes bench/results/quantize.md: perplexity before/after (the same held-out windows for every
+artifact), wall time and peak RSS of each quantisation run. Settings via environment:
+BENCH_Q_SAMPLES (16), BENCH_Q_SEQLEN (512), BENCH_Q_WINDOWS (8), BENCH_Q_CTX (512), BENCH_Q_METHODS.
+
+The sample's weights come from a Q4_1 GGUF, so an asymmetric g32 grid reproduces them almost
+exactly: methods are compared at symmetric group size 128, never at g32-asymmetric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = os.environ.get("BENCH_Q_SAMPLES", "16")
+SEQLEN = os.environ.get("BENCH_Q_SEQLEN", "512")
+WINDOWS = os.environ.get("BENCH_Q_WINDOWS", "8")
+CTX = os.environ.get("BENCH_Q_CTX", "512")
+METHODS = os.environ.get("BENCH_Q_METHODS", "rtn,gptq,awq").split(",")
+MODEL = "sample:smollm2-135m"
+PEER = Path(os.environ.get("BENCH_LLMCOMPRESSOR_PYTHON", "/work/peers/llmcompressor/bin/python"))
+
+# llm-compressor's own one-shot GPTQ on the same windows slmctl draws (passed as token ids)
+PEER_SCRIPT = r'''
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import GPTQModifier
+src, out, ids_file = sys.argv[1:4]
+ids = json.load(open(ids_file))
+from datasets import Dataset
+ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
+model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+tok = AutoTokenizer.from_pretrained(src)
+oneshot(model=model, dataset=ds, recipe=GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]),
+        max_seq_length=len(ids[0]), num_calibration_samples=len(ids))
+model.save_pretrained(out, save_compressed=True)
+tok.save_pretrained(out)
+'''
+
+
+def timed(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run under /usr/bin/time -v: (result, wall seconds, peak RSS MiB)."""
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    wall = rss = float("nan")
+    for line in r.stderr.splitlines():
+        line = line.strip()
+        if line.startswith("Elapsed (wall clock) time"):
+            parts = line.rsplit(" ", 1)[-1].split(":")
+            wall = sum(float(p) * 60 ** i for i, p in enumerate(reversed(parts)))
+        elif line.startswith("Maximum resident set size"):
+            rss = int(line.rsplit(" ", 1)[-1]) / 1024
+    return r, wall, rss
+
+
+def slm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "slmctl", *args]
+
+
+def ppl(ref: str) -> float | None:
+    r = subprocess.run(slm("eval", ref, "--windows", WINDOWS, "--ctx", CTX, "--json"), capture_output=True, text=True)
+    if r.returncode:
+        print(f"eval failed for {ref}: {r.stderr.strip()[-400:]}", file=sys.stderr)
+        return None
+    return json.loads(r.stdout)["ppl"]
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-quantize-"))
+    base = ppl(MODEL)
+    print(f"fp32: ppl {base}", file=sys.stderr)
+    rows = []
+    for m in METHODS:
+        out = tmp / m
+        r, wall, rss = timed(slm("quantize", MODEL, "--method", m, "-g", "128", "--sym", "-o", str(out),
+                                 "--samples", SAMPLES, "--seq-len", SEQLEN, "--no-report", "--quiet"))
+        if r.returncode:
+            print(f"slmctl {m} failed: {r.stderr.strip()[-600:]}", file=sys.stderr)
+            continue
+        p = ppl(str(out))
+        rows.append((f"slmctl {m}", p, wall, rss))
+        print(f"slmctl {m}: ppl {p}, {wall:.0f} s, {rss:.0f} MiB", file=sys.stderr)
+    peer = None
+    if PEER.is_file():
+        from slmctl.api import load_artifact
+        from slmctl.eval.backends import load_tokenizer
+        from slmctl.pipelines.quantize import calibration_windows
+
+        art, path = load_artifact(MODEL)
+        tok = load_tokenizer(art)
+        wins, _ = calibration_windows(lambda s: tok(s, add_special_tokens=False)["input_ids"],
+                                      data="sample:shakespeare", field="text", samples=int(SAMPLES),
+                                      seq_len=int(SEQLEN), seed=0)
+        (tmp / "ids.json").write_text(json.dumps(wins))
+        (tmp / "peer.py").write_text(PEER_SCRIPT)
+        r, wall, rss = timed([str(PEER), str(tmp / "peer.py"), str(path), str(tmp / "llmc"), str(tmp / "ids.json")])
+        if r.returncode == 0:
+            peer = (ppl(str(tmp / "llmc")), wall, rss)
+            rows.append(("llm-compressor GPTQ W4A16", *peer))
+        else:
+            print(f"llm-compressor failed: {r.stderr.strip()[-600:]}", file=sys.stderr)
+    lines = ["## quantize: w4 g128 symmetric on SmolLM2-135M", "",
+             f"`slmctl quantize sample:smollm2-135m --method M -g 128 --sym --samples {SAMPLES} --seq-len {SEQLEN}`, "
+             f"then `slmctl eval OUT --windows {WINDOWS} --ctx {CTX}` on the evaluation region (the tragedies); "
+             f"fp32 perplexity {base:.4f}." if base else "fp32 evaluation failed.", "",
+             "| run | perplexity | increase over fp32 | vs RTN increase | wall s | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    rtn_inc = next(((p / base - 1) for n, p, _, _ in rows if n == "slmctl rtn" and p and base), None)
+    for name, p, wall, rss in rows:
+        inc = (p / base - 1) if (p and base) else None
+        rel = f"{inc / rtn_inc:.2f}x" if (inc is not None and rtn_inc) else "-"
+        lines.append(f"| {name} | {p:.4f} | {inc * 100:+.2f}% | {rel} | {wall:.0f} | {rss:.0f} |"
+                     if p else f"| {name} | failed | | | {wall:.0f} | {rss:.0f} |")
+    if peer is None:
+        lines += ["", "llm-compressor was not run: it needs its own environment (it pins transformers <= 5.17) at "
+                  f"{PEER}; see docs/quantize.md."]
+    lines += ["", "Wall times come from a shared 2-core machine and are only comparable within one run."]
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "quantize.md").write_text("\n".join(lines) + "\n")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The real sample (SmolLM2-135M): GGUF perplexity against the HF folder, k-quants with slmctl's imatrix,
+and a synthetic 2 GB model exported with memory near its largest tensor. ``make test-slow`` runs these."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("llama_cpp")
+
+WINDOWS = int(os.environ.get("SLMCTL_TEST_WINDOWS", "8"))
+
+
+@pytest.fixture(scope="module")
+def sample_ppl():
+    from slmctl import api
+
+    return api.evaluate("sample:smollm2-135m", windows=WINDOWS)["ppl"]
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gguf_sample")
+
+
+def _ppl(path) -> float:
+    from slmctl import api
+
+    return api.evaluate(str(path), windows=WINDOWS)["ppl"]
+
+
+@pytest.mark.parametrize("outtype,tol", [("f16", 0.001), ("q8_0", 0.005)])
+def test_sample_gguf_perplexity_matches_hf(outtype, tol, sample_ppl, outdir):
+    from slmctl import api
+
+    out = api.export("sample:smollm2-135m", outdir / f"s-{outtype}.gguf", "gguf", outtype=outtype)
+    ppl = _ppl(out)
+    assert abs(ppl / sample_ppl - 1) <= tol, f"{outtype}: {ppl:.4f} vs HF {sample_ppl:.4f}"
+
+
+def test_sample_q4_k_m_with_imatrix_no_worse(outdir):
+    from slmctl import api
+
+    plain = api.export("sample:smollm2-135m", outdir / "q4km.gguf", "gguf", outtype="q4_k_m")
+    imat = api.export("sample:smollm2-135m", outdir / "q4km-im.gguf", "gguf", outtype="q4_k_m",
+                      data="sample:shakespeare", imatrix=str(outdir / "smol.imatrix"))
+    p0, p1 = _ppl(plain), _ppl(imat)
+    assert (outdir / "smol.imatrix").is_file()
+    assert p1 <= p0 * 1.001, f"imatrix {p1:.4f} vs plain {p0:.4f}"
+
+
+SYNTH = """
+import json, sys, torch
+from pathlib import Path
+from safetensors.torch import save_file
+d = Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)
+sys.path.insert(0, sys.argv[2])
+import conftest
+conftest._tokenizer(d)
+H, L, F, V = 2048, 8, 8192, 320
+cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=H, num_hidden_layers=L,
+           num_attention_heads=16, num_key_value_heads=16, intermediate_size=F, vocab_size=V,
+           max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+(d / "config.json").write_text(json.dumps(cfg))
+for i in range(L):  # one shard per layer: each about 268 MB of fp32
+    g = torch.Generator().manual_seed(i)
+    p = f"model.layers.{i}."
+    t = {p + "input_layernorm.weight": torch.ones(H), p + "post_attention_layernorm.weight": torch.ones(H)}
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        t[p + f"self_attn.{n}.weight"] = torch.randn(H, H, generator=g) * 0.02
+    t[p + "mlp.gate_proj.weight"] = torch.randn(F, H, generator=g) * 0.02
+    t[p + "mlp.up_proj.weight"] = torch.randn(F, H, generator=g) * 0.02
+    t[p + "mlp.down_proj.weight"] = torch.randn(H, F, generator=g) * 0.02
+    save_file(t, str(d / f"model-{i:05d}.safetensors"))
+save_file({"model.embed_tokens.weight": torch.randn(V, H) * 0.02, "model.norm.weight": torch.ones(H),
+           "lm_head.weight": torch.randn(V, H) * 0.02}, str(d / "model-head.safetensors"))
+"""
+
+
+def test_streaming_2gb_model_peak_memory(tmp_path):
+    """A ~2.2 GB fp32 model exports to f16 with peak RSS far below the model size."""
+    src = tmp_path / "synth"
+    subprocess.run([sys.executable, "-c", SYNTH, str(src), str(Path(__file__).parent)], check=True, timeout=900)
+    size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    assert size > 2e9
+    out = tmp_path / "synth.gguf"
+    p = subprocess.Popen([sys.executable, "-m", "slmctl", "export", str(src), "--format", "gguf", "--outtype", "q8_0",
+                          "-o", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, p.stderr.read().decode()
+    peak = ru.ru_maxrss * 1024
+    largest = 8192 * 2048 * 4
+    print(json.dumps({"model_bytes": size, "peak_rss": peak, "largest_tensor": largest}))
+    assert out.stat().st_size > size / 4  # q8_0 is about 1/3.8 of fp32
+    assert peak < 0.4 * size, f"peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB model"
