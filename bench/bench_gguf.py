@@ -2,7 +2,7 @@
 
 The peer runs from the llama-cpp-python source package (vendor/llama.cpp) with the gguf-py next to
 it on PYTHONPATH, not the installed gguf package. Each run is one child process; wall time and peak
-RSS come from wait4(). The outputs are compared tensor by tensor. Writes bench/results/gguf.md.
+RSS from GNU time. The outputs are compared tensor by tensor. Writes bench/results/gguf.md.
 
 BENCH_LLAMA_CPP_SRC points at a vendor/llama.cpp folder; otherwise the sdist is fetched with
 ``pip download --no-deps --no-binary :all: llama-cpp-python==<installed>`` into /work/peers/src.
@@ -41,16 +41,28 @@ def llama_cpp_src() -> Path:
 
 
 def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS in MiB, exit code) of one child process."""
+    """(wall seconds, peak RSS in MiB, exit code) of one child process.
+
+    The child is started by GNU time when present: a child forked from this (large) process would
+    report this process's RSS as its own peak, since Linux carries the peak across fork and exec.
+    """
+    rss_file = Path(tempfile.mkstemp(prefix="bench-rss-")[1])
+    gnu_time = Path("/usr/bin/time")
+    full = [str(gnu_time), "-f", "%M", "-o", str(rss_file), *cmd] if gnu_time.is_file() else cmd
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
+    rc = os.waitstatus_to_exitcode(status)
+    if rc:
         print(err[-2000:], file=sys.stderr)
-    return wall, ru.ru_maxrss // 1024, p.returncode
+    try:
+        rss_kb = int(rss_file.read_text().split()[-1]) if gnu_time.is_file() else ru.ru_maxrss
+    except (ValueError, IndexError):
+        rss_kb = ru.ru_maxrss
+    rss_file.unlink(missing_ok=True)
+    return wall, rss_kb // 1024, rc
 
 
 def compare(a: Path, b: Path) -> tuple[int, int]:
@@ -100,7 +112,7 @@ def main() -> int:
              f"`slmctl export sample:smollm2-135m --format gguf --outtype T` against `convert_hf_to_gguf.py` from "
              f"llama-cpp-python {metadata.version('llama-cpp-python')}'s vendored llama.cpp (with its own gguf-py), "
              f"on the same HF fp32 folder; each a fresh process, best wall time of {REPEATS} run(s), peak RSS "
-             "from wait4(). Identical tensors: same type and the same bytes in both files.", "",
+             "from GNU time. Identical tensors: same type and the same bytes in both files.", "",
              "| outtype | slmctl s | peer s | time ratio | slmctl peak MiB | peer peak MiB | RSS ratio | identical tensors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t, s_w, p_w, s_r, p_r, same, total in rows:

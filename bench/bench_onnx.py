@@ -104,12 +104,20 @@ def main() -> int:
 
     _, hf = load_artifact(MODEL)
     ids = prompt_ids(hf, PREFILL)
-    work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    # BENCH_ONNX_REUSE=DIR reuses DIR/fp32, DIR/int8, DIR/int4 from an earlier run (build columns then empty)
+    reuse = os.environ.get("BENCH_ONNX_REUSE")
+    work = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     rows = []
-    t_exp, rss_exp, _ = timed_run([*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"])
+
+    def build(sub, cmd):
+        if reuse and (work / sub / "model.onnx").is_file():
+            return None, None, ""
+        return timed_run(cmd)
+
+    t_exp, rss_exp, _ = build("fp32", [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"])
     verification = json.loads((work / "fp32" / "slmctl.json").read_text())["verification"]
-    t8, rss8, _ = timed_run([*SLMCTL, "quantize", str(work / "fp32"), "--type", "int8", "-o", str(work / "int8"), "-q"])
-    t4, rss4, _ = timed_run([*SLMCTL, "quantize", str(work / "fp32"), "--type", "int4", "-o", str(work / "int4"), "-q"])
+    t8, rss8, _ = build("int8", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int8", "-o", str(work / "int8"), "-q"])
+    t4, rss4, _ = build("int4", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int4", "-o", str(work / "int4"), "-q"])
     torch_r = bench_torch(hf, ids)
     rows.append(("PyTorch fp32 (transformers)", torch_r, None, None, None))
     for name, sub, t, rss in (("slmctl ONNX fp32", "fp32", t_exp, rss_exp), ("slmctl ONNX int8 (dynamic)", "int8", t8, rss8),

@@ -148,7 +148,6 @@ def write(rows: list, peer_rows: list, dense: float | None, partial: bool = Fals
     else:
         lines.append(f"\nllm-compressor was not run ({PEER} does not exist): install it in its own environment "
                      "(it pins transformers <= 5.17) to add the side-by-side rows.")
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
     if partial:
         lines.append("\n(partial: the run was still going when this was written)")
     (ROOT / "bench" / "results").mkdir(exist_ok=True)

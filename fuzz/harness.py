@@ -654,7 +654,7 @@ class Fuzzer:
         for attempt in range(5):  # a mutation that does not apply to this seed is drawn again
             try:
                 return self._make(i, random.Random(f"{self.seed}:{self.fmt}:{i}:{attempt}"))
-            except (KeyError, TypeError, IndexError, AttributeError):
+            except (KeyError, TypeError, IndexError, AttributeError, ValueError):
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")

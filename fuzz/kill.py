@@ -36,8 +36,8 @@ TMP_MARK = ".slmctl-tmp-"
 COMMANDS: dict[str, tuple[list[str], bool]] = {
     "export-hf": (["export", "{src}", "--format", "hf", "-o", "{out}"], True),
     "export-safetensors": (["export", "{src}", "--format", "safetensors", "-o", "{out}"], False),
-    "quantize": (["quantize", "{src}", "-o", "{out}"], True),
-    "merge": (["merge", "{src}", "{src}", "-o", "{out}"], True),
+    "quantize": (["quantize", "{src}", "-m", "rtn", "-b", "4", "-g", "32", "--no-report", "-o", "{out}"], True),
+    "merge": (["merge", "{src}", "{src2}", "--method", "linear", "-o", "{out}"], True),
 }
 
 
@@ -83,14 +83,16 @@ class Command:
     duration: float
 
     def args(self, src: Path, out: Path) -> list[str]:
-        return [a.format(src=src, out=out) for a in self.argv]
+        return [a.format(src=src, out=out, src2=src.parent / (src.name + "-b")) for a in self.argv]
 
 
-def calibrate(src: Path, work: Path, env: dict, log) -> list[Command]:
+def calibrate(src: Path, work: Path, env: dict, log, only: list[str] | None = None) -> list[Command]:
     """Run each command once, uninterrupted: its duration and the digest of a correct output."""
     verbs = offered_verbs()
     cmds = []
     for name, (argv, is_dir) in COMMANDS.items():
+        if only and name not in only:
+            continue
         if argv[0] not in verbs:
             log(f"{name}: `slmctl {argv[0]}` is not offered by this slmctl; skipped")
             continue
@@ -168,14 +170,15 @@ def build_source(folder: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import build_tiny  # the same tiny Llama the tests use
 
+    build_tiny("llama", folder.parent / (folder.name + "-b"), seed=1)  # the second model for merge
     return build_tiny("llama", folder)
 
 
-def run(trials: int, seed: int, work: Path, src: Path | None = None, log=print) -> dict:
+def run(trials: int, seed: int, work: Path, src: Path | None = None, log=print, only: list[str] | None = None) -> dict:
     env = dict(os.environ, SLMCTL_CACHE=str(work / "cache"), TOKENIZERS_PARALLELISM="false")
     if src is None:
         src = build_source(work / "src")
-    cmds = calibrate(src, work, env, log)
+    cmds = calibrate(src, work, env, log, only)
     if not cmds:
         raise SystemExit("no command to interrupt")
     rng = random.Random(seed)
@@ -206,10 +209,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=20261129)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--commands", default=None, help="comma-separated subset of: " + ", ".join(COMMANDS))
     a = ap.parse_args()
     work = a.out or Path(tempfile.mkdtemp(prefix="slmctl-kill-"))
     work.mkdir(parents=True, exist_ok=True)
-    doc = run(a.trials, a.seed, work, log=lambda m: print(m, file=sys.stderr))
+    doc = run(a.trials, a.seed, work, log=lambda m: print(m, file=sys.stderr),
+              only=a.commands.split(",") if a.commands else None)
     print(json.dumps(doc, indent=2) if a.json else
           f"{doc['survived']}/{doc['trials']} kill trials survived; per command: {json.dumps(doc['commands'])}; "
           f"skipped: {doc['skipped']}")

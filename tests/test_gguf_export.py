@@ -267,3 +267,25 @@ def test_existing_output_needs_force(tiny_llama, tmp_path, cli):
     assert code == 1 and "--force" in err and dst.read_bytes() == b"keep"
     code, _, err = cli("export", str(tiny_llama), "--format", "gguf", "-o", str(dst), "--force")
     assert code == 0 and dst.read_bytes()[:4] == b"GGUF"
+
+
+def test_llama3_rope_scaling_matches_transformers(tiny_llama, tmp_path):
+    """Llama 3.x frequency scaling: the rope_freqs tensor gives transformers' logits in llama.cpp."""
+    from slmctl import api
+
+    src = tmp_path / "l3"
+    shutil.copytree(tiny_llama, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = api.export(str(src), tmp_path / "l3.gguf", "gguf", outtype="f32")
+    r = gguf.GGUFReader(str(out))
+    freqs = {t.name: t for t in r.tensors}["rope_freqs.weight"]
+    assert len(freqs.data) == 4 and float(np.max(freqs.data)) > 1.0  # some wavelengths are scaled
+    llm = _llama(out)
+    try:
+        got = _llama_logits(llm, PROMPT)
+    finally:
+        llm.close()
+    assert np.abs(got - _hf_logits(src, PROMPT)).max() <= 1e-3

@@ -83,19 +83,22 @@ save_file({"model.embed_tokens.weight": torch.randn(V, H) * 0.02, "model.norm.we
 """
 
 
+@pytest.mark.skipif(not Path("/usr/bin/time").is_file(), reason="needs GNU time for the child's peak RSS")
 def test_streaming_2gb_model_peak_memory(tmp_path):
-    """A ~2.2 GB fp32 model exports to f16 with peak RSS far below the model size."""
+    """A ~2.2 GB fp32 model exports to q8_0 with peak RSS far below the model size (near its largest tensor)."""
     src = tmp_path / "synth"
     subprocess.run([sys.executable, "-c", SYNTH, str(src), str(Path(__file__).parent)], check=True, timeout=900)
     size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
     assert size > 2e9
     out = tmp_path / "synth.gguf"
-    p = subprocess.Popen([sys.executable, "-m", "slmctl", "export", str(src), "--format", "gguf", "--outtype", "q8_0",
-                          "-o", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, p.stderr.read().decode()
-    peak = ru.ru_maxrss * 1024
+    rss = tmp_path / "rss.txt"
+    # GNU time starts the child: a child forked from pytest would report pytest's RSS as its own peak
+    r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), sys.executable, "-m", "slmctl", "export",
+                        str(src), "--format", "gguf", "--outtype", "q8_0", "-o", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    peak = int(rss.read_text().split()[-1]) * 1024
     largest = 8192 * 2048 * 4
     print(json.dumps({"model_bytes": size, "peak_rss": peak, "largest_tensor": largest}))
     assert out.stat().st_size > size / 4  # q8_0 is about 1/3.8 of fp32
-    assert peak < 0.4 * size, f"peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB model"
+    assert peak < 0.25 * size, f"peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB model"

@@ -357,10 +357,10 @@ def test_lora_ref_inside_a_config(trio, tmp_path):
 
 
 # ------------------------------------------------------------------ checks before any tensor work
-def test_architecture_mismatch(trio, tiny_models, tmp_path, cli):
-    code, _, err = cli("merge", str(trio["a"]), str(tiny_models["qwen2"]), "--method", "linear",
+def test_architecture_mismatch(trio, others, tmp_path, cli):
+    code, _, err = cli("merge", str(trio["a"]), str(others["gemma2"]), "--method", "linear",
                        "-o", str(tmp_path / "m"))
-    assert code == 1 and "cannot merge Qwen2ForCausalLM" in err and "hint:" in err
+    assert code == 1 and "cannot merge Gemma2ForCausalLM" in err and "hint:" in err
     assert not (tmp_path / "m").exists()
 
 
@@ -453,3 +453,32 @@ def test_gguf_input_is_dequantised_and_renamed(tmp_path):
     want = load_dir(api.load_artifact("sample:smollm2-135m")[1])
     assert sorted(got) == sorted(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.fixture(scope="module")
+def others(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("merge-fam")
+    return {f: build_tiny(f, root / f) for f in ("gpt2", "gemma2")}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_frankenmerge_other_families(others, tmp_path, family):
+    """Layer stacking keeps per-layer config lists in step (gemma2's layer_types) and loads in transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from slmctl import api
+
+    src = others[family]
+    cfg = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(src), "layer_range": [0, 2]}]},
+        {"sources": [{"model": str(src), "layer_range": [1, 2]}]}]}
+    out = api.merge([], tmp_path / "m", config=cfg)
+    c = json.loads((out / "config.json").read_text())
+    before = json.loads((src / "config.json").read_text())
+    assert c.get("num_hidden_layers", c.get("n_layer")) == 3
+    if "layer_types" in before:
+        assert c["layer_types"] == before["layer_types"] + before["layer_types"][1:]
+    got, want = load_dir(out), load_dir(src)
+    assert len(got) == len(want) + sum(1 for k in want if ".1." in k and (".h.1." in k or ".layers.1." in k))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()

@@ -226,7 +226,7 @@ def _external_copy(src: Path, dst: Path, location: str | None = None) -> Path:
             shutil.copyfile(f, dst / f.name)
     m = onnx.load(str(src / "model.onnx"))
     onnx.save_model(m, str(dst / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=0)
+                    location="model.onnx.data", size_threshold=1024)
     if location is not None:
         m = onnx.load(str(dst / "model.onnx"), load_external_data=False)
         for t in m.graph.initializer:

@@ -206,6 +206,16 @@ def test_nm_output_has_the_pattern_in_every_group(tiny_llama, text_file, tmp_pat
     assert inner["recipe"]["sparsity"]["achieved"] == pytest.approx(1 - n / m)
 
 
+def test_nm_on_gpt2_conv1d_runs_along_the_input_dimension(tiny_models, text_file, tmp_path):
+    out = tmp_path / "gpt2"
+    _prune(tiny_models["gpt2"], out, text_file, method="sparsegpt", pattern="2:4", eval_windows=0)
+    st = _state(out)
+    w = st["transformer.h.0.mlp.c_fc.weight"]  # Conv1D stores (in, out): groups run down the columns
+    assert w.shape == (32, 64) and check_nm(w.t().contiguous(), 2, 4)
+    assert torch.equal(st["transformer.wte.weight"], _state(tiny_models["gpt2"])["transformer.wte.weight"])
+    _runs(out)
+
+
 def test_same_seed_gives_identical_outputs(tiny_llama, text_file, tmp_path):
     a = _prune(tiny_llama, tmp_path / "a", text_file, method="sparsegpt", eval_windows=0)
     b = _prune(tiny_llama, tmp_path / "b", text_file, method="sparsegpt", eval_windows=0)
@@ -225,7 +235,7 @@ def test_adaptive_keeps_the_average(tiny_llama, text_file, tmp_path):
         _prune(tiny_llama, tmp_path / "x", text_file, method="wanda", pattern="2:4", adaptive=True)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "phi3", "gpt2"])
+@pytest.mark.parametrize("family", ["qwen2", "gemma2", "gpt2"])
 def test_depth_drops_and_renumbers_layers(tiny_models, text_file, tmp_path, family):
     src = tiny_models[family]
     out = tmp_path / family
@@ -254,7 +264,7 @@ def test_depth_last_needs_no_calibration(tiny_llama, text_file, tmp_path):
     assert rep["recipe"]["layers_removed"] == [1] and rep["recipe"]["calibration"] is None
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma2"])
 def test_width_heads_and_mlp_give_a_smaller_dense_model(tiny_models, text_file, tmp_path, family):
     src = tiny_models[family]
     out = tmp_path / family

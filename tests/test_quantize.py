@@ -293,3 +293,20 @@ def test_errors_name_the_problem(cli, tiny_models, tmp_path, calib_args):
     assert cli("quantize", str(tiny_models["llama"]), "--method", "rtn", "-o", str(q), "--no-report", *calib_args)[0] == 0
     code, _, stderr = cli("quantize", str(q), "-o", str(tmp_path / "qq"), *calib_args)
     assert code == 1 and "already quantised" in stderr
+
+
+def test_gptq_layout_asymmetric_zeros_never_underflow():
+    # GPTQ v1 stores zero - 1 and loaders add 1 back with a carrying add: a zero of 0 would corrupt
+    # its neighbour, so asymmetric grids for this layout keep zeros >= 1 (all-positive groups included)
+    from slmctl.io.quantized_formats import gptq_tensors
+
+    w = torch.rand(32, 64, generator=torch.Generator().manual_seed(0)) + 0.1  # all positive: min/max zero is 0
+    assert rtn(w, QuantConfig(4, 32, sym=False)).zero.min() == 0
+    res = rtn(w, QuantConfig(4, 32, sym=False, zero_min=1))
+    assert res.zero.min() >= 1
+    t = gptq_tensors("m", res)
+    q, scale, zero, g_idx = gptq_unpack(t.get, "m", 4)
+    assert torch.equal(zero.to(torch.int32), res.zero)
+    # what a loader's v1 -> v2 conversion does (+0x11111111 on each packed word) equals the true zeros
+    assert torch.equal(unpack_rows(t["m.qzeros"].to(torch.int64) + 0x11111111, 4, 32), res.zero.to(torch.int64))
+    assert ((w - res.dequantize()).abs() <= res.scale[res.g_idx.long()].T).all()

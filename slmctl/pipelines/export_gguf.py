@@ -54,6 +54,7 @@ class _Planned:
     shape: tuple[int, ...]  # output shape, numpy order
     gtype: str
     bid: int | None
+    make: Callable[[], np.ndarray] | None = None  # a tensor slmctl computes (not in the HF model)
 
 
 def _tensor_type(spec: ArchSpec, gguf_name: str, shape: tuple[int, ...], outtype: str) -> str:
@@ -81,9 +82,32 @@ def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
     if not any(p.gguf == "token_embd.weight" for p in out):
         raise InputError(f"{art.path}: no token embedding tensor found", hint="is this a complete causal LM?")
     order = {"token_embd.weight": 0, "position_embd.weight": 1}
+    rp = rope_params(cfg)
+    if spec.rope and rp.get("rope_type") == "llama3":
+        factors = llama3_rope_factors(cfg, rp)
+        out.append(_Planned("", "rope_freqs.weight", factors.shape, "f32", None, make=lambda: factors))
     out.sort(key=lambda p: (p.bid if p.bid is not None else (-1 if p.gguf in order else 1 << 30),
                             order.get(p.gguf, 2), p.gguf))
     return out
+
+
+def llama3_rope_factors(cfg: dict, rp: dict) -> np.ndarray:
+    """Llama 3.1's frequency-dependent RoPE scaling as per-frequency divisors (llama.cpp's rope_freqs).
+
+    Long wavelengths are slowed by ``factor``, short ones kept, the band between interpolated.
+    Reference: https://github.com/meta-llama/llama-models/blob/main/models/llama3/reference_impl/model.py
+    """
+    dim = head_dim(cfg)
+    base = float(rp.get("rope_theta", 10000.0))
+    factor = float(rp.get("factor", 8.0))
+    low, high = float(rp.get("low_freq_factor", 1.0)), float(rp.get("high_freq_factor", 4.0))
+    old_ctx = float(rp.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    wavelen = 2 * np.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    scale = np.where(wavelen < old_ctx / high, 1.0,
+                     np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return scale.astype(np.float32)
 
 
 def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict) -> np.ndarray:
@@ -162,6 +186,8 @@ def write_hparams(w, spec: ArchSpec, cfg: dict, arch: str, per_layer: dict[str, 
             w.add_string(f"{arch}.rope.scaling.type", "yarn")
             w.add_f32(f"{arch}.rope.scaling.factor", rp["factor"])
             w.add_u32(f"{arch}.rope.scaling.original_context_length", rp["original_max_position_embeddings"])
+        elif rtype == "llama3":
+            pass  # frequency factors go into the rope_freqs tensor (see plan)
         elif rtype not in ("default", None):
             raise UnsupportedError(f"RoPE type {rtype!r} is not supported by slmctl's GGUF exporter yet",
                                    hint="supported: default, linear, yarn")
@@ -259,7 +285,8 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     try:
         it = progress(planned, desc="tensors") if progress else planned
         for p in it:
-            w.write_tensor(p.gguf, _convert(load_float32(art.tensors[p.hf]), p, spec, cfg))
+            a = p.make() if p.make is not None else _convert(load_float32(art.tensors[p.hf]), p, spec, cfg)
+            w.write_tensor(p.gguf, a)
         w.close()
     except BaseException:
         w.abort()

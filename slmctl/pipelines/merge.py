@@ -232,7 +232,8 @@ def build_plan(cfg: mkc.MergeConfig, models: dict[str, Model], method) -> Plan:
         sbase = sl.base_model or base
         where = f"slice {i}" if cfg.slices else "the merge"
         if len(set(keys)) != len(keys):
-            raise UsageError(f"{where} lists a model twice: {keys}")
+            raise UsageError(f"{where} lists a model twice: {keys}",
+                             hint="name each model once (merge weights, not repeated entries, set its share)")
         if method.base == "required":
             if not sbase:
                 raise UsageError(f"{method.name} needs a base model",
