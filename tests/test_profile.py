@@ -216,8 +216,8 @@ def test_onnxruntime_kv_state_grows(tmp_path):
     assert st["next"].shape == (2,) and st["next"].dtype == np.int64
 
 
-def test_conversion_needs_an_exporter_or_says_so(tiny_llama, monkeypatch):
-    """An HF model on the llamacpp target goes through `slmctl export --format gguf`, when that exists."""
+def test_llamacpp_through_the_gguf_exporter(tiny_llama):
+    """An HF model on the llamacpp target goes through `slmctl export --format gguf` (when that exists)."""
     from slmctl import api
     from slmctl.errors import SlmctlError
     from slmctl.targets import get_target
@@ -229,6 +229,11 @@ def test_conversion_needs_an_exporter_or_says_so(tiny_llama, monkeypatch):
     except SlmctlError:
         with pytest.raises(SlmctlError, match="takes gguf; .* is hf and cannot be converted"):
             tgt.prepare(art, str(tiny_llama))
-    else:
-        conv = tgt.prepare(art, str(tiny_llama))
-        assert conv.format == "gguf"
+        return
+    pytest.importorskip("llama_cpp")
+    rep = api.profile(str(tiny_llama), target="llamacpp", ctx=[8], batch=[1, 2], repeats=2, warmup=1,
+                      decode_tokens=2, bandwidth=False)
+    assert rep["format"] == "gguf" and rep["source_format"] == "hf" and rep["kv_cache"] is True
+    assert [d["batch"] for d in rep["decode"]] == [1] and rep["decode"][0]["p50_ms"] > 0
+    assert "decode at batch 2 skipped: the target runs at most batch 1" in rep["notes"]
+    assert rep["parameters"] == sum(t.numel for t in art.tensors.values())  # same weights, GGUF names

@@ -51,6 +51,14 @@ def clean_stale_temps(path: Path) -> None:
         except ValueError:
             continue
         if pid != os.getpid() and not _pid_alive(pid):
+            if "-old-" in p.name and not path.exists() and not path.is_symlink():
+                # a --force run died between moving the previous output aside and renaming the new
+                # one in: the previous output is complete, so put it back rather than lose it
+                try:
+                    os.rename(p, path)
+                    continue
+                except OSError:
+                    pass
             _remove(p)
 
 
@@ -78,8 +86,8 @@ def atomic_path(path: str | os.PathLike, *, force: bool = False, is_dir: bool = 
     On any failure (including KeyboardInterrupt) the temporary is removed and ``path`` is untouched.
     """
     path = Path(path)
+    clean_stale_temps(path)  # first: it may put back an output that a killed --force run moved aside
     check_output(path, force)
-    clean_stale_temps(path)
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if is_dir:
         tmp.mkdir()

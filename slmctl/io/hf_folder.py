@@ -13,7 +13,11 @@ from .atomic import atomic_path
 
 def write_hf_folder(out: Path, *, src_dir: Path, config: dict[str, Any], tensors: Iterable[tuple[str, Any]],
                     prov: dict[str, Any], force: bool = False, max_shard_size: int | None = None) -> Path:
-    """``tensors`` is consumed one at a time (memory stays near one tensor); written atomically."""
+    """``tensors`` is consumed one at a time (memory stays near one tensor); written atomically.
+
+    ``prov`` is serialised after the last tensor, so a streaming producer may complete it (e.g. the
+    sparsity it achieved) while its tensors are written.
+    """
     from .. import provenance
     from .convert import write_provenance_file
     from .safetensors import ShardedWriter
@@ -30,6 +34,7 @@ def write_hf_folder(out: Path, *, src_dir: Path, config: dict[str, Any], tensors
         except BaseException:
             w.abort()
             raise
+        w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
         w.close()
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     return out

@@ -239,6 +239,14 @@ def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam)
     if adaptive:
         ADAPTIVE.get(metric)
     needs_calib = pruner.needs is not None or adaptive
+    from ..surgery.width import PER_LAYER_KEY
+
+    cfg = ctx["art"].config
+    if cfg.get("model_type") != "gpt2" and not cfg.get(PER_LAYER_KEY):
+        # one decoder layer in memory at a time (slmctl.layerwise); GPT-2's Conv1D and per-layer
+        # widths take the in-memory path below
+        return _unstructured_streaming(ctx, pruner=pruner, target=target, pat=pat, pattern=pattern,
+                                       adaptive=adaptive, metric=metric, lam=lam, needs_calib=needs_calib)
     if needs_calib:
         model, ids = _model_and_ids(ctx)
     else:
@@ -318,6 +326,133 @@ def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam)
               "_calibrated": needs_calib}
     config = dict(ctx["art"].config)
     return _stream_state(ctx["art"], state), config, recipe, rows
+
+
+def _stats_adder(needs: str | None, stats: dict):
+    """on_input(name, x) accumulating what the pruner needs: sum of x² per feature, or the Hessian 2XᵀX/n."""
+    import torch
+
+    def add(name, x):
+        x = x.reshape(-1, x.shape[-1]).float()
+        st = stats.setdefault(name, {})
+        if needs == "norm":
+            s = (x ** 2).sum(0)
+            st["sq_norm"] = s if "sq_norm" not in st else st["sq_norm"] + s
+        elif needs == "hessian":
+            if "hessian" not in st:
+                st["hessian"] = torch.zeros(x.shape[1], x.shape[1])
+                st["n"] = 0
+            t = x.shape[0]
+            st["hessian"] *= st["n"] / (st["n"] + t)
+            st["n"] += t
+            x = (2.0 / st["n"]) ** 0.5 * x
+            st["hessian"] += x.t() @ x
+    return add
+
+
+def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metric, lam, needs_calib):
+    """Unstructured / N:M pruning with one decoder layer in memory: model-free for plain magnitude,
+    else slmctl.layerwise (weights read per layer, pruned outputs feed the next layer)."""
+    import torch
+
+    from ..methods.prune.adaptive import allocate, outlier_ratio
+    from ..methods.prune.depth import token_cos
+    from ..methods.prune.wanda import wanda_score
+    from ..surgery.layers import layer_index, n_layers
+
+    art = ctx["art"]
+    n = n_layers(art.config)
+    ratios = [target] * n
+    per_layer = {i: [0, 0] for i in range(n)}  # zeros, params
+    sparsity = {"kind": pattern if pat else "unstructured", "target": target}
+    recipe = {"sparsity": sparsity, "pattern": pattern,
+              "adaptive": {"metric": metric, "lambda": lam} if adaptive else None, "_calibrated": needs_calib}
+    rows: list[dict] = []
+
+    def cast(name, t):
+        dt = _torch_dtype(art.tensors[name].dtype)
+        return t.to(dt) if dt is not None and t.is_floating_point() else t
+
+    def finish():
+        for i in range(n):
+            z, p = per_layer[i]
+            rows.append({"layer": i, "target": ratios[i], "sparsity": z / p if p else 0.0, "zeros": z, "params": p})
+        sparsity["achieved"] = sum(r["zeros"] for r in rows) / max(1, sum(r["params"] for r in rows))
+        sparsity["per_layer"] = [round(r["sparsity"], 6) for r in rows]
+
+    if not needs_calib:  # magnitude: straight from the files, tensor by tensor
+        def gen():
+            for name, lazy in art.tensors.items():
+                t = lazy.load()
+                i = layer_index(name)
+                if i is not None and t.dim() == 2 and name.endswith(".weight"):
+                    new = pruner(t.float(), None, sparsity=ratios[i], pattern=pat)
+                    per_layer[i][0] += int((new == 0).sum())
+                    per_layer[i][1] += new.numel()
+                    t = cast(name, new)
+                yield name, t
+            finish()
+        return gen(), dict(art.config), recipe, rows
+
+    from ..layerwise import LayerwiseModel, iter_layers, run_layer
+
+    lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
+    from ..eval.backends import load_tokenizer
+
+    c = ctx["calib"]
+    windows = calibration_ids(load_tokenizer(art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
+                              samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
+    ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+
+    def lin_of(layer):
+        return {nm: m for nm, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+
+    if adaptive:
+        scores: list[float] = []
+        prev = None
+        cos = [0.0] * n
+        last = None
+        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+            if prev is not None:
+                s_, k_ = zip(*(token_cos(a, b) for a, b in zip(prev, step.hidden)))
+                cos[step.idx - 1] = sum(s_) / sum(k_)
+            prev = step.hidden
+            if metric == "owl":
+                st: dict = {}
+                step.recapture(on_input=_stats_adder("norm", st))
+                scores.append(outlier_ratio([wanda_score(m.weight.data, st[nm]["sq_norm"])
+                                             for nm, m in lin_of(step.layer).items()]))
+            if step.idx == n - 1:
+                last = run_layer(step.layer, step.hidden, step.kwargs)
+                s_, k_ = zip(*(token_cos(a, b) for a, b in zip(prev, last)))
+                cos[n - 1] = sum(s_) / sum(k_)
+        if metric == "bi":
+            scores = [1.0 - x for x in cos]
+        ratios[:] = allocate(scores, target, lam)
+        ctx["log"]("adaptive sparsity per layer: " + ", ".join(f"{r:.3f}" for r in ratios))
+
+    def gen():
+        done: set[str] = set()
+        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+            i = step.idx
+            lin = lin_of(step.layer)
+            stats: dict = {nm: {} for nm in lin}
+            if pruner.needs is not None:
+                step.recapture(list(lin), on_input=_stats_adder(pruner.needs, stats))
+            for nm, m in lin.items():
+                new = pruner(m.weight.data, stats[nm], sparsity=ratios[i], pattern=pat)
+                m.weight.data.copy_(new)
+                per_layer[i][0] += int((new == 0).sum())
+                per_layer[i][1] += new.numel()
+            for pname, src in lm.layer_tensor_names(i).items():
+                t = step.layer.get_parameter(pname).detach().clone()
+                done.add(src)
+                yield src, cast(src, t)
+        for name, lazy in art.tensors.items():  # embeddings, final norm, head: unchanged
+            if name not in done:
+                yield name, lazy.load()
+        finish()
+    return gen(), dict(art.config), recipe, rows
 
 
 # ---------------------------------------------------------------- depth

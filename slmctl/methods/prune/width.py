@@ -63,15 +63,3 @@ def keep_heads(score, n_heads: int, n_kv: int, ratio: float) -> tuple[list[int],
         return q, list(range(n_kv))
     kv = top_k(s.sum(1), keep_count(n_kv, ratio))
     return kv, kv
-
-
-def keep_heads_total(score, n_heads: int, n_kv: int, target_heads: int) -> tuple[list[int], list[int]]:
-    """As keep_heads, but aiming at ``target_heads`` query heads in total (for per-layer ratios)."""
-    per = n_heads // n_kv
-    if per > 1:
-        ratio = 1.0 - max(1, round(target_heads / n_kv)) / per
-    else:
-        ratio = 1.0 - max(1, target_heads) / n_kv
-    return keep_heads(score, n_heads, n_kv, max(0.0, ratio))
-
-

@@ -93,7 +93,15 @@ def minmax_qparams(x, cfg: QuantConfig, *, shrink: float | Any = 1.0):
     if cfg.sym:
         zero = torch.full_like(scale, (cfg.maxq + 1) // 2)
     else:
-        zero = torch.clamp(torch.round(-xmin / scale), cfg.zero_min, cfg.maxq)
+        zero = torch.clamp(torch.round(-xmin / scale), 0, cfg.maxq)
+        if cfg.zero_min:
+            # a group whose zero would fall below zero_min: start the grid at zero_min and
+            # stretch the scale so xmax still fits
+            low = zero < cfg.zero_min
+            if low.any():
+                alt = _fp16_exact(xmax / (cfg.maxq - cfg.zero_min))
+                scale = torch.where(low, torch.maximum(alt, scale), scale)
+                zero = torch.clamp(torch.round(-xmin / scale), cfg.zero_min, cfg.maxq)
     return scale, zero
 
 
