@@ -294,7 +294,8 @@ def test_quantize_onnx(llama_onnx, tmp_path, text_file, cli, bits, qtype, op):
     q = quantize_onnx(str(out), tmp_path / f"q{bits}", qtype=qtype)
     m = onnx.load(str(q / "model.onnx"))
     ops = [n.op_type for n in m.graph.node]
-    assert ops.count(op) >= 2 * 7  # every projection of both layers
+    # every projection of both layers; int8 keeps the gated-MLP down projections (outlier inputs) in float
+    assert ops.count(op) == 2 * 7 - (2 if bits == 8 else 0)
     prov = json.loads({p.key: p.value for p in m.metadata_props}["slmctl.provenance"])
     assert prov["verb"] == "quantize" and prov["recipe"]["bits"] == bits
     assert prov["inputs"][0]["provenance"]["verb"] == "export"  # the chain reaches back to the export

@@ -472,7 +472,23 @@ def _depth(ctx, *, layers, ratio, metric):
     if not 0 < k < n:
         raise UsageError(f"cannot remove {k} of {n} layers", hint=f"choose --layers between 1 and {n - 1}")
     stats = None
-    if metric != "last":
+    if metric != "last" and art.config.get("model_type") != "gpt2" and not art.config.get("slmctl_per_layer"):
+        # one decoder layer in memory at a time
+        from ..eval.backends import load_tokenizer
+        from ..layerwise import LayerwiseModel, iter_layers, run_layer
+
+        lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
+        c = ctx["calib"]
+        windows = calibration_ids(load_tokenizer(art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
+                                  samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
+        ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+        stats = BoundaryCos(n, k)
+        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+            stats.push(step.hidden)
+            if step.idx == n - 1:
+                stats.push(run_layer(step.layer, step.hidden, step.kwargs))
+        del lm
+    elif metric != "last":
         model, ids = _model_and_ids(ctx)
         runner = LayerRunner(model, ids)
         stats = BoundaryCos(n, k)

@@ -36,28 +36,58 @@ def _quiet_ort():
     if os.environ.get("SLMCTL_DEBUG") == "1":
         yield
         return
+    import importlib
     import warnings
 
-    root = logging.getLogger()
-    saved = root.level
-    root.setLevel(logging.ERROR)
+    root_level = logging.getLogger().level
+    for mod in ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
+        with contextlib.suppress(ImportError):
+            # matmul_nbits_quantizer calls logging.basicConfig(level=INFO) on import: import first, then quieten
+            importlib.import_module(mod)
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("onnxruntime")]
+    saved = {n: logging.getLogger(n).level for n in names}
+    saved[""] = root_level
+    for n in saved:
+        logging.getLogger(n).setLevel(logging.ERROR)
     try:
         # the bundled neural-compressor code prints a progress bar on stdout, which carries only the result
         with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(saved)
+        for n, lvl in saved.items():
+            logging.getLogger(n).setLevel(lvl)
 
 
-def _int8(src: Path, dst: Path, *, per_channel: bool, external: bool) -> dict[str, Any]:
+def gated_mlp_outputs(src: Path) -> list[str]:
+    """MatMul nodes fed by the product of two activations: the down projection of a gated MLP
+    (act(gate) * up). Their inputs carry the large outlier channels that per-tensor activation
+    quantisation cannot represent, so dynamic int8 keeps them in float."""
+    import onnx
+
+    m = onnx.load(str(src), load_external_data=False)
+    consts = {i.name for i in m.graph.initializer}
+    consts |= {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "MatMul" or len(n.input) < 2 or n.input[1] not in consts:
+            continue
+        p = producer.get(n.input[0])
+        if p is not None and p.op_type == "Mul" and not any(i in consts for i in p.input):
+            out.append(n.name)
+    return out
+
+
+def _int8(src: Path, dst: Path, *, per_channel: bool, external: bool, keep_down_proj: bool = True) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    exclude = gated_mlp_outputs(src) if keep_down_proj else []
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
                      op_types_to_quantize=["MatMul", "Gemm"], use_external_data_format=external,
-                     extra_options={"MatMulConstBOnly": True})
+                     nodes_to_exclude=exclude, extra_options={"MatMulConstBOnly": True})
     return {"method": "quantize_dynamic", "weight_type": "QInt8", "per_channel": per_channel,
-            "op_types": ["MatMul", "Gemm"]}
+            "op_types": ["MatMul", "Gemm"], "kept_in_float": len(exclude)}
 
 
 def _calib_reader(src: Path, calib: str | None, ctx: int, samples: int):

@@ -63,7 +63,9 @@ def plot_sweep(rep: dict, out: Path, *, force: bool = False) -> list[Path]:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(title="* Pareto front")
-    ax.set_title(f"{rep['params_target'] / 1e6:.1f}M parameters on {rep['target']} ({rep['device']})")
+    n = rep["params_target"]
+    size = f"{n / 1e9:.2g}B" if n >= 1e9 else f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
+    ax.set_title(f"{size} parameters on {rep['target']} ({rep['device']})")
     if len(batches) > 1:
         lo, hi = batches[0], batches[-1]
         ax2 = axes[1]
