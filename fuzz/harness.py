@@ -439,9 +439,9 @@ def onnx_mutate(rng: random.Random, seed: Any, folder: Path) -> bytes:
             loc = rng.choice(["../../etc/passwd", "../outside.bin", "/etc/passwd", "sub/../../x.bin", "link.bin",
                               "dirlink/w.bin", "", ".", "missing.bin", "weights.bin\x00x", "a" * 5000, "sub",
                               "./weights.bin", "sub/../weights.bin"])
-            if loc == "link.bin":
+            if loc == "link.bin" and not (folder / "link.bin").is_symlink():
                 (folder / "link.bin").symlink_to(folder.parent / "outside.bin")
-            elif loc == "dirlink/w.bin":
+            elif loc == "dirlink/w.bin" and not (folder / "dirlink").is_symlink():
                 (folder / "dirlink").symlink_to(folder.parent)
             elif loc == "sub":
                 (folder / "sub").mkdir(exist_ok=True)

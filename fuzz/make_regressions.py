@@ -124,6 +124,12 @@ def main() -> None:
     add_dir("onnx-location-too-long", "rejected", "cannot use external data",
             "OSError ENAMETOOLONG from Path.is_symlink")
 
+    big = external("w", "w.bin", dims=(2**40,))
+    onnx_model([big], OUT / "onnx-external-huge-shape")
+    (OUT / "onnx-external-huge-shape" / "w.bin").write_bytes(b"\0" * 16)
+    add_dir("onnx-external-huge-shape", "accepted", "",
+            "MemoryError: the loader read shape-many bytes (4 TiB) from a 16-byte external file")
+
     (OUT / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
     print(f"wrote {len(man)} regression inputs to {OUT}")
 

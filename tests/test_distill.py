@@ -255,3 +255,30 @@ def test_jsonl_data(tiny_llama, student, text_file, tmp_path):
     assert rep["heldout"]["blocks"] == 2 and len(rep["history"]) == 2
     with pytest.raises(InputError, match="no string field"):
         run(tiny_llama, student, tmp_path / "j2", text_file=data, steps=2)
+
+
+@pytest.mark.slow
+def test_real_sample_smoke(tmp_path):
+    """The real SmolLM2-135M distils into a copy of itself with one decoder layer fewer (a pruned student):
+    two tiny steps through the top-k cache, and the end-of-run report (uses SLMCTL_CACHE's sample)."""
+    from transformers import AutoModelForCausalLM
+
+    from slmctl.api import load_artifact
+
+    _, teacher = load_artifact("sample:smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(str(teacher), dtype=torch.float32)
+    del model.model.layers[-1]
+    model.config.num_hidden_layers -= 1
+    student = tmp_path / "student"
+    model.save_pretrained(student)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (teacher / f).is_file():
+            shutil.copyfile(teacher / f, student / f)
+    rep = api.distill("sample:smollm2-135m", str(student), tmp_path / "out", data="sample:shakespeare:calib",
+                      steps=2, seq_len=32, batch_size=1, lr=1e-4, heldout=1, teacher_cache=tmp_path / "tc", topk=16,
+                      eval_ctx=64, eval_windows=1, max_tokens=20000)
+    ev = rep["eval"]
+    assert ev["teacher"]["ppl"] < ev["start"]["ppl"]  # dropping a layer hurts
+    assert ev["start"]["kld"] > 0 and ev["distilled"]["kld"] > 0
+    assert len(rep["history"]) == 2 and all(h["kd"] > 0 for h in rep["history"])
+    assert (tmp_path / "out" / "model.safetensors").is_file()

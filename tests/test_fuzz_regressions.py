@@ -54,10 +54,14 @@ def test_regression_input(name, tmp_path, cli):
         assert code == 1 and err.startswith("error: ") and case["needle"] in err and out == ""
     else:
         art = open_artifact(path)
+        loads = True
         for lt in art.tensors.values():
-            assert tuple(lt.load().shape) == lt.shape
+            try:
+                assert tuple(lt.load().shape) == lt.shape
+            except SlmctlError:  # opened, but the tensor's bytes are refused when read (bounded)
+                loads = False
         code, out, err = cli("inspect", str(path), "--json")
         assert code == 0, err
         assert json.loads(out)["tensors"] == len(art.tensors)
         # GGUF -> one .safetensors file is refused by design (exit 1); the others export and read back
-        assert (tmp_path / "out.safetensors").is_file() == (art.format != "gguf")
+        assert (tmp_path / "out.safetensors").is_file() == (art.format != "gguf" and loads)

@@ -298,3 +298,35 @@ def test_gguf_imports_back_to_the_same_hf_model(family, tiny_models, f32_exports
     assert code == 0, err
     ids = PROMPT[:8]
     assert np.abs(_hf_logits(Path(out.strip()), ids) - _hf_logits(tiny_models[family], ids)).max() <= 1e-5
+
+
+def test_sentencepiece_tokenizer_model(tiny_llama, tmp_path):
+    """A llama-style SentencePiece tokenizer.model: pieces, scores and byte tokens; llama.cpp tokenises like it."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    from slmctl import api
+
+    src = tmp_path / "spm"
+    shutil.copytree(tiny_llama, src)
+    (src / "tokenizer.json").unlink()
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXT.splitlines() * 5), model_writer=buf, vocab_size=320,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1,
+                                   eos_id=2, minloglevel=2)
+    (src / "tokenizer.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    out = api.export(str(src), tmp_path / "spm.gguf", "gguf", outtype="f32")
+    f = gguf.GGUFReader(str(out)).fields
+    assert f["tokenizer.ggml.model"].contents() == "llama"
+    assert f["tokenizer.ggml.tokens"].contents()[:3] == ["<unk>", "<s>", "</s>"]
+    assert f["tokenizer.ggml.token_type"].contents()[3] == 6  # <0x00> is a byte token
+    assert f["tokenizer.ggml.scores"].contents()[300] == pytest.approx(sp.get_score(300))
+    assert f["tokenizer.ggml.add_bos_token"].contents() is True
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    try:
+        for line in TEXT.splitlines()[:6] + ["Zebra 42 ünïcode"]:
+            assert llm.tokenize(line.encode(), add_bos=False) == sp.encode(line)
+        assert llm.tokenize(b"To be", add_bos=True)[0] == 1
+    finally:
+        llm.close()

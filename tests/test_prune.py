@@ -216,6 +216,35 @@ def test_nm_on_gpt2_conv1d_runs_along_the_input_dimension(tiny_models, text_file
     _runs(out)
 
 
+def test_streaming_and_in_memory_runners_agree(tiny_models, text_file, tmp_path, monkeypatch):
+    """The one-layer-in-memory path (slmctl.layerwise) and the whole-model path give the same SparseGPT result."""
+    import slmctl.pipelines.prune as pp
+
+    src = tiny_models["qwen2"]
+    a = _prune(src, tmp_path / "stream", text_file, method="sparsegpt", eval_windows=0)
+    monkeypatch.setattr(pp, "_streaming_ok", lambda cfg: False)
+    b = _prune(src, tmp_path / "whole", text_file, method="sparsegpt", eval_windows=0)
+    assert a["recipe"]["sparsity"]["achieved"] == pytest.approx(b["recipe"]["sparsity"]["achieved"])
+    sa, sb = _state(tmp_path / "stream"), _state(tmp_path / "whole")
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.equal(sa[k] == 0, sb[k] == 0), k  # same masks
+        assert torch.allclose(sa[k], sb[k], atol=1e-5), k
+
+
+def test_width_streaming_and_in_memory_agree(tiny_models, text_file, tmp_path, monkeypatch):
+    import slmctl.pipelines.prune as pp
+
+    src = tiny_models["llama"]
+    kw = dict(method="width", heads_ratio=0.5, mlp_ratio=0.5, hidden_ratio=0.25, eval_windows=0)
+    a = _prune(src, tmp_path / "stream", text_file, **kw)
+    monkeypatch.setattr(pp, "_streaming_ok", lambda cfg: False)
+    b = _prune(src, tmp_path / "whole", text_file, **kw)
+    assert [r["heads_kept"] for r in a["layers"]] == [r["heads_kept"] for r in b["layers"]]
+    sa, sb = _state(tmp_path / "stream"), _state(tmp_path / "whole")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and set(sa) == set(sb)
+
+
 def test_same_seed_gives_identical_outputs(tiny_llama, text_file, tmp_path):
     a = _prune(tiny_llama, tmp_path / "a", text_file, method="sparsegpt", eval_windows=0)
     b = _prune(tiny_llama, tmp_path / "b", text_file, method="sparsegpt", eval_windows=0)
@@ -361,3 +390,15 @@ def test_real_sample_wanda_beats_magnitude(tmp_path):
     wan = api.prune("sample:smollm2-135m", tmp_path / "wan", method="wanda", sparsity=0.5, **kw)
     assert wan["quality"]["ppl_after"] < mag["quality"]["ppl_after"]
     _runs(tmp_path / "wan")
+
+
+@pytest.mark.slow
+def test_real_sample_block_influence_beats_dropping_the_last_layers(tmp_path):
+    from slmctl import api
+
+    kw = dict(samples=8, seqlen=256, eval_ctx=256, eval_windows=4)
+    bi = api.prune("sample:smollm2-135m", tmp_path / "bi", method="depth", ratio=0.25, depth_metric="bi", **kw)
+    last = api.prune("sample:smollm2-135m", tmp_path / "last", method="depth", ratio=0.25, depth_metric="last", **kw)
+    assert bi["recipe"]["layers_after"] == 22 == last["recipe"]["layers_after"]
+    assert bi["quality"]["ppl_after"] < last["quality"]["ppl_after"]
+    _runs(tmp_path / "bi")

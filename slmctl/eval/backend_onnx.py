@@ -26,7 +26,7 @@ def session(model_file: Path, threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UnsupportedError("running ONNX models needs onnxruntime", hint="pip install 'slmctl[onnx]'") from None
+        raise UnsupportedError("running ONNX models needs onnxruntime", hint="pip install 'onnxruntime>=1.22,<1.33'") from None
     from ..io.onnx_writer import check_external_data
 
     check_external_data(model_file)

@@ -23,7 +23,7 @@ _QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s
 
 @dataclass
 class Vocab:
-    model: str  # "gpt2" (byte-level BPE)
+    model: str  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     pre: str
     tokens: list[str]
     types: list[int]
@@ -32,6 +32,8 @@ class Vocab:
     add_bos: bool | None = None
     add_eos: bool | None = None
     chat_template: str | None = None
+    scores: list[float] | None = None  # SentencePiece only
+    add_space_prefix: bool | None = None
 
 
 def _read(path: Path) -> Any:
@@ -81,17 +83,17 @@ def _content(v: Any) -> str | None:
 def read_vocab(folder: Path, config: dict, vocab_size: int) -> Vocab:
     """The tokenizer of an HF model folder as GGUF needs it (byte-level BPE)."""
     tj = folder / "tokenizer.json"
-    if not tj.is_file():
-        hint = ("SentencePiece tokenizer.model is not supported yet; save the tokenizer as tokenizer.json "
-                "(AutoTokenizer.from_pretrained(...).save_pretrained(...))") if (folder / "tokenizer.model").is_file() \
-            else "put the model's tokenizer.json next to config.json"
-        raise UnsupportedError(f"{folder}: no tokenizer.json, so the GGUF would have no vocabulary", hint=hint)
-    tok = _read(tj)
+    tok = _read(tj) if tj.is_file() else {}
     model = tok.get("model") or {}
+    if (folder / "tokenizer.model").is_file() and (not tok or model.get("byte_fallback") or model.get("type") == "Unigram"):
+        return _sentencepiece(folder, tok, config, vocab_size)
+    if not tok:
+        raise UnsupportedError(f"{folder}: no tokenizer.json, so the GGUF would have no vocabulary",
+                               hint="put the model's tokenizer.json (or SentencePiece tokenizer.model) next to config.json")
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise UnsupportedError(f"{tj}: tokenizer model {model.get('type')!r}"
                                f"{' with byte fallback' if model.get('byte_fallback') else ''} is not supported",
-                               hint="slmctl writes byte-level BPE (gpt2-style) vocabularies to GGUF for now")
+                               hint="slmctl writes byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model) vocabularies")
     vocab: dict[str, int] = dict(model.get("vocab") or {})
     added = {t["id"]: t for t in tok.get("added_tokens", []) if isinstance(t, dict) and "id" in t}
     for i, t in added.items():
@@ -108,35 +110,75 @@ def read_vocab(folder: Path, config: dict, vocab_size: int) -> Vocab:
             types[i] = CONTROL if t.get("special") else USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
 
+    v = Vocab("gpt2", detect_pre(tok, config), tokens, types, merges)
+    _specials(v, folder, tok, config, vocab)
+    return v
+
+
+def _specials(v: Vocab, folder: Path, tok: dict, config: dict, vocab: dict[str, int]) -> None:
+    """Special token ids, add_bos/add_eos and the chat template, into ``v``."""
     cfg_path = folder / "tokenizer_config.json"
     tcfg = _read(cfg_path) if cfg_path.is_file() else {}
-    special: dict[str, int] = {}
     for kind in ("bos", "eos", "unk", "pad", "sep", "cls", "mask"):
         s = _content(tcfg.get(f"{kind}_token"))
         if s is not None and s in vocab:
-            special[kind] = vocab[s]
+            v.special[kind] = vocab[s]
         elif isinstance(config.get(f"{kind}_token_id"), int):
-            special[kind] = config[f"{kind}_token_id"]
+            v.special[kind] = config[f"{kind}_token_id"]
     add_bos, add_eos = tcfg.get("add_bos_token"), tcfg.get("add_eos_token")
-    post = tok.get("post_processor") or {}
-    for p in _flatten_post(post):
+    for p in _flatten_post(tok.get("post_processor") or {}):
         if p.get("type") == "TemplateProcessing":
-            single = [next(iter(x.values())).get("id") for x in p.get("single", []) if "SpecialToken" in x]
-            seq = [x for x in p.get("single", [])]
-            first_special = seq and "SpecialToken" in seq[0]
-            last_special = seq and "SpecialToken" in seq[-1]
+            seq = list(p.get("single", []))
             if add_bos is None:
-                add_bos = bool(first_special and single)
+                add_bos = bool(seq and "SpecialToken" in seq[0])
             if add_eos is None:
-                add_eos = bool(last_special and len(seq) > 1)
+                add_eos = bool(len(seq) > 1 and "SpecialToken" in seq[-1])
+    if add_bos is None and v.model == "llama":
+        add_bos = True  # SentencePiece llama tokenizers add <s> unless told otherwise
+    v.add_bos, v.add_eos = bool(add_bos), bool(add_eos)
     template = tcfg.get("chat_template")
     if template is None and (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if isinstance(template, list):  # named templates: keep the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    return Vocab("gpt2", detect_pre(tok, config), tokens, types, merges, special,
-                 bool(add_bos) if add_bos is not None else False, bool(add_eos) if add_eos is not None else False,
-                 template)
+    v.chat_template = template
+
+
+def _sentencepiece(folder: Path, tok: dict, config: dict, vocab_size: int) -> Vocab:
+    """llama-style SentencePiece: pieces, scores and types from tokenizer.model, added tokens on top."""
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        raise UnsupportedError("a SentencePiece tokenizer.model needs the sentencepiece package",
+                               hint="pip install sentencepiece") from None
+    path = folder / "tokenizer.model"
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(path.read_bytes())
+    except (RuntimeError, OSError) as exc:
+        raise FormatError(f"{path}: not a SentencePiece model ({exc})") from None
+    n = max(vocab_size, sp.vocab_size())
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    scores = [-1000.0] * n
+    types = [UNUSED] * n
+    for i in range(sp.vocab_size()):
+        tokens[i] = sp.id_to_piece(i)
+        scores[i] = float(sp.get_score(i))
+        types[i] = (UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else UNUSED if sp.is_unused(i)
+                    else BYTE if sp.is_byte(i) else NORMAL)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    for t in tok.get("added_tokens", []) if tok else []:
+        i = t.get("id")
+        if isinstance(i, int) and 0 <= i < n and tokens[i] != t.get("content"):
+            tokens[i] = t["content"]
+            types[i] = CONTROL if t.get("special") else USER_DEFINED
+            vocab[t["content"]] = i
+    v = Vocab("llama", "default", tokens, types, [], scores=scores)
+    norm = (tok or {}).get("normalizer") or {}
+    # HF's llama tokenizers prepend "▁" in the normalizer or a Metaspace pre-tokenizer; so does llama.cpp
+    v.add_space_prefix = not (tok and norm == {} and not tok.get("pre_tokenizer"))
+    _specials(v, folder, tok or {}, config, vocab)
+    return v
 
 
 def _flatten_post(p: dict) -> list[dict]:

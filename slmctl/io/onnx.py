@@ -121,6 +121,12 @@ def _loader(t, shape: tuple[int, ...], ext: tuple[Path, int, int | None] | None,
             path, offset, length = ext
             if length is not None and length != want:
                 raise FormatError(f"{where}: external data holds {length} bytes, shape {list(shape)} needs {want}")
+            # check before reading: f.read(want) would first allocate ``want`` bytes, however big
+            avail = path.stat().st_size - offset
+            if want > avail:
+                raise FormatError(f"{where}: shape {list(shape)} needs {want} bytes of external data, "
+                                  f"the file holds {max(avail, 0)} from offset {offset}",
+                                  hint="the file is truncated or corrupt")
             with open(path, "rb") as f:
                 f.seek(offset)
                 raw = f.read(want)

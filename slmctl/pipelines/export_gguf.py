@@ -206,11 +206,14 @@ def write_vocab(w, vocab) -> None:
     from ..io.gguf_writer import I32, STRING, F32
 
     w.add_string("tokenizer.ggml.model", vocab.model)
-    w.add_string("tokenizer.ggml.pre", vocab.pre)
+    if vocab.model == "gpt2":
+        w.add_string("tokenizer.ggml.pre", vocab.pre)
     w.add_array("tokenizer.ggml.tokens", vocab.tokens, STRING)
     w.add_array("tokenizer.ggml.token_type", vocab.types, I32)
-    if vocab.model == "llama":
-        w.add_array("tokenizer.ggml.scores", vocab.scores, F32)  # pragma: no cover - SentencePiece not yet
+    if vocab.scores is not None:
+        w.add_array("tokenizer.ggml.scores", vocab.scores, F32)
+    if vocab.add_space_prefix is not None:
+        w.add_bool("tokenizer.ggml.add_space_prefix", vocab.add_space_prefix)
     if vocab.merges:
         w.add_array("tokenizer.ggml.merges", vocab.merges, STRING)
     for kind, i in vocab.special.items():

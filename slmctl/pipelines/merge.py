@@ -495,7 +495,9 @@ def _seed_for(seed: int, name: str) -> int:
 
 
 def merge_tensor(p: Planned, tensors: dict, method, *, dtype=None, seed: int = 0, vocabs=None, target_vocab=None):
-    """Merge one planned output tensor from its loaded inputs ({model key: tensor}). Pure."""
+    """Merge one planned output tensor from its loaded inputs ({model key: tensor}).
+
+    Takes ownership of ``tensors``: entries are converted and removed as they are used."""
     import torch
 
     from ..methods.merge.vocab import permute_embeddings
@@ -503,14 +505,20 @@ def merge_tensor(p: Planned, tensors: dict, method, *, dtype=None, seed: int = 0
     first = next(iter(tensors.values()))
     if not first.is_floating_point():  # integer buffers are copied, as mergekit does
         return (tensors[p.base] if p.base in tensors else first).clone()
+    del first
     work = getattr(torch, dtype) if dtype else None
     if work is None:
-        work = first.dtype
+        work = next(iter(tensors.values())).dtype
         for x in tensors.values():
             work = torch.promote_types(work, x.dtype)
-    tensors = {k: v.to(work) for k, v in tensors.items()}
+    # convert in the caller's dict, so each input is freed as soon as the method has used it
+    for k in list(tensors):
+        tensors[k] = tensors[k].to(work)
     if p.vocab and target_vocab is not None:
-        tensors = permute_embeddings(tensors, vocabs, target_vocab, base=p.base)
+        permuted = permute_embeddings(tensors, vocabs, target_vocab, base=p.base)
+        tensors.clear()
+        tensors.update(permuted)
+        del permuted
     base_t = tensors.pop(p.base) if p.base is not None else None
     gen = torch.Generator().manual_seed(_seed_for(seed, p.name)) if method.random else None
     return method.apply(tensors, base_t, p.params, p.options, gen)

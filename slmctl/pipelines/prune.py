@@ -239,10 +239,7 @@ def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam)
     if adaptive:
         ADAPTIVE.get(metric)
     needs_calib = pruner.needs is not None or adaptive
-    from ..surgery.width import PER_LAYER_KEY
-
-    cfg = ctx["art"].config
-    if cfg.get("model_type") != "gpt2" and not cfg.get(PER_LAYER_KEY):
+    if _streaming_ok(ctx["art"].config):
         # one decoder layer in memory at a time (slmctl.layerwise); GPT-2's Conv1D and per-layer
         # widths take the in-memory path below
         return _unstructured_streaming(ctx, pruner=pruner, target=target, pat=pat, pattern=pattern,
@@ -326,6 +323,13 @@ def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam)
               "_calibrated": needs_calib}
     config = dict(ctx["art"].config)
     return _stream_state(ctx["art"], state), config, recipe, rows
+
+
+def _streaming_ok(config: dict) -> bool:
+    """Whether slmctl.layerwise can run this model one layer at a time (nn.Linear layers, uniform widths)."""
+    from ..surgery.width import PER_LAYER_KEY
+
+    return config.get("model_type") != "gpt2" and not config.get(PER_LAYER_KEY)
 
 
 def _stats_adder(needs: str | None, stats: dict):
@@ -472,7 +476,7 @@ def _depth(ctx, *, layers, ratio, metric):
     if not 0 < k < n:
         raise UsageError(f"cannot remove {k} of {n} layers", hint=f"choose --layers between 1 and {n - 1}")
     stats = None
-    if metric != "last" and art.config.get("model_type") != "gpt2" and not art.config.get("slmctl_per_layer"):
+    if metric != "last" and _streaming_ok(art.config):
         # one decoder layer in memory at a time
         from ..eval.backends import load_tokenizer
         from ..layerwise import LayerwiseModel, iter_layers, run_layer
@@ -533,15 +537,12 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
     KV = cfg.get("num_key_value_heads") or H
     inter = cfg["intermediate_size"]
     D = cfg["hidden_size"]
-    model, ids = _model_and_ids(ctx)
-    runner = LayerRunner(model, ids)
     imp_h = [Importance() for _ in range(n)]
     imp_m = [Importance() for _ in range(n)]
     imp_d = Importance()
     bc = BoundaryCos(n, 1)
-    bc.push(runner.inps)
-    for i in _bar(ctx, n, "importance"):
-        layer = runner.layers[i]
+
+    def hook_layer(layer, i):
         hooks = [layer.self_attn.o_proj.register_forward_pre_hook(
                      lambda m, a, i=i: imp_h[i].add(head_activations(a[0], H))),
                  layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: imp_m[i].add(a[0]))]
@@ -549,19 +550,56 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
             mod = getattr(layer, norm, None)
             if mod is not None:
                 hooks.append(mod.register_forward_hook(lambda m, a, o: imp_d.add(o)))
-        outs = runner.run(i)
-        for h in hooks:
-            h.remove()
-        bc.push(outs)
-        runner.advance(outs)
-    fn = final_norm(model)
-    if fn is not None:
-        import torch
+        return hooks
 
-        with torch.no_grad():
-            for x in runner.inps:
-                imp_d.add(fn(x))
-    del runner, model
+    import torch
+
+    if _streaming_ok(cfg):  # one decoder layer in memory at a time
+        from ..eval.backends import load_tokenizer
+        from ..layerwise import LayerwiseModel, iter_layers, run_layer
+
+        lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
+        c = ctx["calib"]
+        windows = calibration_ids(load_tokenizer(art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
+                                  samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
+        ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+        last = None
+        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+            bc.push(step.hidden)
+            hooks = hook_layer(step.layer, step.idx)
+            try:
+                outs = run_layer(step.layer, step.hidden, step.kwargs)
+            finally:
+                for h in hooks:
+                    h.remove()
+            if step.idx == n - 1:
+                last = outs
+        bc.push(last)
+        fn = final_norm(lm.model)
+        wname = f"{fam['final_norm']}.weight"
+        if fn is not None and wname in art.tensors:
+            fn.weight = torch.nn.Parameter(art.tensors[wname].load().float(), requires_grad=False)
+            with torch.no_grad():
+                for x in last:
+                    imp_d.add(fn(x))
+        del lm
+    else:
+        model, ids = _model_and_ids(ctx)
+        runner = LayerRunner(model, ids)
+        bc.push(runner.inps)
+        for i in _bar(ctx, n, "importance"):
+            hooks = hook_layer(runner.layers[i], i)
+            outs = runner.run(i)
+            for h in hooks:
+                h.remove()
+            bc.push(outs)
+            runner.advance(outs)
+        fn = final_norm(model)
+        if fn is not None:
+            with torch.no_grad():
+                for x in runner.inps:
+                    imp_d.add(fn(x))
+        del runner, model
     head_r = [heads_ratio] * n
     mlp_r = [mlp_ratio] * n
     if adaptive:
@@ -577,8 +615,12 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
             plan["mlp"][i] = top_k(imp_m[i].value(), keep_count(inter, mlp_r[i], mult))
     if hidden_ratio:
         plan["hidden"] = top_k(imp_d.value(), keep_count(D, hidden_ratio, 32 if D % 32 == 0 and D >= 128 else 1))
-    state = {nm: t.load() for nm, t in art.tensors.items()}
-    state, config = shrink(state, cfg, plan)
+    _, config = shrink({}, cfg, plan)
+
+    def gen():  # tensor by tensor: each is cut on its own
+        for nm, lazy in art.tensors.items():
+            yield nm, shrink({nm: lazy.load()}, cfg, plan)[0][nm]
+
     per = config.get(PER_LAYER_KEY, {})
     rows = []
     for i in range(n):
@@ -593,7 +635,7 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
     if per:
         ctx["log"]("non-uniform widths are recorded in config.json as slmctl_per_layer: transformers' "
                    "from_pretrained cannot load them; slmctl (prune/distill) and a GGUF export can")
-    return _stream_state(art, state), config, recipe, rows
+    return gen(), config, recipe, rows
 
 
 # ---------------------------------------------------------------- quality

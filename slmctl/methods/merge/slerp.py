@@ -12,34 +12,42 @@ from __future__ import annotations
 from .base import REQUIRED, MergeMethod, register
 
 DOT_THRESHOLD = 0.9995
+CHUNK = 1 << 20  # entries per chunk of float32 scratch
 
 
 def slerp(t: float, v0, v1, *, dot_threshold: float = DOT_THRESHOLD, eps: float = 1e-8):
     """Interpolate from ``v0`` (t=0) to ``v1`` (t=1) along the great circle between their directions.
 
     The angle is that between the two flattened tensors. Nearly colinear or opposite tensors
-    (|cos| > ``dot_threshold``) are interpolated linearly instead. Returns ``v0``'s dtype.
+    (|cos| > ``dot_threshold``) are interpolated linearly instead. Float32 work in chunks of
+    CHUNK entries, so scratch memory stays small next to the inputs. Returns ``v0``'s dtype.
     """
     import torch
 
     work = torch.float64 if v0.dtype == torch.float64 else torch.float32
-    a = v0.reshape(-1).to(work)
-    b = v1.reshape(-1).to(work)
-    if a.numel() == 0:
+    a = v0.reshape(-1)
+    b = v1.reshape(-1)
+    n = a.numel()
+    if n == 0:
         return v0.clone()
     tt = torch.tensor(float(t), dtype=work)
-    na = torch.linalg.vector_norm(a)
-    nb = torch.linalg.vector_norm(b)
+    ch = range(0, n, CHUNK)
+    na = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a[s:s + CHUNK].to(work)) for s in ch]))
+    nb = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(b[s:s + CHUNK].to(work)) for s in ch]))
     na = torch.where(na > eps, na, 1)
     nb = torch.where(nb > eps, nb, 1)
-    dot = ((a / na) * (b / nb)).sum().clamp(-1, 1)
+    dot = torch.stack([((a[s:s + CHUNK].to(work) / na) * (b[s:s + CHUNK].to(work) / nb)).sum() for s in ch])
+    dot = dot.sum().clamp(-1, 1)
     if dot.abs() > dot_threshold:
         ca, cb = 1 - tt, tt
     else:
         theta = torch.acos(dot)
-        s = torch.sin(theta)
-        ca, cb = torch.sin((1 - tt) * theta) / s, torch.sin(tt * theta) / s
-    return (ca * a + cb * b).reshape(v0.shape).to(v0.dtype)
+        sn = torch.sin(theta)
+        ca, cb = torch.sin((1 - tt) * theta) / sn, torch.sin(tt * theta) / sn
+    out = torch.empty_like(a)
+    for s in ch:
+        out[s:s + CHUNK] = ca * a[s:s + CHUNK].to(work) + cb * b[s:s + CHUNK].to(work)
+    return out.reshape(v0.shape)
 
 
 def _apply(tensors, base, params, options, generator=None):

@@ -30,32 +30,38 @@ def sign_mask(deltas, method: str = "sum"):
     return sign == majority
 
 
-def task_arithmetic(base, deltas: Sequence, weights: Sequence[float], *, consensus: str | None = None,
+def task_arithmetic(base, deltas, weights: Sequence[float], *, consensus: str | None = None,
                     normalize: bool = False, lam: float = 1.0):
     """base + lam * mix(weights_i * delta_i); with ``consensus``, only deltas agreeing with the elected
-    sign count; with ``normalize``, the mix is divided by the (agreeing) weights' sum."""
+    sign count; with ``normalize``, the mix is divided by the (agreeing) weights' sum.
+
+    ``deltas`` is a list of tensors or one stacked [models, ...] tensor (which is modified in place)."""
     import torch
 
-    if not deltas:
+    if len(deltas) == 0:
         return base
-    d = torch.stack([x.to(base.dtype) for x in deltas], dim=0)
+    d = deltas if isinstance(deltas, torch.Tensor) else torch.stack([x.to(base.dtype) for x in deltas], dim=0)
     w = torch.tensor([float(x) for x in weights], dtype=d.dtype)
     while w.dim() < d.dim():
         w = w.unsqueeze(-1)
-    d = d * w
+    d.mul_(w)
     if consensus:
-        mask = sign_mask(d, consensus).to(d.dtype)
-        mixed = (d * mask).sum(dim=0)
+        mask = sign_mask(d, consensus)
+        d.mul_(mask)
+        mixed = d.sum(dim=0)
+        del d
         divisor = (w * mask).sum(dim=0)
+        del mask
         divisor[divisor == 0] = 1
     else:
         mixed = d.sum(dim=0)
+        del d
         divisor = w.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
     if normalize:
-        mixed = mixed / divisor
+        mixed /= divisor
     if lam != 1:
-        mixed = mixed * lam
+        mixed *= lam
     return (base + mixed).to(base.dtype)
 
 
@@ -68,10 +74,15 @@ def _make(name: str, consensus: str | None, sparsification: str | None, normaliz
         tparams["epsilon"] = 0.15
 
     def apply(tensors, base, params, options, generator=None):
+        import torch
+
         keys = list(tensors)
-        deltas = []
-        for k in keys:
-            delta = tensors[k].to(base.dtype) - base
+        weights = [params[k]["weight"] for k in keys]
+        d = torch.empty((len(keys), *base.shape), dtype=base.dtype)
+        for i, k in enumerate(keys):
+            x = tensors.pop(k)  # the caller hands over its inputs, so each is freed once used
+            delta = x.to(base.dtype) - base
+            del x
             p = params[k]
             if sparsification == "magnitude":
                 delta = sp.magnitude(delta, p["density"], options["rescale"])
@@ -81,8 +92,9 @@ def _make(name: str, consensus: str | None, sparsification: str | None, normaliz
                 delta = sp.magnitude_outliers(delta, p["density"], options["rescale"], gamma=p["gamma"])
             elif sparsification == "della_magprune":
                 delta = sp.della_magprune(delta, p["density"], p["epsilon"], options["rescale"], generator=generator)
-            deltas.append(delta)
-        return task_arithmetic(base, deltas, [params[k]["weight"] for k in keys], consensus=consensus,
+            d[i] = delta
+            del delta
+        return task_arithmetic(base, d, weights, consensus=consensus,
                                normalize=bool(options["normalize"]), lam=float(options["lambda"]))
 
     return register(MergeMethod(

@@ -131,37 +131,45 @@ class _few_threads:
 
 
 def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs):
+    """The column loop, in numpy: thousands of tiny vector ops, where torch's per-op overhead dominates."""
+    import numpy as np
     import torch
 
     cols = W.shape[1]
     g = cfg.group_len(cols)
     maxq = cfg.maxq
+    Qn = Q.numpy()
+    static_np = [(s.numpy(), z.numpy()) for s, z in static] if static is not None else None
+    s_n = z_n = None
+    if scale is not None:
+        s_n, z_n = scale.numpy(), zero.numpy()
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
         W1 = W[:, i1:i2].clone()
         Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
+        Hinv1 = Hinv[i1:i2, i1:i2].contiguous()
+        Wn, En, Hn = W1.numpy(), Err1.numpy(), Hinv1.numpy()
         for i in range(i2 - i1):
             col = i1 + i
-            w = W1[:, i]
-            d = Hinv1[i, i]
             if cfg.group_size != -1:
-                if static is not None:
+                if static_np is not None:
                     gid = (int(perm[col]) if perm is not None else col) // g
-                    scale, zero = static[gid]
-                    scales[gid], zeros[gid] = scale, zero
+                    s_n, z_n = static_np[gid]
+                    scales[gid], zeros[gid] = static[gid]
                 elif col % g == 0:
                     # as the reference code: the grid of a group comes from W as the previous blocks left it
                     scale, zero = minmax_qparams(W[:, col:col + g], cfg)
                     scales[col // g], zeros[col // g] = scale, zero
-            q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-            Q[:, col] = q.to(torch.int32)
-            wq = scale * (q - zero)
-            err = (w - wq) / d
-            loss += ((w - wq) ** 2 / d ** 2 / 2).double()
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
+                    s_n, z_n = scale.numpy(), zero.numpy()
+            w = Wn[:, i]
+            d = Hn[i, i]
+            q = np.clip(np.rint(w / s_n) + z_n, 0, maxq)
+            Qn[:, col] = q
+            err = (w - s_n * (q - z_n)) / d
+            Wn[:, i:] -= np.outer(err, Hn[i, i:])
+            En[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        loss += ((Err1.double() * torch.diag(Hinv1).double()) ** 2).sum(1) / 2
 
 
 def _inverse_cholesky(H, damp: float):
