@@ -140,6 +140,10 @@ def main() -> int:
         lines.append(f"| {name} | {r['decode_tps']:.1f} | {r['prefill_ms']:.0f} | {r['decode_tps'] / fp32['decode_tps']:.2f} | "
                      f"{'' if t is None else f'{t:.1f}'} | {'' if rss is None else f'{rss:.0f}'} | "
                      f"{'' if size is None else f'{size:.1f}'} |")
+    if reuse:
+        secs = json.loads((work / "fp32" / "slmctl.json").read_text()).get("export_seconds")
+        lines.append(f"\nBuilds reused from {work} (BENCH_ONNX_REUSE); that export took {secs} s wall."
+                     " Load average during the run: " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + ".")
     if not peer.exists():
         lines.append("| optimum-cli export (transformers 4.57) | not measured | | | | | |")
         lines.append("\noptimum-cli was not installed in its own environment (/work/peers/optimum) for this run.")

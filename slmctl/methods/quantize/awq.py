@@ -42,7 +42,7 @@ class AWQConfig:
     clip: bool = True
     clip_grid: int = 20
     max_shrink: float = 0.5
-    max_tokens: int = 4096
+    max_tokens: int = 1024
     clip_tokens: int = 512
 
     def __post_init__(self):
@@ -72,8 +72,9 @@ def search_scale(X, weights: list, cfg: QuantConfig, acfg: AWQConfig):
     x_mean = X.abs().mean(0)
     W = torch.cat(weights, 0)
     g = cfg.group_len(W.shape[1])
-    Wg = W.abs().reshape(W.shape[0], -1, g)
-    w_mean = (Wg / Wg.amax(-1, keepdim=True).clamp(min=1e-8)).reshape(W.shape).mean(0)
+    Wa = W.abs()
+    parts = [Wa[:, a:a + g] / Wa[:, a:a + g].amax(-1, keepdim=True).clamp(min=1e-8) for a in range(0, W.shape[1], g)]
+    w_mean = torch.cat(parts, 1).mean(0)
     ref = X @ W.T
 
     def loss(s):
@@ -104,24 +105,24 @@ def search_clip(X, w, cfg: QuantConfig, acfg: AWQConfig):
     out_f, in_f = w.shape
     g = cfg.group_len(in_f)
     G = cfg.n_groups(in_f)
-    Xg = X.reshape(X.shape[0], G, g)  # (n, G, g)
     best_shrink = torch.ones(out_f, G)
-    chunk = 256
-    for r0 in range(0, out_f, chunk):
-        wc = w[r0:r0 + chunk]
-        wgc = wc.reshape(wc.shape[0], G, g)
-        ref = torch.einsum("ngk,ogk->nog", Xg, wgc)
-        best_err = torch.full((wc.shape[0], G), float("inf"))
-        bs = torch.ones(wc.shape[0], G)
-        steps = int(acfg.max_shrink * acfg.clip_grid)
+    steps = int(acfg.max_shrink * acfg.clip_grid)
+    for gi in range(G):  # each group's share of the output, on its own columns
+        a, b = gi * g, min((gi + 1) * g, in_f)
+        Xg = X[:, a:b]
+        wg = w[:, a:b]
+        ref = Xg @ wg.T  # (n, out)
+        best_err = torch.full((out_f,), float("inf"))
+        bs = torch.ones(out_f)
+        one = QuantConfig(cfg.bits, -1, cfg.sym, cfg.zero_min)
         for k in range(steps + 1):
-            shrink = torch.full((wc.shape[0], G), 1 - k / acfg.clip_grid)
-            wq = fake_quantize(wc, cfg, shrink).reshape(wc.shape[0], G, g)
-            err = ((torch.einsum("ngk,ogk->nog", Xg, wq) - ref) ** 2).mean(0)
+            shrink = torch.full((out_f, 1), 1 - k / acfg.clip_grid)
+            wq = fake_quantize(wg, one, shrink)
+            err = ((Xg @ wq.T - ref) ** 2).mean(0)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
-            bs = torch.where(better, shrink, bs)
-        best_shrink[r0:r0 + chunk] = bs
+            bs = torch.where(better, shrink[:, 0], bs)
+        best_shrink[:, gi] = bs
     return best_shrink
 
 

@@ -169,7 +169,7 @@ def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg
             Wn[:, i:] -= np.outer(err, Hn[i, i:])
             En[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-        loss += ((Err1.double() * torch.diag(Hinv1).double()) ** 2).sum(1) / 2
+        loss += (Err1.double() ** 2).sum(1) / 2  # sum of (w - q)^2 / d^2 / 2, as the reference reports
 
 
 def _inverse_cholesky(H, damp: float):
