@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slmctl-installed
 JOBS   ?= 2
 
-.PHONY: setup demo release test test-slow test-fuzz bench docs clean
+.PHONY: setup demo release test test-slow fuzz test-fuzz bench docs clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q -p no:randomly
+
+# the long fuzz run (10,000 malformed inputs per format) and SIGKILL trials; figures in docs/reliability.md
+fuzz test-fuzz: $(STAMP)
+	nice -n 19 $(PY) fuzz/run.py --per-format 10000 --cli-every 20 --export-every 3
+	nice -n 19 $(PY) fuzz/kill.py --trials 52
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py

@@ -421,12 +421,12 @@ def test_output_dir_symlink_with_force_leaves_target_untouched(tmp_path, tiny_ll
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: export --format safetensors writes its provenance sidecar "
-                   "(OUT.slmctl.json) with Path.write_text, which follows a symlink; needs an atomic "
-                   "write in slmctl/io/convert.py write_provenance_file (not in this helper's files)")
 def test_provenance_sidecar_symlink_is_not_followed(tmp_path, small_st, cli):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     (tmp_path / "out.safetensors.slmctl.json").symlink_to(victim)
-    cli("export", str(small_st), "--format", "safetensors", "-o", str(tmp_path / "out.safetensors"))
+    code, _, err = cli("export", str(small_st), "--format", "safetensors", "-o", str(tmp_path / "out.safetensors"))
+    assert code == 0, err
     assert victim.read_text() == "precious"
+    sidecar = tmp_path / "out.safetensors.slmctl.json"
+    assert not sidecar.is_symlink() and '"verb": "export"' in sidecar.read_text()

@@ -61,8 +61,21 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
 
 
 def write_provenance_file(path: Path, prov: dict) -> None:
+    """slmctl.json (or OUT.slmctl.json): written to a temporary sibling and renamed, so it is never
+    partial and a symlink planted at its name is replaced, not followed."""
     import datetime
+    import uuid
 
     doc = dict(prov)
     doc["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    tmp = path.parent / f".{path.name}.slmctl-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "x") as f:
+            f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
