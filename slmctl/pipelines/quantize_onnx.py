@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import provenance
-from ..errors import InputError, UnsupportedError, UsageError
+from ..errors import UnsupportedError, UsageError
 
 ALGORITHMS = ("default", "rtn", "k_quant", "hqq", "gptq")
 

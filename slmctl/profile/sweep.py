@@ -106,9 +106,11 @@ def candidates(base: dict, params: int, depths: Sequence[int] = DEFAULT_DEPTHS, 
         if L < 1:
             raise UsageError("--depths take positive integers")
         best = None
-        for heads in range(1, 4097):
+        # keep the base's grouping (queries per KV head) exactly when it is an integer, e.g. 9/3 -> 3
+        group = int(ratio) if float(ratio).is_integer() else 1
+        for heads in range(group, 4097, group):
             hidden = heads * hd
-            kv = _kv_for(heads, ratio)
+            kv = heads // group if group > 1 else _kv_for(heads, ratio)
             fixed = _approx(base, L, hidden, heads, kv, hd, 0)
             if fixed >= params:
                 break
