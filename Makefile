@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slmctl-installed
 JOBS   ?= 2
 
-.PHONY: setup demo release test test-slow fuzz test-fuzz bench docs clean
+.PHONY: setup demo release test test-slow fuzz test-fuzz bench docs peers-mergekit clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,13 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m slmctl.cli.reference > docs/cli.md
+
+# peer tools for the parity tests and benchmarks, each in its own venv (torch pinned first)
+PEERS ?= /work/peers
+peers-mergekit:
+	python3 -m venv $(PEERS)/mergekit
+	$(PEERS)/mergekit/bin/pip install -q torch==2.13.0
+	$(PEERS)/mergekit/bin/pip install -q mergekit==0.1.5
 
 clean:
 	rm -rf out bench/out
