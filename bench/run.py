@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str]) -> int:
-    only = set(argv)
-    scripts = sorted((ROOT / "bench").glob("bench_*.py"))
+    collect_only = "--collect" in argv  # rebuild docs/benchmarks.md from the fragments, run nothing
+    only = set(a for a in argv if not a.startswith("--"))
+    scripts = [] if collect_only else sorted((ROOT / "bench").glob("bench_*.py"))
     failed = []
     for s in scripts:
         name = s.stem.removeprefix("bench_")
