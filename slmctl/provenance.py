@@ -50,8 +50,13 @@ def dumps(prov: dict[str, Any]) -> str:
 def chain(prov: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Flatten a provenance record into steps, oldest first."""
     steps: list[dict[str, Any]] = []
+    seen: set[str] = set()
 
     def walk(p: dict[str, Any]) -> None:
+        key = dumps(p)
+        if key in seen:  # a shared ancestor (e.g. distill's teacher and student both come from base)
+            return
+        seen.add(key)
         for inp in p.get("inputs", []):
             if isinstance(inp, dict) and isinstance(inp.get("provenance"), dict):
                 walk(inp["provenance"])

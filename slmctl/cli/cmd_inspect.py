@@ -41,6 +41,11 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
+def _short(v, width: int = 60) -> str:
+    text = str(v)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def render(info: dict) -> str:
     rows = [
         ("path", info["path"]),
@@ -62,7 +67,7 @@ def render(info: dict) -> str:
     steps = info.get("provenance") or []
     lines.append(f"{'provenance':<{width}}  " + (f"{len(steps)} step(s)" if steps else "none recorded"))
     for i, s in enumerate(steps, 1):
-        recipe = ", ".join(f"{k}={v}" for k, v in (s.get("recipe") or {}).items() if v is not None)
+        recipe = ", ".join(f"{k}={_short(v)}" for k, v in (s.get("recipe") or {}).items() if v is not None)
         lines.append(f"  {i}. {s.get('verb')}  {recipe}")
         for inp in s.get("inputs", []):
             lines.append(f"       <- {inp.get('ref')}  sha256:{str(inp.get('sha256'))[:16]}")
