@@ -62,17 +62,20 @@ def _dispatch_other(art, ref, out, *, qtype, allow_requantize, force, log, **kw)
             raise UsageError(f"{art.path} is a GGUF file: say which GGUF type to quantise to",
                              hint="e.g. slmctl quantize MODEL.gguf --type q4_k_m")
         mod, fn = "slmctl.pipelines.export_gguf", "quantize_gguf"
-        kwargs = {"qtype": qtype, "allow_requantize": allow_requantize}
+        # llama.cpp's quantiser takes a file path (a sample: ref resolves to one) and the type positionally
+        if out is None:
+            out = Path.cwd() / f"{art.path.stem}-{qtype.upper()}.gguf"
+        args, kwargs = (art.path, out, qtype), {"allow_requantize": allow_requantize}
     else:
         mod, fn = "slmctl.pipelines.quantize_onnx", "quantize_onnx"
-        kwargs = {"bits": kw.get("bits"), "qtype": qtype}
+        args, kwargs = (ref, out), {"bits": kw.get("bits"), "qtype": qtype}
     try:
         f = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError):
         raise UnsupportedError(f"{art.path}: quantising {art.format.upper()} models is not available in this build "
                                f"({mod}.{fn} is missing)",
                                hint="quantise the HF model instead, then export it") from None
-    return f(ref, out, force=force, log=log, **kwargs)
+    return f(*args, force=force, log=log, **kwargs)
 
 
 def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method: str = "gptq",
