@@ -18,17 +18,22 @@ mkdir -p "$OUT"
 base=$(slmctl export "$BASE" --format hf -o "$OUT/base" --force -q)
 pruned=$(slmctl prune "$base" --method depth --layers "$PRUNE_LAYERS" --data "$DATA/calib.txt" \
     --eval-data "$DATA/eval.txt" --eval-windows 2 -o "$OUT/pruned" --force -q)
+gate() {
+    # exit 3 here fails the job: the artifact lost more quality than the release allows.
+    # Each artifact is gated as soon as it exists, so a bad step fails fast, before the next exports.
+    slmctl eval "$1" --reference "$base" --data "$DATA/eval.txt" --ctx "$SEQ_LEN" --windows "$EVAL_WINDOWS" \
+        --max-ppl-increase "$MAX_PPL_INCREASE" --min-top1 "$MIN_TOP1" -q >&2
+}
+
 student=$(slmctl distill --teacher "$base" --student "$pruned" --data "$DATA/train.txt" --steps "$DISTILL_STEPS" \
     --seq-len "$SEQ_LEN" --no-report -o "$OUT/distilled" --force -q)
+gate "$student"
 gguf=$(slmctl export "$student" --format gguf --outtype q4_k_m --data "$DATA/calib.txt" \
     --imatrix "$OUT/imatrix.gguf" -o "$OUT/model-Q4_K_M.gguf" --force -q)
+gate "$gguf"
 onnx=$(slmctl quantize "$(slmctl export "$student" --format onnx -o "$OUT/onnx" --force -q)" --bits 4 --no-report \
     -o "$OUT/onnx-int4" --force -q)
+gate "$onnx"
 
-for artifact in "$student" "$gguf" "$onnx"; do
-    # exit 3 here fails the job: the artifact lost more quality than the release allows
-    slmctl eval "$artifact" --reference "$base" --data "$DATA/eval.txt" --ctx "$SEQ_LEN" --windows "$EVAL_WINDOWS" \
-        --max-ppl-increase "$MAX_PPL_INCREASE" --min-top1 "$MIN_TOP1" -q
-done
 slmctl inspect "$gguf" --verify >&2
 echo "$gguf"
