@@ -18,6 +18,9 @@ def test_quantize_gguf_input_with_a_llama_cpp_type(cli, tiny_llama, tmp_path, mo
     info = json.loads(stdout)
     assert info["quantization"]["file_type"] == "Q8_0"
     assert "Q8_0" in info["dtypes"]
+    # the record of the step sits beside the file llama.cpp wrote, chained to the f16 export
+    assert [s["verb"] for s in info["provenance"]] == ["export", "quantize"]
+    assert info["provenance"][-1]["recipe"]["type"] == "q8_0"
     # without -o the output lands in the working directory, named after the type
     monkeypatch.chdir(tmp_path)
     code, stdout, err = cli("quantize", str(f16), "--type", "q4_0")

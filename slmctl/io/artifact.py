@@ -93,10 +93,14 @@ class Artifact:
         raw = self.metadata.get(PROVENANCE_KEY)
         if raw is None and self.path.is_dir() and (self.path / PROVENANCE_FILE).is_file():
             return _parse_provenance(self.path / PROVENANCE_FILE)
-        if raw is None and self.path.is_file():
+        if self.path.is_file():
+            # the sidecar is written after its file and describes the last step; it wins over a record
+            # embedded by an earlier step (llama.cpp's quantiser copies the source's GGUF metadata)
             side = self.path.with_name(self.path.name + ".slmctl.json")
             if side.is_file():
-                return _parse_provenance(side)
+                rec = _parse_provenance(side)
+                if rec is not None or raw is None:
+                    return rec
         if isinstance(raw, str):
             return _parse_provenance(raw)
         return None

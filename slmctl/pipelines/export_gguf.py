@@ -435,7 +435,16 @@ def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: 
         from ..io.imatrix import read_imatrix
 
         imatrix = read_imatrix(Path(imatrix))
+    from .. import provenance
+    from ..io.artifact import open_artifact
+    from ..io.convert import write_provenance_file
+
+    prov = provenance.build("quantize", {"format": "gguf", "type": t, "imatrix": imatrix is not None,
+                                         "allow_requantize": allow_requantize},
+                            [provenance.input_record(str(src_gguf), src, open_artifact(src))])
     with atomic_path(out, force=force) as tmp:
         log(f"quantising {src.name} to {t.upper()} with llama.cpp{' and an importance matrix' if imatrix else ''}")
         _llama_quantize(src, tmp, t, imatrix, nthread, allow_requantize)
+    # llama.cpp writes the file itself, so the record goes beside it (inspect reads OUT.slmctl.json)
+    write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
     return out
