@@ -283,25 +283,8 @@ def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam)
     for i in _bar(ctx, n, method):
         lin = linears(layers[i])
         stats: dict[str, dict[str, Any]] = {nm: {} for nm in lin}
-        if pruner.needs == "norm":
-            def add(name, x):
-                s = (x.float() ** 2).sum(0)
-                st = stats[name]
-                st["sq_norm"] = s if "sq_norm" not in st else st["sq_norm"] + s
-        elif pruner.needs == "hessian":
-            def add(name, x):
-                x = x.float()
-                st = stats[name]
-                if "hessian" not in st:
-                    st["hessian"] = torch.zeros(x.shape[1], x.shape[1])
-                    st["n"] = 0
-                t = x.shape[0]
-                st["hessian"] *= st["n"] / (st["n"] + t)
-                st["n"] += t
-                x = (2.0 / st["n"]) ** 0.5 * x
-                st["hessian"] += x.t() @ x
         if runner is not None:
-            hs = collect_inputs(lin, add)
+            hs = collect_inputs(lin, _stats_adder(pruner.needs, stats))
             runner.run(i)
             for h in hs:
                 h.remove()
