@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = os.environ.get("BENCH_P_SAMPLES", "32")
 SEQLEN = os.environ.get("BENCH_P_SEQLEN", "256")
@@ -59,20 +61,6 @@ tok.save_pretrained(out)
 '''
 
 
-def timed(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run under /usr/bin/time -v: (result, wall seconds, peak RSS MiB)."""
-    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=ROOT)
-    wall = rss = float("nan")
-    for line in r.stderr.splitlines():
-        line = line.strip()
-        if line.startswith("Elapsed (wall clock) time"):
-            parts = line.rsplit(" ", 1)[-1].split(":")
-            wall = sum(float(p) * 60 ** i for i, p in enumerate(reversed(parts)))
-        elif line.startswith("Maximum resident set size"):
-            rss = int(line.rsplit(" ", 1)[-1]) / 1024
-    return r, wall, rss
-
-
 def evaluate(path: str, reference: str) -> dict:
     r = subprocess.run([*SLMCTL, "eval", path, "--reference", reference, "--ctx", CTX, "--windows", WINDOWS, "--json"],
                        capture_output=True, text=True, cwd=ROOT)
@@ -90,7 +78,7 @@ def main() -> int:
             write(rows, [], dense, partial=True)
         out = tmp / name.replace(":", "-").replace("%", "")
         r, wall, rss = timed([*SLMCTL, "prune", MODEL, "-o", str(out), *RUNS[name], "--samples", SAMPLES,
-                              "--seqlen", SEQLEN, "--eval-ctx", CTX, "--eval-windows", WINDOWS, "--json", "-q"])
+                              "--seqlen", SEQLEN, "--eval-ctx", CTX, "--eval-windows", WINDOWS, "--json", "-q"], cwd=ROOT)
         if r.returncode:
             print(f"{name}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
             rows.append((f"slmctl {name}", None, None, None, wall, rss, "failed"))
@@ -116,7 +104,7 @@ def main() -> int:
         for which, mask in (("wanda", "0:0"), ("sparsegpt", "0:0"), ("wanda", "2:4"), ("sparsegpt", "2:4")):
             label = f"{which}-{'50' if mask == '0:0' else '2:4'}"
             out = tmp / f"peer-{label.replace(':', '-')}"
-            r, wall, rss = timed([str(PEER), str(tmp / "peer.py"), str(src), str(out), str(tmp / "ids.json"), which, mask])
+            r, wall, rss = timed([str(PEER), str(tmp / "peer.py"), str(src), str(out), str(tmp / "ids.json"), which, mask], cwd=ROOT)
             if r.returncode:
                 print(f"llm-compressor {label}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
                 peer_rows.append((f"llm-compressor {label}", None, None, None, wall, rss, "failed"))

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = os.environ.get("BENCH_Q_SAMPLES", "16")
 SEQLEN = os.environ.get("BENCH_Q_SEQLEN", "512")
@@ -45,20 +47,6 @@ oneshot(model=model, dataset=ds, recipe=GPTQModifier(targets="Linear", scheme="W
 model.save_pretrained(out, save_compressed=True)
 tok.save_pretrained(out)
 '''
-
-
-def timed(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run under /usr/bin/time -v: (result, wall seconds, peak RSS MiB)."""
-    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
-    wall = rss = float("nan")
-    for line in r.stderr.splitlines():
-        line = line.strip()
-        if line.startswith("Elapsed (wall clock) time"):
-            parts = line.rsplit(" ", 1)[-1].split(":")
-            wall = sum(float(p) * 60 ** i for i, p in enumerate(reversed(parts)))
-        elif line.startswith("Maximum resident set size"):
-            rss = int(line.rsplit(" ", 1)[-1]) / 1024
-    return r, wall, rss
 
 
 def slm(*args: str) -> list[str]:

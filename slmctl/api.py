@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,10 +72,9 @@ def _stream_tensors(art, dtype: str, progress=None):
 @EXPORTERS.register("hf")
 def export_hf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log, progress=None, **_):
     """An HF folder: config, tokenizer and sharded safetensors, with provenance."""
-    from .io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
-    from .io.atomic import atomic_path
-    from .io.convert import gguf_to_hf, write_provenance_file
-    from .io.safetensors import ShardedWriter, parse_size
+    from .io.convert import gguf_to_hf
+    from .io.hf_folder import write_hf_folder
+    from .io.safetensors import parse_size
 
     shard = parse_size(max_shard_size)
     if art.format == "gguf":
@@ -90,28 +88,13 @@ def export_hf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bo
                          hint="use --format safetensors, or put the model's config.json next to it")
     prov = provenance.build("export", {"format": "hf", "dtype": dtype, "max_shard_size": shard},
                             [provenance.input_record(ref, art.path, art)])
-    src_dir = art.path if art.path.is_dir() else art.path.parent
-    with atomic_path(out, force=force, is_dir=True) as tmp:
-        for name in SIDE_FILES:
-            if (src_dir / name).is_file():
-                shutil.copyfile(src_dir / name, tmp / name)
-        if dtype != "auto":
-            import json
-
-            cfg = dict(art.config)
-            cfg["dtype"] = dtype
-            cfg.pop("torch_dtype", None)
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        w = ShardedWriter(tmp, max_shard_size=shard, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
-        try:
-            for name, t in _stream_tensors(art, dtype, progress):
-                w.add(name, t)
-        except BaseException:
-            w.abort()
-            raise
-        w.close()
-        write_provenance_file(tmp / PROVENANCE_FILE, prov)
-    return out
+    cfg = dict(art.config)
+    if dtype != "auto":
+        cfg["dtype"] = dtype
+        cfg.pop("torch_dtype", None)
+    return write_hf_folder(out, src_dir=art.path if art.path.is_dir() else art.path.parent, config=cfg,
+                           tensors=_stream_tensors(art, dtype, progress), prov=prov, force=force,
+                           max_shard_size=shard)
 
 
 @EXPORTERS.register("safetensors")

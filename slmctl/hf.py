@@ -23,3 +23,14 @@ def quiet_transformers() -> None:
         disable_progress_bars()
     except ImportError:  # pragma: no cover
         pass
+
+
+def unique_state_items(model):
+    """(name, tensor) of ``model.state_dict()`` with tied weights once (the first name), as transformers saves."""
+    seen: set[int] = set()
+    for name, t in model.state_dict().items():
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            continue
+        seen.add(ptr)
+        yield name, t

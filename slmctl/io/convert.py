@@ -24,7 +24,7 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
         qc = {"quantization_config": GgufConfig(dequantize=True)}
     except ImportError:  # older transformers
         qc = {}
-    from ..hf import quiet_transformers
+    from ..hf import quiet_transformers, unique_state_items
     from .artifact import open_artifact
 
     quiet_transformers()
@@ -48,12 +48,7 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
             model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         w = ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
-        seen: set[int] = set()
-        for name, t in model.state_dict().items():
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen:  # tied weights are stored once, as transformers does
-                continue
-            seen.add(ptr)
+        for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
             w.add(name, t.to(target))
         w.close()
         write_provenance_file(tmp / PROVENANCE_FILE, prov)

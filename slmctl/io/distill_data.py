@@ -199,12 +199,9 @@ def save_student(model, src_folder: Path, out: Path, *, prov: dict, force: bool)
         model.config.save_pretrained(tmp)
         w = ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
         try:
-            seen: set[int] = set()
-            for name, t in model.state_dict().items():
-                ptr = t.untyped_storage().data_ptr()
-                if ptr in seen:  # tied weights are stored once, as transformers does
-                    continue
-                seen.add(ptr)
+            from ..hf import unique_state_items
+
+            for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
                 w.add(name, t.detach().float().cpu())
         except BaseException:
             w.abort()

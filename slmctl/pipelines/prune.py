@@ -224,7 +224,6 @@ def _model_state(model, art):
 
 # ---------------------------------------------------------------- unstructured
 def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam):
-    import torch
 
     from ..methods.prune import UNSTRUCTURED
     from ..methods.prune.adaptive import ADAPTIVE, allocate, outlier_ratio
