@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slmctl-installed
 JOBS   ?= 2
 
-.PHONY: setup demo release test test-slow fuzz test-fuzz bench docs peers-mergekit clean
+.PHONY: setup demo release test test-slow fuzz test-fuzz bench docs peers peers-mergekit clean
 
 setup: $(STAMP)
 
@@ -42,18 +42,41 @@ fuzz test-fuzz: $(STAMP)
 	nice -n 19 $(PY) fuzz/run.py --per-format 10000 --cli-every 20 --export-every 3
 	nice -n 19 $(PY) fuzz/kill.py --trials 52
 
-bench: $(STAMP)
+bench: $(STAMP) $(PEER_ENVS)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py
 
 docs: $(STAMP)
 	$(PY) -m slmctl.cli.reference > docs/cli.md
 
-# peer tools for the parity tests and benchmarks, each in its own venv (torch pinned first)
+# peer tools for the parity tests and benchmarks, each in its own venv (torch pinned first so pip
+# does not fetch a CUDA build); `make bench` builds the ones that are missing
 PEERS ?= /work/peers
-peers-mergekit:
+PEER_ENVS := $(PEERS)/mergekit/.ok $(PEERS)/llmcompressor/.ok $(PEERS)/optimum/.ok $(PEERS)/gptqmodel/.ok
+peers: $(PEER_ENVS)
+peers-mergekit: $(PEERS)/mergekit/.ok
+$(PEERS)/mergekit/.ok:
 	python3 -m venv $(PEERS)/mergekit
 	$(PEERS)/mergekit/bin/pip install -q torch==2.13.0
 	$(PEERS)/mergekit/bin/pip install -q mergekit==0.1.5
+	@touch $@
+# llm-compressor pins transformers <= 5.17: its GPTQ/Wanda/SparseGPT run beside ours in bench/
+$(PEERS)/llmcompressor/.ok:
+	python3 -m venv $(PEERS)/llmcompressor
+	$(PEERS)/llmcompressor/bin/pip install -q torch==2.13.0
+	$(PEERS)/llmcompressor/bin/pip install -q llmcompressor==0.14.0.1
+	@touch $@
+# optimum-onnx needs transformers < 4.58; bench_onnx exports a copy of the sample whose config carries rope_theta
+$(PEERS)/optimum/.ok:
+	python3 -m venv $(PEERS)/optimum
+	$(PEERS)/optimum/bin/pip install -q torch==2.13.0
+	$(PEERS)/optimum/bin/pip install -q 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.57.*'
+	@touch $@
+# GPTQModel 7.6.0 is the last release that accepts torch 2.13: the real loader of our GPTQ layout
+$(PEERS)/gptqmodel/.ok:
+	python3 -m venv $(PEERS)/gptqmodel
+	$(PEERS)/gptqmodel/bin/pip install -q torch==2.13.0
+	$(PEERS)/gptqmodel/bin/pip install -q gptqmodel==7.6.0
+	@touch $@
 
 clean:
 	rm -rf out bench/out
