@@ -28,6 +28,7 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
     from .artifact import open_artifact
 
     quiet_transformers()
+    _quiet_gguf_loader()
     art = open_artifact(src)
     arch = art.metadata.get("general.architecture", "?")
     try:
@@ -53,6 +54,22 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
         w.close()
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     return out
+
+
+def _quiet_gguf_loader() -> None:
+    """transformers' GGUF loader draws its own tqdm bar unconditionally: silence it (slmctl reports progress
+    itself), unless SLMCTL_DEBUG=1."""
+    if os.environ.get("SLMCTL_DEBUG") == "1":
+        return
+    try:
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as m
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return
+    if getattr(m, "tqdm", None) is tqdm:
+        m.tqdm = functools.partial(tqdm, disable=True)
 
 
 def write_provenance_file(path: Path, prov: dict) -> None:
