@@ -3,7 +3,10 @@
 Inputs: the SmolLM2-135M sample (HF folder, fp32) and perturbed copies of it. Each tool runs as its
 own process on the same YAML; peak RSS is that process's own (wait4), wall time is end to end
 (process start included, as a user sees it). Each pair runs ``REPEAT`` times, alternating, and the
-best is kept. Writes bench/results/merge.md. mergekit: MERGEKIT_YAML or /work/peers/mergekit.
+best is kept. slmctl runs with an empty hash cache every time (SLMCTL_CACHE in a fresh folder), so
+hashing its inputs for the provenance record is always paid. After the runs the two outputs are compared
+tensor by tensor (max abs difference). Writes bench/results/merge.md. mergekit: MERGEKIT_YAML or
+/work/peers/mergekit. Run it under the heavy-job lock: `flock /tmp/slmctl-heavy.lock python bench/bench_merge.py`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,31 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     if p.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({p.returncode}):\n{err[-2000:]}")
     return wall, ru.ru_maxrss / 1024
+
+
+def max_abs_diff(x: Path, y: Path) -> float:
+    """Largest |a - b| over every tensor of two HF folders (they must hold the same names and shapes)."""
+    import torch
+    from safetensors import safe_open
+
+    def index(folder: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as h:
+                out.update({k: f for k in h.keys()})
+        return out
+
+    ix, iy = index(x), index(y)
+    if sorted(ix) != sorted(iy):
+        raise SystemExit(f"different tensors: {sorted(set(ix) ^ set(iy))[:5]}")
+    worst = 0.0
+    for k in ix:
+        with safe_open(str(ix[k]), "pt") as hx, safe_open(str(iy[k]), "pt") as hy:
+            a, b = hx.get_tensor(k), hy.get_tensor(k)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise SystemExit(f"{k}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
+        worst = max(worst, (a.double() - b.double()).abs().max().item())
+    return worst
 
 
 def perturbed(src: Path, dest: Path, seed: int, scale: float = 0.002) -> Path:
@@ -73,6 +101,7 @@ def main() -> int:
     slm = [str(Path(sys.executable).parent / "slmctl")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     rows = []
+    loads = [os.getloadavg()[0]]
     for name, text in cases.items():
         cfg = OUT / (name.split()[0] + ".yml")
         cfg.write_text(text)
@@ -81,12 +110,18 @@ def main() -> int:
             for tool in ("slmctl", "mergekit"):
                 dest = OUT / f"{tool}-{cfg.stem}"
                 shutil.rmtree(dest, ignore_errors=True)
+                cache = OUT / "slmctl-cache"  # empty each time: slmctl pays for hashing its inputs
+                shutil.rmtree(cache, ignore_errors=True)
+                env["SLMCTL_CACHE"] = str(cache)
                 cmd = (slm + ["merge", "--config", str(cfg), "-o", str(dest), "-q"] if tool == "slmctl"
                        else [str(MERGEKIT), str(cfg), str(dest), "--quiet"])
                 wall, rss = measure(cmd, env)
                 print(f"{name} {tool}: {wall:.1f} s, {rss:.0f} MiB", file=sys.stderr, flush=True)
                 best[tool] = (min(best[tool][0], wall), min(best[tool][1], rss))
-        rows.append((name, best["slmctl"], best["mergekit"]))
+                loads.append(os.getloadavg()[0])
+        diff = max_abs_diff(OUT / f"slmctl-{cfg.stem}", OUT / f"mergekit-{cfg.stem}")
+        print(f"{name}: max |slmctl - mergekit| = {diff:.3g}", file=sys.stderr, flush=True)
+        rows.append((name, best["slmctl"], best["mergekit"], diff))
     import importlib.metadata as md
 
     mk_ver = subprocess.run([str(MERGEKIT.parent / "python"), "-c",
@@ -98,12 +133,18 @@ def main() -> int:
              f"slmctl {md.version('slmctl')}, torch {md.version('torch')}, {platform.machine()}, "
              f"{os.cpu_count()} CPUs.\n",
              "| config | slmctl wall (s) | mergekit wall (s) | wall ratio | slmctl peak RSS (MiB) | "
-             "mergekit peak RSS (MiB) | RSS ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, s, m in rows:
+             "mergekit peak RSS (MiB) | RSS ratio | max abs diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s, m, diff in rows:
         lines.append(f"| {name} | {s[0]:.1f} | {m[0]:.1f} | {s[0] / m[0]:.2f} | {s[1]:.0f} | {m[1]:.0f} | "
-                     f"{s[1] / m[1]:.2f} |")
-    lines.append("\nRatios are slmctl / mergekit (below 1.0: slmctl is faster or smaller).\n")
+                     f"{s[1] / m[1]:.2f} | {diff:.2g} |")
+    lines.append("\nRatios are slmctl / mergekit (below 1.0: slmctl is faster or smaller). *max abs diff*: the "
+                 "largest difference between the two tools' output tensors (parity target 1e-6). slmctl ran "
+                 "with an empty hash cache each time, so its wall time includes hashing the inputs for the "
+                 f"provenance record. 1-minute load average during the runs: {min(loads):.1f} to "
+                 f"{max(loads):.1f} (2 cores; run under the heavy-job lock).\n")
+    lines.append("Command: `flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_merge.py` "
+                 f"(BENCH_REPEAT={REPEAT}).\n")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text("\n".join(lines))
     print(RESULT.read_text())

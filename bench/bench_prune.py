@@ -1,34 +1,50 @@
-"""slmctl prune on the sample: 50% unstructured (magnitude, Wanda, SparseGPT), 2:4, depth (Block
-Influence vs dropping the last layers) and width (heads + MLP), side by side with llm-compressor's
-WandaPruningModifier and SparseGPTModifier when its environment exists
-(/work/peers/llmcompressor/bin/python, or $BENCH_LLMCOMPRESSOR_PYTHON), on the same calibration
-windows (slmctl draws them; the peer gets the token ids) and the same held-out evaluation windows.
+"""slmctl prune on the sample, side by side with llm-compressor, on the same calibration and held-out windows.
 
-Writes bench/results/prune.md. Settings via environment: BENCH_P_SAMPLES (32), BENCH_P_SEQLEN (256),
-BENCH_P_WINDOWS (8), BENCH_P_CTX (256), BENCH_P_RUNS (comma list of the run names below).
+Runs (BENCH_P_RUNS, a comma list; default all):
+- slmctl: magnitude / wanda / sparsegpt at 50% unstructured, wanda and sparsegpt 2:4, depth 25% (Block
+  Influence, angular block, last layers), width 25% (heads + MLP);
+- ``width-25%-gguf``: the width-25% output exported to GGUF and evaluated by llama.cpp;
+- ``llmc-*``: llm-compressor 0.14's WandaPruningModifier and SparseGPTModifier (50% and 2:4) through
+  ``oneshot`` in its own environment (/work/peers/llmcompressor/bin/python, or
+  $BENCH_LLMCOMPRESSOR_PYTHON), fed the token ids slmctl draws, so both see the same calibration windows.
+
+Every output is scored the same way afterwards: ``slmctl eval OUT --reference MODEL`` on the held-out
+evaluation region (perplexity, KL, top-1). The timed prune runs with ``--eval-windows 0``, so the prune
+time of both tools is load + calibrate + prune + save, nothing else.
+
+Each run's result is saved under BENCH_P_OUT (bench/out/prune) as JSON, and the fragment
+bench/results/prune.md is rebuilt from all saved results whose settings match, so runs can be made one at
+a time. With BENCH_P_LOCK (e.g. /tmp/slmctl-heavy.lock) each run holds that lock (flock(2), the same
+lock as `flock FILE cmd`) while it runs, so its wall time never includes the wait for the lock.
+Settings: BENCH_P_SAMPLES (32), BENCH_P_SEQLEN (256), BENCH_P_WINDOWS (8), BENCH_P_CTX (256).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shlex
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = os.environ.get("BENCH_P_SAMPLES", "32")
-SEQLEN = os.environ.get("BENCH_P_SEQLEN", "256")
-WINDOWS = os.environ.get("BENCH_P_WINDOWS", "8")
-CTX = os.environ.get("BENCH_P_CTX", "256")
+E = os.environ.get
+SAMPLES, SEQLEN, WINDOWS, CTX = E("BENCH_P_SAMPLES", "32"), E("BENCH_P_SEQLEN", "256"), E("BENCH_P_WINDOWS", "8"), \
+    E("BENCH_P_CTX", "256")
+OUT = Path(E("BENCH_P_OUT", str(ROOT / "bench" / "out" / "prune")))
+LOCK = E("BENCH_P_LOCK", "")
 MODEL = "sample:smollm2-135m"
-PEER = Path(os.environ.get("BENCH_LLMCOMPRESSOR_PYTHON", "/work/peers/llmcompressor/bin/python"))
+PEER = Path(E("BENCH_LLMCOMPRESSOR_PYTHON", "/work/peers/llmcompressor/bin/python"))
 SLMCTL = [sys.executable, "-m", "slmctl"]
+SETTINGS = {"samples": SAMPLES, "seqlen": SEQLEN, "windows": WINDOWS, "ctx": CTX, "seed": 0}
 
-RUNS = {  # name -> prune arguments
+SLM_RUNS = {  # name -> prune arguments
     "magnitude-50": ["--method", "magnitude", "--sparsity", "0.5"],
     "wanda-50": ["--method", "wanda", "--sparsity", "0.5"],
     "sparsegpt-50": ["--method", "sparsegpt", "--sparsity", "0.5"],
@@ -39,15 +55,21 @@ RUNS = {  # name -> prune arguments
     "depth-last-25%": ["--method", "depth", "--ratio", "0.25", "--depth-metric", "last"],
     "width-25%": ["--method", "width", "--heads-ratio", "0.25", "--mlp-ratio", "0.25"],
 }
-SELECTED = os.environ.get("BENCH_P_RUNS", ",".join(RUNS)).split(",")
+PEER_RUNS = {"llmc-wanda-50": ("wanda", "0:0"), "llmc-sparsegpt-50": ("sparsegpt", "0:0"),
+             "llmc-wanda-2:4": ("wanda", "2:4"), "llmc-sparsegpt-2:4": ("sparsegpt", "2:4")}
+ORDER = [*SLM_RUNS, "width-25%-gguf", *PEER_RUNS]
+SELECTED = [r for r in E("BENCH_P_RUNS", ",".join(ORDER)).split(",") if r]
 
+# llm-compressor 0.14: oneshot() with a modifier; the dataset is already tokenised (input_ids), so it is
+# used as it is; the sequential pipeline calibrates and prunes one decoder layer at a time, like slmctl.
 PEER_SCRIPT = r'''
-import json, sys, torch
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmcompressor import oneshot
-from llmcompressor.modifiers.obcq import SparseGPTModifier
-from llmcompressor.modifiers.pruning import WandaPruningModifier
-from datasets import Dataset
+from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 src, out, ids_file, which, mask = sys.argv[1:6]
 ids = json.load(open(ids_file))
 ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
@@ -55,93 +77,229 @@ model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
 tok = AutoTokenizer.from_pretrained(src)
 cls = WandaPruningModifier if which == "wanda" else SparseGPTModifier
 recipe = cls(sparsity=0.5, mask_structure=mask, targets=["Linear"], ignore=["re:.*lm_head"])
-oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length=len(ids[0]), num_calibration_samples=len(ids))
+t1 = time.perf_counter()
+oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length=len(ids[0]), num_calibration_samples=len(ids),
+        shuffle_calibration_samples=False, pipeline="sequential")
+t2 = time.perf_counter()
 model.save_pretrained(out, save_compressed=False)
 tok.save_pretrained(out)
+import llmcompressor, transformers
+print(json.dumps({"oneshot_s": t2 - t1, "total_s": time.perf_counter() - t0, "llmcompressor": llmcompressor.__version__,
+                  "transformers": transformers.__version__, "torch": torch.__version__}))
 '''
 
 
-def evaluate(path: str, reference: str) -> dict:
-    r = subprocess.run([*SLMCTL, "eval", path, "--reference", reference, "--ctx", CTX, "--windows", WINDOWS, "--json"],
-                       capture_output=True, text=True, cwd=ROOT)
+@contextlib.contextmanager
+def heavy():
+    if not LOCK:
+        yield
+        return
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def show(cmd: list[str]) -> str:
+    s = shlex.join(cmd).replace(str(OUT), "$OUT").replace(str(ROOT) + "/", "")
+    return s.replace(shlex.join(SLMCTL), "slmctl").replace(str(PEER), "$PEER_PY")
+
+
+def run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    r, wall, rss = timed(cmd, cwd=ROOT)
     if r.returncode:
-        raise SystemExit(f"eval of {path} failed: {r.stderr[-2000:]}")
-    return json.loads(r.stdout)
+        raise RuntimeError(f"failed ({r.returncode}): {show(cmd)}\n{r.stderr[-3000:]}")
+    return r, wall, rss
+
+
+def evaluate(path: str, reference: str, *extra: str) -> dict:
+    r, wall, _ = run([*SLMCTL, "eval", path, "--reference", reference, "--ctx", CTX, "--windows", WINDOWS, "--json",
+                      *extra])
+    e = json.loads(r.stdout)
+    return {"ppl": e["ppl"], "dense_ppl": e["reference_ppl"], "kld": e["kld"]["mean"],
+            "top1": e["top1_agreement_pct"], "eval_backend": e.get("backend"), "eval_s": wall}
+
+
+def role_params(path: str) -> dict:
+    """Parameters of the attention and MLP projections (and all) from the safetensors headers."""
+    from slmctl.api import load_artifact
+
+    art, _ = load_artifact(path)
+    attn = sum(t.numel for n, t in art.tensors.items() if ".self_attn." in n and n.endswith(".weight"))
+    mlp = sum(t.numel for n, t in art.tensors.items() if ".mlp." in n and n.endswith(".weight"))
+    return {"attn": attn, "mlp": mlp, "all": sum(t.numel for t in art.tensors.values())}
+
+
+def src_path() -> str:
+    from slmctl.api import load_artifact
+
+    return str(load_artifact(MODEL)[1])
+
+
+def run_slmctl(name: str) -> dict:
+    out = OUT / name.replace(":", "-").replace("%", "")
+    cmd = [*SLMCTL, "prune", MODEL, "-o", str(out), *SLM_RUNS[name], "--samples", SAMPLES, "--seqlen", SEQLEN,
+           "--eval-windows", "0", "--force", "--json", "-q"]
+    r, wall, rss = run(cmd)
+    rep = json.loads(r.stdout)
+    res = {"cmd": show(cmd), "wall_s": wall, "rss_mib": rss, "prune_s": rep["prune_seconds"],
+           "params_before": rep["parameters_before"], "params_after": rep["parameters_after"],
+           **evaluate(str(out), src_path())}
+    if "sparsity" in rep:
+        res["note"] = f"{rep['sparsity']:.1%} of the decoder linear weights zero"
+        res["nonzero"] = rep["nonzero_parameters_after"]
+    elif "layers_removed" in rep["recipe"]:
+        res["note"] = f"layers {rep['recipe']['layers_removed']} removed"
+    else:
+        r0 = rep["layers"][0]
+        res["note"] = f"{r0['num_attention_heads']} heads / {r0['num_key_value_heads']} kv, MLP {r0['intermediate_size']}"
+        res["roles_before"], res["roles_after"] = role_params(src_path()), role_params(str(out))
+    return res
+
+
+def run_gguf() -> dict:
+    src = OUT / "width-25"
+    if not (src / "config.json").is_file():
+        raise RuntimeError("width-25%-gguf needs the width-25% run first")
+    gguf = OUT / "width-25.f32.gguf"
+    cmd = [*SLMCTL, "export", str(src), "--format", "gguf", "--outtype", "f32", "-o", str(gguf), "--force", "-q"]
+    _, wall, rss = run(cmd)
+    e = evaluate(str(gguf), src_path())
+    return {"cmd": show(cmd) + f"; slmctl eval {show([str(gguf)])} --reference {MODEL}", "wall_s": wall,
+            "rss_mib": rss, **e, "note": f"llama.cpp ({e['eval_backend']}) runs the exported GGUF"}
+
+
+def run_peer(name: str) -> dict:
+    if not PEER.is_file():
+        raise RuntimeError(f"{PEER} does not exist: build it with `make {PEER.parent.parent}/.ok`")
+    from slmctl.api import load_artifact
+    from slmctl.eval.backends import load_tokenizer
+    from slmctl.pipelines.prune import calibration_ids
+
+    art, src = load_artifact(MODEL)
+    ids = calibration_ids(load_tokenizer(art), data="sample:shakespeare", field="text", samples=int(SAMPLES),
+                          seqlen=int(SEQLEN), seed=0)
+    (OUT / "ids.json").write_text(json.dumps(ids.tolist()))
+    (OUT / "peer.py").write_text(PEER_SCRIPT)
+    which, mask = PEER_RUNS[name]
+    out = OUT / name.replace(":", "-")
+    cmd = [str(PEER), str(OUT / "peer.py"), str(src), str(out), str(OUT / "ids.json"), which, mask]
+    r, wall, rss = run(cmd)
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"cmd": show(cmd), "wall_s": wall, "rss_mib": rss, "prune_s": info["total_s"], "peer": info,
+            **evaluate(str(out), str(src)), "note": f"llm-compressor {info['llmcompressor']}, "
+                                                    f"transformers {info['transformers']}"}
+
+
+def result_file(name: str) -> Path:
+    return OUT / "results" / (name.replace(":", "-").replace("%", "") + ".json")
 
 
 def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-prune-"))
-    rows: list = []
-    dense = None
+    (OUT / "results").mkdir(parents=True, exist_ok=True)
+    failed = []
     for name in SELECTED:
-        if rows:
-            write(rows, [], dense, partial=True)
-        out = tmp / name.replace(":", "-").replace("%", "")
-        r, wall, rss = timed([*SLMCTL, "prune", MODEL, "-o", str(out), *RUNS[name], "--samples", SAMPLES,
-                              "--seqlen", SEQLEN, "--eval-ctx", CTX, "--eval-windows", WINDOWS, "--json", "-q"], cwd=ROOT)
-        if r.returncode:
-            print(f"{name}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
-            rows.append((f"slmctl {name}", None, None, None, wall, rss, "failed"))
+        if name not in ORDER:
+            raise SystemExit(f"unknown run {name!r}; valid: {', '.join(ORDER)}")
+        try:
+            with heavy():
+                load = load_avg()
+                t = time.time()
+                res = run_slmctl(name) if name in SLM_RUNS else run_gguf() if name == "width-25%-gguf" \
+                    else run_peer(name)
+            res.update(name=name, settings=SETTINGS, load_before=load, finished=time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                              time.gmtime()))
+            result_file(name).write_text(json.dumps(res, indent=1))
+            print(f"{name}: ppl {res['ppl']:.3f}, {res['wall_s']:.0f} s ({time.time() - t:.0f} s with eval)",
+                  file=sys.stderr)
+        except RuntimeError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            failed.append(name)
+        write()
+    return 1 if failed else 0
+
+
+def write() -> None:
+    res = {}
+    for name in ORDER:
+        f = result_file(name)
+        if f.is_file():
+            r = json.loads(f.read_text())
+            if r.get("settings") == SETTINGS:
+                res[name] = r
+    dense = next((r["dense_ppl"] for r in res.values() if "dense_ppl" in r), None)
+    L = ["## prune (SmolLM2-135M-Instruct, fp32)\n",
+         f"Calibration: {SAMPLES} windows x {SEQLEN} tokens drawn (seed 0) from the sample's calibration region, the "
+         f"same token ids for slmctl and llm-compressor. Quality: `slmctl eval OUT --reference {MODEL} --ctx {CTX} "
+         f"--windows {WINDOWS}` on the held-out evaluation region, for every output alike"
+         + (f"; dense perplexity {dense:.3f}." if dense else "."),
+         "Time: wall seconds of the prune command alone (`--eval-windows 0`; for llm-compressor the script that loads "
+         "the model, runs `oneshot` and saves), each run holding the machine's heavy-job lock (2 cores; load average "
+         "before each run in the last column).\n",
+         "| run | ppl | KL mean | top-1 % | parameters | prune wall s | peak RSS MiB | note | load |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for name in ORDER:
+        r = res.get(name)
+        if r is None:
             continue
-        rep = json.loads(r.stdout)
-        q = rep["quality"]
-        dense = dense or q["ppl_before"]
-        rows.append((f"slmctl {name}", q["ppl_after"], q["kld_mean"], rep["parameters_after"], wall, rss,
-                     f"{rep.get('sparsity', 0):.1%} sparse" if "sparsity" in rep else
-                     f"{rep['parameters_after'] / rep['parameters_before']:.1%} of the parameters"))
-        print(f"{name}: ppl {q['ppl_after']:.3f} in {wall:.0f} s", file=sys.stderr)
-    peer_rows = []
-    if PEER.is_file():
-        from slmctl.api import load_artifact
-        from slmctl.eval.backends import load_tokenizer
-        from slmctl.pipelines.prune import calibration_ids
+        who = "llm-compressor" if name.startswith("llmc-") else "slmctl"
+        label = name.removeprefix("llmc-")
+        params = f"{r['params_after']:,}" if "params_after" in r else ""
+        L.append(f"| {who} {label} | {r['ppl']:.3f} | {r['kld']:.4f} | {r['top1']:.1f} | {params} | "
+                 f"{r['wall_s']:.0f} | {r['rss_mib']:.0f} | {r.get('note', '')} | {r['load_before']} |")
+    L.append("\nWhat the figures say (computed from the table):\n")
 
-        art, src = load_artifact(MODEL)
-        ids = calibration_ids(load_tokenizer(art), data="sample:shakespeare", field="text", samples=int(SAMPLES),
-                              seqlen=int(SEQLEN), seed=0)
-        (tmp / "ids.json").write_text(json.dumps(ids.tolist()))
-        (tmp / "peer.py").write_text(PEER_SCRIPT)
-        for which, mask in (("wanda", "0:0"), ("sparsegpt", "0:0"), ("wanda", "2:4"), ("sparsegpt", "2:4")):
-            label = f"{which}-{'50' if mask == '0:0' else '2:4'}"
-            out = tmp / f"peer-{label.replace(':', '-')}"
-            r, wall, rss = timed([str(PEER), str(tmp / "peer.py"), str(src), str(out), str(tmp / "ids.json"), which, mask], cwd=ROOT)
-            if r.returncode:
-                print(f"llm-compressor {label}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
-                peer_rows.append((f"llm-compressor {label}", None, None, None, wall, rss, "failed"))
-                continue
-            e = evaluate(str(out), str(src))
-            peer_rows.append((f"llm-compressor {label}", e["ppl"], e["kld"]["mean"], None, wall, rss, ""))
-    write(rows, peer_rows, dense)
-    return 0 if all(r[1] is not None for r in rows + peer_rows) else 1
-
-
-def write(rows: list, peer_rows: list, dense: float | None, partial: bool = False) -> None:
-    lines = ["## prune (SmolLM2-135M-Instruct, fp32)\n",
-             f"Calibration: {SAMPLES} windows x {SEQLEN} tokens of the sample's calibration region (seed 0); "
-             f"perplexity and KL against the dense model on {WINDOWS} x {CTX} tokens of the held-out evaluation "
-             f"region. Dense perplexity: {dense:.3f}.\n" if dense else "",
-             "| run | ppl | KL mean | parameters | wall s | peak RSS MiB | note |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows + peer_rows:
-        n, ppl, kl, params, wall, rss, note = row
-        lines.append(f"| {n} | {'' if ppl is None else f'{ppl:.3f}'} | {'' if kl is None else f'{kl:.4f}'} | "
-                     f"{'' if params is None else f'{params:,}'} | {wall:.0f} | {rss:.0f} | {note} |")
-    if peer_rows:
-        by = {r[0]: r for r in rows + peer_rows}
-        lines.append("\nslmctl / llm-compressor:\n")
-        for label in ("wanda-50", "sparsegpt-50", "wanda-2:4", "sparsegpt-2:4"):
-            a, b = by.get(f"slmctl {label}"), by.get(f"llm-compressor {label}")
-            if a and b and a[1] and b[1]:
-                lines.append(f"- {label}: perplexity ratio {a[1] / b[1]:.4f}, time ratio {a[4] / b[4]:.2f}")
-    else:
-        lines.append(f"\nllm-compressor was not run ({PEER} does not exist): install it in its own environment "
-                     "(it pins transformers <= 5.17) to add the side-by-side rows.")
-    if partial:
-        lines.append("\n(partial: the run was still going when this was written)")
+    def ppl(n):
+        return res[n]["ppl"] if n in res else None
+    if ppl("magnitude-50"):
+        for m in ("wanda-50", "sparsegpt-50"):
+            if ppl(m):
+                L.append(f"- {m} vs magnitude-50: perplexity {ppl(m):.2f} vs {ppl('magnitude-50'):.2f} "
+                         f"({ppl('magnitude-50') / ppl(m):.1f}x lower)")
+    for m in ("wanda", "sparsegpt"):
+        if ppl(f"{m}-50") and ppl(f"{m}-2:4"):
+            L.append(f"- {m} 2:4 vs 50% unstructured: {ppl(f'{m}-2:4'):.2f} vs {ppl(f'{m}-50'):.2f}")
+    for m in ("wanda-50", "sparsegpt-50", "wanda-2:4", "sparsegpt-2:4"):
+        a, b = res.get(m), res.get(f"llmc-{m}")
+        if a and b:
+            d = (a["ppl"] / b["ppl"] - 1) * 100
+            verdict = "within 2% or better" if d <= 2.0 else "MISSED the 2% target"
+            L.append(f"- {m}: slmctl / llm-compressor perplexity {a['ppl']:.3f} / {b['ppl']:.3f} ({d:+.2f}%, {verdict}); "
+                     f"time {a['wall_s']:.0f} s / {b['wall_s']:.0f} s (ratio {a['wall_s'] / b['wall_s']:.2f})")
+    if ppl("depth-bi-25%") and ppl("depth-last-25%"):
+        L.append(f"- depth 25%: Block Influence {ppl('depth-bi-25%'):.2f} vs last layers {ppl('depth-last-25%'):.4g}"
+                 + (f", angular block {ppl('depth-angular-25%'):.2f}" if ppl("depth-angular-25%") else ""))
+    w = res.get("width-25%")
+    if w and "roles_after" in w:
+        b, a = w["roles_before"], w["roles_after"]
+        L.append(f"- width 25%: attention projections {b['attn']:,} -> {a['attn']:,} ({1 - a['attn'] / b['attn']:.1%} "
+                 f"fewer), MLP {b['mlp']:,} -> {a['mlp']:,} ({1 - a['mlp'] / b['mlp']:.1%} fewer), together "
+                 f"{1 - (a['attn'] + a['mlp']) / (b['attn'] + b['mlp']):.1%} fewer; whole model {b['all']:,} -> "
+                 f"{a['all']:,}. Perplexity {w['ppl']:.2f} before any retraining (loads in transformers: the eval "
+                 "above is transformers' from_pretrained)")
+    g = res.get("width-25%-gguf")
+    if g:
+        L.append(f"- width 25% as GGUF (f32): llama.cpp perplexity {g['ppl']:.2f}, KL {g['kld']:.4f} vs the dense model "
+                 f"(torch reference)" + (f"; transformers gave {w['ppl']:.2f}" if w else ""))
+    missing = [n for n in ORDER if n not in res]
+    if missing:
+        L.append(f"\nNot in this table (not run with these settings, or failed): {', '.join(missing)}.")
+    L.append("\nCommands (`$OUT` = " + (str(OUT).replace(str(ROOT) + "/", "")) + "; `$PEER_PY` = the llm-compressor "
+             "environment's python; `bench/out/prune/peer.py` is the peer script, written by bench/bench_prune.py):\n")
+    for name in ORDER:
+        if name in res:
+            L.append(f"- {name}: `{res[name]['cmd']}`")
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "prune.md").write_text("\n".join(lines) + "\n")
-    if not partial:
-        print("\n".join(lines))
+    (ROOT / "bench" / "results" / "prune.md").write_text("\n".join(L) + "\n")
 
 
 if __name__ == "__main__":

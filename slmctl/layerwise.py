@@ -28,7 +28,8 @@ API (stable; other methods import it)::
         # e.g. [[q,k,v], [o], [gate,up], [down]]: the sequential groups of true-sequential GPTQ / AWQ
     capture_layer_inputs(layer, hidden, kwargs, names=None, on_input=None) -> {name: [X, ...]}
         # forward hooks on every nn.Linear in ``layer`` (or only ``names``); with ``on_input(name, x)``
-        # the inputs are handed over one window at a time and not kept (e.g. accumulate a Hessian).
+        # the inputs are handed over one window at a time and not kept (e.g. accumulate a Hessian);
+        # stop_early=True ends each window's forward once all of ``names`` have seen their input.
     run_layer(layer, hidden, kwargs) -> list of outputs
 
     lm.load_layer(i) / lm.free_layer(i)      # materialise / drop one layer's weights
@@ -262,10 +263,13 @@ def run_layer(layer, hidden: list, kwargs: dict[str, Any]) -> list:
 
 
 def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: list[str] | None = None,
-                         on_input: Callable[[str, Any], None] | None = None) -> dict[str, list]:
+                         on_input: Callable[[str, Any], None] | None = None,
+                         stop_early: bool = False) -> dict[str, list]:
     """Inputs of the nn.Linear modules of ``layer`` (all, or ``names``) while it runs on ``hidden``.
 
     With ``on_input`` each input goes to ``on_input(name, x)`` as it appears and nothing is kept.
+    With ``stop_early`` each window's forward stops once every wanted linear has seen its input
+    (the rest of the layer is not run: true-sequential methods capture an early group cheaply).
     """
     import torch
     import torch.nn as nn
@@ -273,6 +277,7 @@ def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: lis
     want = set(names) if names is not None else None
     got: dict[str, list] = {}
     handles = []
+    seen: set[str] = set()
     for n, m in layer.named_modules():
         if not isinstance(m, nn.Linear) or (want is not None and n not in want):
             continue
@@ -284,6 +289,10 @@ def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: lis
                 on_input(n, x)
             else:
                 got[n].append(x)
+            if stop_early:
+                seen.add(n)
+                if len(seen) == len(got):
+                    raise _Stop
 
         handles.append(m.register_forward_pre_hook(hook))
     if want is not None and want - set(got):
@@ -293,7 +302,11 @@ def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: lis
     try:
         with torch.no_grad():
             for h in hidden:
-                layer(h, **kwargs)
+                seen.clear()
+                try:
+                    layer(h, **kwargs)
+                except _Stop:
+                    pass
     finally:
         for h in handles:
             h.remove()
@@ -341,9 +354,9 @@ class LayerStep:
         """Linear names grouped by shared input, in forward order (see linear_groups)."""
         return linear_groups(self.layer, self.hidden, self.kwargs)
 
-    def recapture(self, names: list[str] | None = None, on_input=None) -> dict[str, list]:
-        """Run the layer again as it is now and return the inputs of ``names``."""
-        got = capture_layer_inputs(self.layer, self.hidden, self.kwargs, names, on_input)
+    def recapture(self, names: list[str] | None = None, on_input=None, stop_early: bool = False) -> dict[str, list]:
+        """Run the layer again as it is now and return the inputs of ``names`` (see capture_layer_inputs)."""
+        got = capture_layer_inputs(self.layer, self.hidden, self.kwargs, names, on_input, stop_early)
         if on_input is None:
             self.inputs.update(got)
         return got

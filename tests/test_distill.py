@@ -282,3 +282,39 @@ def test_real_sample_smoke(tmp_path):
     assert ev["start"]["kld"] > 0 and ev["distilled"]["kld"] > 0
     assert len(rep["history"]) == 2 and all(h["kd"] > 0 for h in rep["history"])
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_freeze_embeddings_keeps_them_and_trains_the_rest(tiny_llama, student, text_file, tmp_path):
+    out = tmp_path / "frozen"
+    rep = run(tiny_llama, student, out, text_file, steps=4, freeze_embeddings=True)
+    before, after = weights(student), weights(out)
+    emb = [n for n in before if "embed_tokens" in n]
+    assert emb and all(torch.equal(before[n], after[n]) for n in emb)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in emb)
+    assert rep["history"][-1]["loss"] < rep["history"][0]["loss"]
+
+
+def test_progress_bar_shows_loss_tokens_per_s_and_eta(tiny_llama, student, text_file, tmp_path, monkeypatch):
+    import io
+    import re
+
+    from slmctl.cli.output import Output
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every step, however fast the tiny model trains
+    run(tiny_llama, student, tmp_path / "bar", text_file, steps=6, progress=Output().progress)
+    bars = [ln for ln in term.getvalue().replace("\r", "\n").splitlines() if ln.startswith("distill:")]
+    last = [ln for ln in bars if "loss=" in ln][-1]
+    assert re.search(r"\b6/6 \[\d\d:\d\d<\d\d:\d\d, .*loss=\d+\.\d+, tok_s=\d+", last)  # elapsed<ETA
+
+
+def test_progress_lines_without_a_terminal_show_loss_tokens_per_s_and_eta(tiny_llama, student, text_file, tmp_path):
+    lines: list[str] = []
+    run(tiny_llama, student, tmp_path / "lines", text_file, steps=10, log=lines.append)
+    steps = [ln for ln in lines if ln.startswith("step ")]
+    assert len(steps) == 10 and all(" tokens/s, ETA " in ln and "loss " in ln for ln in steps)

@@ -94,6 +94,25 @@ def test_ties_by_hand():
     assert torch.allclose(out, torch.tensor([3.0, 2.0, 0.0, -3.0]))
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+def test_sparsifying_models_side_by_side_changes_nothing(method, monkeypatch):
+    """Large tensors sparsify each model's delta on its own thread; the result is bit-identical to one thread."""
+    from slmctl.methods.merge import task_arithmetic as ta
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(64, 64, generator=g)
+    models = {k: base + 0.01 * torch.randn(64, 64, generator=g) for k in "xyz"}
+    params = {k: {"weight": w, "density": 0.4, "gamma": 0.01} for k, w in zip("xyz", (1.0, 0.5, 0.7))}
+    opts = {"normalize": True, "rescale": False, "lambda": 1.0, "int8_mask": False}
+    m = METHODS.get(method)
+    monkeypatch.setattr(ta, "PARALLEL_MIN", 1 << 60)
+    serial = m.apply(dict(models), base, params, opts)
+    monkeypatch.setattr(ta, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(ta.os, "cpu_count", lambda: 3)
+    threaded = m.apply(dict(models), base, params, opts)
+    assert torch.equal(serial, threaded)
+
+
 def test_ties_density_one_single_model_is_task_arithmetic():
     g = torch.Generator().manual_seed(0)
     base, x = torch.randn(8, 8, generator=g), torch.randn(8, 8, generator=g)
@@ -114,6 +133,29 @@ def test_magnitude_keeps_the_largest():
     x = torch.tensor([0.1, -5.0, 2.0, -0.3, 4.0])
     assert torch.equal(sp.magnitude(x, 0.4), torch.tensor([0.0, -5.0, 0.0, 0.0, 4.0]))
     assert torch.equal(sp.magnitude(x, 1.0), x)
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "bf16"])
+def test_magnitude_selects_what_mergekits_argsort_selects(kind):
+    """The selection-based top-k equals mergekit's ``argsort(descending)[:k]`` exactly, ties and NaNs included."""
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 7, 1000, 50_000):
+        x = torch.randn(n, generator=g)
+        if kind == "ties":
+            x = torch.randint(-3, 4, (n,), generator=g).float()  # every threshold tied across the cut
+        elif kind == "nan":
+            x[n // 2] = float("nan")
+        elif kind == "bf16":
+            x = x.to(torch.bfloat16)
+        for density in (1e-9, 0.1, 0.5, 0.9):
+            k = max(1, int(density * n))
+            w = x.abs().reshape(-1).float()
+            ref = torch.zeros(n, dtype=x.dtype)
+            ref[torch.argsort(w, descending=True)[:k]] = 1
+            want = x * ref
+            got = sp.magnitude(x, density)
+            assert torch.equal(got.isnan(), want.isnan()), (kind, n, density)
+            assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want)), (kind, n, density)
 
 
 def test_dare_drop_fraction_rescale_and_seed():

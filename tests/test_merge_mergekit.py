@@ -158,13 +158,16 @@ def sample_trio(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties", "passthrough"])
-def test_deterministic_parity_sample(sample_trio, method):
+def test_deterministic_parity_sample(sample_trio, method, record_property):
     root, a, b, c = sample_trio
     cfg = root / f"{method}.yml"
     cfg.write_text(configs(a, b, c)[method])
     run_mergekit(cfg, root / f"mk-{method}")
     run_slmctl(cfg, root / f"slm-{method}")
-    assert max_diff(load_dir(root / f"slm-{method}"), load_dir(root / f"mk-{method}")) <= 1e-6
+    diff = max_diff(load_dir(root / f"slm-{method}"), load_dir(root / f"mk-{method}"))
+    record_property("max_abs_diff", diff)
+    print(f"sample {method}: max |slmctl - mergekit| = {diff:.3g}")  # shown with -s / -rP, for the record
+    assert diff <= 1e-6
     shutil.rmtree(root / f"mk-{method}")
     shutil.rmtree(root / f"slm-{method}")
 

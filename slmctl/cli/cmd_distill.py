@@ -34,6 +34,9 @@ def distill(
     schedule: Annotated[str, typer.Option("--schedule", help="cosine or wsd (warmup-stable-decay).", rich_help_panel=_T)] = "cosine",
     decay_frac: Annotated[float, typer.Option("--decay-frac", help="wsd: share of steps spent decaying.", rich_help_panel=_T)] = 0.2,
     clip: Annotated[float, typer.Option("--clip", help="Gradient-norm clip (0: off).", rich_help_panel=_T)] = 1.0,
+    freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings", help="Keep the token embeddings (and a "
+                                                    "tied output head) fixed: faster steps when the vocabulary "
+                                                    "dominates a small model.", rich_help_panel=_T)] = False,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=_T)] = 0,
     loss: Annotated[str, typer.Option("--loss", help="fkl (forward KL), rkl (reverse KL) or jsd (generalised JSD).",
                                       rich_help_panel=_L)] = "fkl",
@@ -93,11 +96,11 @@ def distill(
                       schedule=schedule, decay_frac=decay_frac, loss=loss, beta=beta, temperature=temperature,
                       kd_weight=kd_weight, ce_weight=ce_weight, hidden_loss=hidden_loss, hidden_weight=hidden_weight,
                       topk=topk, teacher_cache=teacher_cache, select=select, select_keep=select_keep, clip=clip,
-                      seed=seed, heldout=heldout, max_tokens=max_tokens, eval_every=eval_every,
-                      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, resume=resume, report=report,
-                      eval_data=eval_data, eval_windows=eval_windows, eval_ctx=eval_ctx, force=force,
-                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log,
-                      progress=out.progress)
+                      freeze_embeddings=freeze_embeddings, seed=seed, heldout=heldout, max_tokens=max_tokens,
+                      eval_every=eval_every, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
+                      resume=resume, report=report, eval_data=eval_data, eval_windows=eval_windows,
+                      eval_ctx=eval_ctx, force=force, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                      log=out.log, progress=out.progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # other data-parallel processes print nothing
     out.result(rep, human=str(rep["output"]))

@@ -43,7 +43,14 @@ def load_tokenizer(artifact, trust_remote_code: bool = False):
     p = artifact.path
     try:
         if artifact.format == "gguf":
-            return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+            try:
+                return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+            except (ValueError, KeyError):
+                # an architecture transformers has no model for (llama.cpp's `deci`, which holds per-layer
+                # widths): the tokenizer metadata does not depend on it, so build the tokenizer alone
+                from transformers import PreTrainedTokenizerFast
+
+                return PreTrainedTokenizerFast.from_pretrained(str(p.parent), gguf_file=p.name)
         folder = p if p.is_dir() else p.parent
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -82,6 +89,11 @@ class TorchBackend(Backend):
                 from ..io.quantized_formats import load_dequantized_model
 
                 self.model = load_dequantized_model(artifact, trust_remote_code=trust_remote_code)
+            elif (artifact.config or {}).get("slmctl_per_layer"):
+                # per-layer head/FFN sizes (slmctl prune --method width --adaptive): from_pretrained cannot hold them
+                from ..surgery.width import load_per_layer_model
+
+                self.model = load_per_layer_model(artifact, trust_remote_code=trust_remote_code)
             else:
                 self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
                                                                   trust_remote_code=trust_remote_code, **kw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 from .artifact import PROVENANCE_FILE
@@ -35,7 +36,7 @@ def file_sha256(path: Path) -> str:
     cache[key] = digest
     try:
         cf.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cf.with_name(f".{cf.name}.{os.getpid()}")
+        tmp = cf.with_name(f".{cf.name}.{os.getpid()}.{threading.get_ident()}")  # one per writer thread
         tmp.write_text(json.dumps(cache))
         os.replace(tmp, cf)
     except OSError:

@@ -54,6 +54,7 @@ class Recipe:
     select: str | None = None
     select_keep: float = 0.5
     clip: float = 1.0
+    freeze_embeddings: bool = False
     seed: int = 0
     heldout: int = 8
     max_tokens: int | None = None
@@ -336,7 +337,8 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
             decay_frac: float = 0.2, loss: str = "fkl", beta: float = 0.5, temperature: float = 1.0,
             kd_weight: float = 1.0, ce_weight: float = 0.0, hidden_loss: str | None = None, hidden_weight: float = 1.0,
             topk: int = 64, teacher_cache: str | Path | None = None, select: str | None = None,
-            select_keep: float = 0.5, clip: float = 1.0, seed: int = 0, heldout: int = 8,
+            select_keep: float = 0.5, clip: float = 1.0, freeze_embeddings: bool = False, seed: int = 0,
+            heldout: int = 8,
             max_tokens: int | None = None, eval_every: int = 0, checkpoint_every: int = 0,
             checkpoint_dir: str | Path | None = None, resume: bool = False, keep_checkpoint: bool = True,
             report: bool = True, eval_data: str = "sample:shakespeare", eval_ctx: int | None = None,
@@ -368,7 +370,8 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
                     weight_decay=weight_decay, warmup=warmup, schedule=schedule, min_lr_ratio=min_lr_ratio,
                     decay_frac=decay_frac, loss=loss, beta=beta, temperature=temperature, kd_weight=kd_weight,
                     ce_weight=ce_weight, hidden_loss=hidden_loss, hidden_weight=hidden_weight, topk=topk,
-                    select=select, select_keep=select_keep, clip=clip, seed=seed, heldout=heldout,
+                    select=select, select_keep=select_keep, clip=clip, freeze_embeddings=freeze_embeddings,
+                    seed=seed, heldout=heldout,
                     max_tokens=max_tokens, data=data, field=field, world_size=dist.world)
     log = log if dist.main else _nolog
     progress = progress if dist.main else None
@@ -419,6 +422,14 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
                                            t_model.config.get_text_config().hidden_size, len(ctx.pairs))
             if ctx.projector is not None:
                 ctx.projector.to(dist.device)
+        if freeze_embeddings:
+            # the token embeddings (and the output head when tied to them) stay fixed: on a small model with a
+            # large vocabulary their gradient and AdamW update are a large share of a step, and width/depth
+            # pruning leaves them untouched
+            s_model.get_input_embeddings().weight.requires_grad_(False)
+            head = s_model.get_output_embeddings()
+            if head is not None and head.weight is s_model.get_input_embeddings().weight:
+                head.weight.requires_grad_(False)
         params = [p for p in s_model.parameters() if p.requires_grad]
         if ctx.projector is not None:
             params += list(ctx.projector.parameters())

@@ -110,15 +110,21 @@ def llama3_rope_factors(cfg: dict, rp: dict) -> np.ndarray:
     return scale.astype(np.float32)
 
 
-def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict) -> np.ndarray:
-    """One HF tensor (float32 numpy) -> the bytes GGUF stores for it (family quirks, then the type)."""
-    from ..methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
+def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -> np.ndarray:
+    """One HF tensor (float32 numpy) -> the bytes GGUF stores for it (family quirks, then the type).
+
+    ``grid``: (scale, zero) per weight of a quantised input whose grid maps onto ``p.gtype``
+    (io.quantized_formats.gguf_view); they go through the same reordering, then the blocks keep them.
+    """
+    from ..methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16, quantize_on_grid
 
     if any(p.hf.endswith("." + s) for s in spec.transpose):
         a = a.T
+        grid = tuple(g.T for g in grid) if grid is not None else None
     if spec.permute_qk and (p.hf.endswith("self_attn.q_proj.weight") or p.hf.endswith("self_attn.k_proj.weight")
                             or p.hf.endswith("self_attn.q_proj.bias") or p.hf.endswith("self_attn.k_proj.bias")):
         a = permute_qk(a, a.shape[0] // head_dim(cfg))
+        grid = tuple(permute_qk(g, g.shape[0] // head_dim(cfg)) for g in grid) if grid is not None else None
     if spec.norm_plus_one and p.hf.endswith("norm.weight"):
         a = a + np.float32(1)
     a = np.ascontiguousarray(a, dtype=np.float32)
@@ -128,6 +134,8 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict) -> np.ndarra
         return a
     if p.gtype == "f16":
         return a.astype(np.float16)
+    if grid is not None:
+        return quantize_on_grid(p.gtype, a, *grid)
     fn = quantize_bf16 if p.gtype == "bf16" else GGUF_BLOCK_TYPES.get(p.gtype)
     if a.ndim < 2 or a.size <= CHUNK:
         return fn(a)
@@ -269,6 +277,10 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     if vocab_pre:
         vocab.pre = vocab_pre
     planned = plan(art, spec, outtype)
+    # a quantised input (io.quantized_formats.gguf_view): linears whose grid maps onto a GGUF type keep it
+    gtypes, grids = getattr(art, "gguf_types", {}), getattr(art, "gguf_grids", {})
+    for p in planned:
+        p.gtype = gtypes.get(p.hf, p.gtype)
 
     w = GGUFStreamWriter(out_tmp, arch)
     w.add_string("general.type", "model")
@@ -288,7 +300,8 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     try:
         it = progress(planned, desc="tensors") if progress else planned
         for p in it:
-            a = p.make() if p.make is not None else _convert(load_float32(art.tensors[p.hf]), p, spec, cfg)
+            grid = grids[p.hf]() if p.hf in grids else None
+            a = p.make() if p.make is not None else _convert(load_float32(art.tensors[p.hf]), p, spec, cfg, grid)
             w.write_tensor(p.gguf, a)
         w.close()
     except BaseException:
@@ -308,6 +321,11 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
     if max_shard_size:
         raise UsageError("--max-shard-size does not apply to GGUF (one file)")
     t = normalise_outtype(outtype, dtype)
+    if (art.config or {}).get("quantization_config") and art.format != "gguf":
+        from ..io.quantized_formats import gguf_view
+
+        # GPTQ/AWQ/RTN output: its grid maps onto the nearest GGUF type, or it is dequantised and requantised
+        art, t, _ = gguf_view(art, t if (outtype or dtype != "auto") else None, log=log)
     recipe: dict[str, Any] = {"format": "gguf", "outtype": t}
     if imatrix or data:
         recipe["imatrix"] = str(imatrix) if imatrix else {"data": data}

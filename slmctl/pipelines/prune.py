@@ -16,6 +16,10 @@ from ..errors import InputError, UnsupportedError, UsageError
 
 Log = Callable[[str], None]
 METHODS = ("magnitude", "wanda", "sparsegpt", "depth", "width")
+PER_LAYER_NOTE = ("non-uniform widths (per-layer sizes in config.json as slmctl_per_layer): transformers' "
+                  "from_pretrained cannot load this folder (no built-in Llama-style model takes per-layer head/FFN "
+                  "sizes without remote code); slmctl eval and prune load it, and `slmctl export OUT --format gguf` "
+                  "writes llama.cpp's `deci` architecture, which llama.cpp runs and `slmctl eval` scores")
 
 
 def _nolog(msg: str) -> None:
@@ -34,28 +38,18 @@ def _check_method(method: str) -> None:
 def load_model(art, path: Path, trust_remote_code: bool = False):
     """The artifact as an fp32 transformers model; per-layer widths (slmctl_per_layer) are rebuilt without remote code."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from ..hf import quiet_transformers
-    from ..surgery.width import PER_LAYER_KEY, apply_per_layer
+    from ..surgery.width import PER_LAYER_KEY, load_per_layer_model
 
     quiet_transformers()
     folder = path if path.is_dir() else path.parent
     try:
-        if not (art.config or {}).get(PER_LAYER_KEY):
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                         trust_remote_code=trust_remote_code)
-        else:
-            cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).float()
-            apply_per_layer(model, art.config)
-            state = {n: t.load().float() for n, t in art.tensors.items()}
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            missing = [m for m in missing if not (m == "lm_head.weight" and art.config.get("tie_word_embeddings"))]
-            if missing or unexpected:
-                raise InputError(f"{folder}: weights do not match the per-layer config "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-            model.tie_weights()
+        if (art.config or {}).get(PER_LAYER_KEY):
+            return load_per_layer_model(art, trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
     except ValueError as exc:
         raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})") from None
     return model.eval()
@@ -166,6 +160,8 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
         zeros = sum(r["zeros"] for r in layer_rows)
         rep["sparsity"] = zeros / lin if lin else 0.0
         rep["nonzero_parameters_after"] = counted["nonzero"]
+    if config.get("slmctl_per_layer"):
+        rep["formats_note"] = PER_LAYER_NOTE
     rep["prune_seconds"] = time.perf_counter() - t0
     rep["quality"] = _quality(out, path, config, data=eval_data, field=field, ctx=eval_ctx, windows=eval_windows,
                               log=log) if eval_windows else None
@@ -287,6 +283,7 @@ def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam)
             runner.run(i)
             for h in hs:
                 h.remove()
+            _finish_stats(stats)
         zeros = total = 0
         for nm, m in lin.items():
             w = linear_weight(m)
@@ -314,26 +311,55 @@ def _streaming_ok(config: dict) -> bool:
     return config.get("model_type") != "gpt2" and not config.get(PER_LAYER_KEY)
 
 
-def _stats_adder(needs: str | None, stats: dict):
-    """on_input(name, x) accumulating what the pruner needs: sum of x² per feature, or the Hessian 2XᵀX/n."""
+def _calib_hidden(ctx, lm, chunk: int = 8) -> list:
+    """The calibration windows embedded for layer 0, ``chunk`` windows per tensor (B, S, D).
+
+    Batching changes no result (the layers' recorded kwargs broadcast over the batch; the hooks see
+    the same tokens) and runs each layer about a quarter faster than window by window.
+    """
     import torch
 
+    from ..eval.backends import load_tokenizer
+
+    c = ctx["calib"]
+    windows = calibration_ids(load_tokenizer(lm.art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
+                              samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
+    ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+    hidden = lm.embed(windows)
+    return [torch.cat(hidden[i:i + chunk]) for i in range(0, len(hidden), chunk)]
+
+
+def _stats_adder(needs: str | None, stats: dict):
+    """on_input(name, x) accumulating what the pruner needs: sum of x² per feature ("sq_norm"), or the
+    sum of xxᵀ ("xtx") and the token count; ``_finish_stats`` turns the latter into the Hessian 2XᵀX/n.
+
+    Linears fed the same tensor (q/k/v, gate/up) share one product: the last input is kept alive
+    while cached, so its address cannot be reused by a different tensor.
+    """
+    last: dict[str, Any] = {}
+
     def add(name, x):
-        x = x.reshape(-1, x.shape[-1]).float()
+        x = x.reshape(-1, x.shape[-1])
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)
+        if last.get("key") != key:
+            xf = x.float()
+            val = (xf * xf).sum(0) if needs == "norm" else xf.t() @ xf if needs == "hessian" else None
+            last.update(key=key, x=x, val=val)
+        val = last["val"]
         st = stats.setdefault(name, {})
         if needs == "norm":
-            s = (x ** 2).sum(0)
-            st["sq_norm"] = s if "sq_norm" not in st else st["sq_norm"] + s
+            st["sq_norm"] = val.clone() if "sq_norm" not in st else st["sq_norm"].add_(val)
         elif needs == "hessian":
-            if "hessian" not in st:
-                st["hessian"] = torch.zeros(x.shape[1], x.shape[1])
-                st["n"] = 0
-            t = x.shape[0]
-            st["hessian"] *= st["n"] / (st["n"] + t)
-            st["n"] += t
-            x = (2.0 / st["n"]) ** 0.5 * x
-            st["hessian"] += x.t() @ x
+            st["xtx"] = val.clone() if "xtx" not in st else st["xtx"].add_(val)
+            st["n"] = st.get("n", 0) + x.shape[0]
     return add
+
+
+def _finish_stats(stats: dict) -> None:
+    """H = 2/n · XᵀX (SparseGPT's Hessian) from the sums ``_stats_adder`` collected."""
+    for st in stats.values():
+        if "xtx" in st:
+            st["hessian"] = st.pop("xtx").mul_(2.0 / max(1, st["n"]))
 
 
 def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metric, lam, needs_calib):
@@ -383,12 +409,7 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
     from ..layerwise import LayerwiseModel, iter_layers, run_layer
 
     lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
-    from ..eval.backends import load_tokenizer
-
-    c = ctx["calib"]
-    windows = calibration_ids(load_tokenizer(art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
-                              samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
-    ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+    hidden = _calib_hidden(ctx, lm)
 
     def lin_of(layer):
         return {nm: m for nm, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -398,7 +419,7 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
         prev = None
         cos = [0.0] * n
         last = None
-        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+        for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
             if prev is not None:
                 s_, k_ = zip(*(token_cos(a, b) for a, b in zip(prev, step.hidden)))
                 cos[step.idx - 1] = sum(s_) / sum(k_)
@@ -419,12 +440,13 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
 
     def gen():
         done: set[str] = set()
-        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+        for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
             i = step.idx
             lin = lin_of(step.layer)
             stats: dict = {nm: {} for nm in lin}
             if pruner.needs is not None:
                 step.recapture(list(lin), on_input=_stats_adder(pruner.needs, stats))
+                _finish_stats(stats)
             for nm, m in lin.items():
                 new = pruner(m.weight.data, stats[nm], sparsity=ratios[i], pattern=pat)
                 m.weight.data.copy_(new)
@@ -460,16 +482,12 @@ def _depth(ctx, *, layers, ratio, metric):
     stats = None
     if metric != "last" and _streaming_ok(art.config):
         # one decoder layer in memory at a time
-        from ..eval.backends import load_tokenizer
         from ..layerwise import LayerwiseModel, iter_layers, run_layer
 
         lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
-        c = ctx["calib"]
-        windows = calibration_ids(load_tokenizer(art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
-                                  samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
-        ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+        hidden = _calib_hidden(ctx, lm)
         stats = BoundaryCos(n, k)
-        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+        for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
             stats.push(step.hidden)
             if step.idx == n - 1:
                 stats.push(run_layer(step.layer, step.hidden, step.kwargs))
@@ -537,16 +555,12 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
     import torch
 
     if _streaming_ok(cfg):  # one decoder layer in memory at a time
-        from ..eval.backends import load_tokenizer
         from ..layerwise import LayerwiseModel, iter_layers, run_layer
 
         lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
-        c = ctx["calib"]
-        windows = calibration_ids(load_tokenizer(art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
-                                  samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
-        ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+        hidden = _calib_hidden(ctx, lm)
         last = None
-        for step in iter_layers(lm, windows, capture=False, progress=ctx["progress"]):
+        for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
             bc.push(step.hidden)
             hooks = hook_layer(step.layer, step.idx)
             try:
@@ -615,18 +629,16 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
               "adaptive": {"metric": "bi", "lambda": lam} if adaptive else None,
               "hidden_size": [D, config["hidden_size"]], "per_layer": bool(per)}
     if per:
-        ctx["log"]("non-uniform widths are recorded in config.json as slmctl_per_layer: transformers' "
-                   "from_pretrained cannot load them; slmctl (prune/distill) and a GGUF export can")
+        ctx["log"](PER_LAYER_NOTE)
     return gen(), config, recipe, rows
 
 
 # ---------------------------------------------------------------- quality
 def _quality(out: Path, src: Path, config: dict, *, data, field, ctx, windows, log) -> dict[str, Any] | None:
-    """Perplexity of input and output on held-out text (the eval region), KL and top-1 when transformers loads both."""
-    from ..surgery.width import PER_LAYER_KEY
+    """Perplexity of input and output on held-out text (the eval region), KL and top-1 against the input.
 
-    if config.get(PER_LAYER_KEY):
-        return _quality_per_layer(out, src, data=data, field=field, ctx=ctx, windows=windows, log=log)
+    ``slmctl eval`` loads per-layer widths too (slmctl.surgery.width.load_per_layer_model).
+    """
     from ..api import evaluate
 
     rep = evaluate(str(out), data=data, field=field, reference=str(src), ctx=ctx, windows=windows, log=log)
@@ -635,33 +647,4 @@ def _quality(out: Path, src: Path, config: dict, *, data, field, ctx, windows, l
          "windows": rep["windows"], "data": data}
     log(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%), "
         f"KL {q['kld_mean']:.4f}, top-1 {q['top1_agreement_pct']:.1f}%")
-    return q
-
-
-def _quality_per_layer(out: Path, src: Path, *, data, field, ctx, windows, log) -> dict[str, Any]:
-    """As _quality, for outputs with per-layer widths (the torch eval backend cannot build them)."""
-    import torch
-
-    from ..api import load_artifact
-    from ..calib import load_text
-    from ..eval.backends import load_tokenizer
-    from ..eval.metrics import Stats
-    from ..eval.run import token_windows_for
-
-    a_out, _ = load_artifact(str(out))
-    a_src, _ = load_artifact(str(src))
-    tok = load_tokenizer(a_src)
-    wins = token_windows_for(tok, load_text(data, purpose="eval", field=field), ctx, windows)
-    m_out, m_src = load_model(a_out, out), load_model(a_src, src)
-    stats = Stats()
-    with torch.inference_mode():
-        for ids in wins:
-            x = torch.tensor([ids])
-            stats.add(ids, m_out(input_ids=x, use_cache=False).logits[0].float().numpy(),
-                      m_src(input_ids=x, use_cache=False).logits[0].float().numpy())
-    rep = stats.report()
-    q = {"ppl_before": rep["reference_ppl"], "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"],
-         "kld_mean": rep["kld"]["mean"], "top1_agreement_pct": rep["top1_agreement_pct"], "ctx": ctx,
-         "windows": len(wins), "data": data, "backend": "torch (slmctl per-layer loader)"}
-    log(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%)")
     return q

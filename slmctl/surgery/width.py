@@ -162,3 +162,29 @@ def apply_per_layer(model, config: dict[str, Any]) -> None:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = inter
     del fam
+
+
+def load_per_layer_model(art, trust_remote_code: bool = False):
+    """The fp32 transformers model of an artifact whose config.json has ``slmctl_per_layer``, without remote code.
+
+    transformers' ``from_pretrained`` cannot hold per-layer head/FFN sizes for Llama-style models, so
+    the model is built from the config (largest sizes), each layer resized (``apply_per_layer``), and
+    the weights loaded; every tensor must find its place.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..errors import InputError
+
+    folder = art.path if art.path.is_dir() else art.path.parent
+    cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code).float()
+    apply_per_layer(model, art.config)
+    state = {n: t.load().float() for n, t in art.tensors.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and art.config.get("tie_word_embeddings"))]
+    if missing or unexpected:
+        raise InputError(f"{folder}: weights do not match the per-layer config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})",
+                         hint="the tensors and slmctl_per_layer in config.json disagree; prune the model again")
+    model.tie_weights()
+    return model.eval()

@@ -24,12 +24,15 @@ def _log_probs(student_logits, teacher, temperature: float):
     """(student log-probs, teacher log-probs) over the same support, both at ``temperature``."""
     import torch.nn.functional as F
 
-    s = student_logits.float() / temperature
+    def scale(x):  # at T = 1 skip a copy of the (tokens, vocabulary) logits and its backward
+        x = x.float()
+        return x if temperature == 1.0 else x / temperature
+
+    s = scale(student_logits)
     if isinstance(teacher, tuple):
         values, indices = teacher
-        t_lp = F.log_softmax(values.float() / temperature, dim=-1)
-        return s, t_lp, indices.long()
-    return s, F.log_softmax(teacher.float() / temperature, dim=-1), None
+        return s, F.log_softmax(scale(values), dim=-1), indices.long()
+    return s, F.log_softmax(scale(teacher), dim=-1), None
 
 
 def _masked_mean(per_token, mask):

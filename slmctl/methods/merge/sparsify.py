@@ -22,6 +22,38 @@ def rescaled_masked(tensor, mask, rescale: bool, eps: float = 1e-7):
     return masked * (before / after)
 
 
+def top_k_mask(w, k: int):
+    """Boolean mask of the ``k`` largest entries of the flat tensor ``w``, as mergekit's
+    ``argsort(w, descending=True)[:k]`` selects them, in O(n) where that is exact.
+
+    The k-th largest value comes from a selection (numpy's ``partition`` on CPU, ``kthvalue``
+    elsewhere), not a full sort. When exactly ``k`` entries are >= that value (the usual case) the
+    top-k set is unique, so any exact sort picks the same one. Only when the value is tied across
+    the cut do the picks depend on the sort's internal order; then (and when there are NaNs) we
+    sort with the same torch call as mergekit, which gives the same result.
+    """
+    import torch
+
+    n = w.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=w.device)
+    if w.device.type == "cpu":  # numpy's introselect is several times faster than torch.kthvalue on CPU
+        import numpy as np
+
+        part = np.partition(w.numpy(), n - k)
+        thr = torch.tensor(part[n - k], dtype=w.dtype)
+        has_nan = bool(np.isnan(part[n - k:].max()))  # NaN sorts last; max() propagates it
+        del part
+    else:
+        thr = torch.kthvalue(w, n - k + 1).values
+        has_nan = bool(torch.isnan(w).any())
+    keep = w >= thr
+    if has_nan or int(torch.count_nonzero(keep)) != k:
+        keep = torch.zeros(n, dtype=torch.bool, device=w.device)
+        keep[torch.argsort(w, descending=True)[:k]] = True
+    return keep
+
+
 def magnitude(tensor, density: float, rescale: bool = False):
     """Keep the ``density`` fraction of entries with the largest magnitude (at least one)."""
     import torch
@@ -31,11 +63,11 @@ def magnitude(tensor, density: float, rescale: bool = False):
     if density <= 0 or tensor.numel() == 0:
         return torch.zeros_like(tensor)
     k = max(1, int(density * tensor.numel()))
-    mask = torch.zeros(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
     w = tensor.abs().reshape(-1)
     if w.device.type == "cpu":
         w = w.float()
-    mask[torch.argsort(w, descending=True)[:k]] = 1
+    mask = top_k_mask(w, k).to(tensor.dtype)
+    del w
     return rescaled_masked(tensor, mask.reshape_as(tensor), rescale)
 
 

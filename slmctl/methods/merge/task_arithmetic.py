@@ -11,10 +11,15 @@ Semantics and defaults follow mergekit's generalized_task_arithmetic.py, so conf
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from . import sparsify as sp
 from .base import REQUIRED, MergeMethod, register
+
+
+PARALLEL_SAFE = ("magnitude", "magnitude_outliers")  # sparsifications that draw no random numbers
+PARALLEL_MIN = 1 << 20  # entries; below this a thread costs more than it saves
 
 
 def sign_mask(deltas, method: str = "sum"):
@@ -79,11 +84,14 @@ def _make(name: str, consensus: str | None, sparsification: str | None, normaliz
         keys = list(tensors)
         weights = [params[k]["weight"] for k in keys]
         d = torch.empty((len(keys), *base.shape), dtype=base.dtype)
-        for i, k in enumerate(keys):
-            x = tensors.pop(k)  # the caller hands over its inputs, so each is freed once used
+        # the caller hands over its inputs, so each is freed once its delta is made
+        inputs = [tensors.pop(k) for k in keys]
+
+        def one(i: int) -> None:
+            x, inputs[i] = inputs[i], None
             delta = x.to(base.dtype) - base
             del x
-            p = params[k]
+            p = params[keys[i]]
             if sparsification == "magnitude":
                 delta = sp.magnitude(delta, p["density"], options["rescale"])
             elif sparsification == "random":
@@ -93,7 +101,18 @@ def _make(name: str, consensus: str | None, sparsification: str | None, normaliz
             elif sparsification == "della_magprune":
                 delta = sp.della_magprune(delta, p["density"], p["epsilon"], options["rescale"], generator=generator)
             d[i] = delta
-            del delta
+
+        workers = min(len(keys), os.cpu_count() or 1)
+        if sparsification in PARALLEL_SAFE and workers > 1 and base.numel() >= PARALLEL_MIN:
+            # a sort or selection runs on one core; the models' deltas are independent, so sparsify them
+            # side by side (deterministic: no shared generator, each writes its own row of d)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as ex:
+                list(ex.map(one, range(len(keys))))
+        else:
+            for i in range(len(keys)):
+                one(i)
         return task_arithmetic(base, d, weights, consensus=consensus,
                                normalize=bool(options["normalize"]), lam=float(options["lambda"]))
 

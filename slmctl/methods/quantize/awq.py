@@ -56,6 +56,11 @@ def fake_quantize(w, cfg: QuantConfig, shrink=None):
 
     out_f, in_f = w.shape
     g = cfg.group_len(in_f)
+    if in_f % g == 0:  # all groups at once: (out, G, g)
+        blk = w.reshape(out_f, in_f // g, g)
+        s, z = minmax_qparams(blk, cfg, shrink=1.0 if shrink is None else shrink)
+        q = torch.clamp(torch.round(blk / s[..., None]) + z[..., None], 0, cfg.maxq)
+        return (s[..., None] * (q - z[..., None])).reshape(out_f, in_f)
     res = []
     for i in range(cfg.n_groups(in_f)):
         blk = w[:, i * g:(i + 1) * g]

@@ -126,3 +126,46 @@ def quantize_bf16(x: np.ndarray) -> np.ndarray:
 
 def packed_row_bytes(kind: str, row: int) -> int:
     return row // QK * BLOCK_BYTES[kind]
+
+
+# ---------------------------------------------------------------- an existing integer grid onto GGUF blocks
+#: GGUF block types that hold the values ``d * (q - zero)`` of a ``bits``-bit grid exactly, smallest
+#: first: symmetric grids (zero = 2**(bits-1)) need signed codes in range; asymmetric ones an affine
+#: block (``d * q + m``; m is stored as float16, so within half a float16 step of ``-d * zero``)
+def exact_block_types(bits: int, sym: bool) -> list[str]:
+    if sym:  # the affine types hold a symmetric grid too: m = -d * 2**(bits-1) is exact in float16
+        return [t for t, lim in (("q4_0", 4), ("q4_1", 4), ("q5_0", 5), ("q5_1", 5), ("q8_0", 8)) if bits <= lim]
+    return [t for t, lim in (("q4_1", 4), ("q5_1", 5), ("q8_0", 7)) if bits <= lim]
+
+
+def quantize_on_grid(kind: str, x: np.ndarray, d: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """GGUF ``kind`` blocks for ``x`` whose values already lie on the grid ``d * (q - zero)``.
+
+    ``d`` and ``zero`` have x's shape and are constant over each block of 32; the block scale is
+    ``d`` itself (no search), so the codes are the grid's own codes and dequantising the blocks
+    gives back ``x`` (affine types: up to the float16 rounding of the minimum ``-d * zero``).
+    """
+    b, shape = _blocks(x)
+    db = np.asarray(d, dtype=np.float32).reshape(-1, QK)[:, :1]
+    zb = np.asarray(zero, dtype=np.float32).reshape(-1, QK)[:, :1]
+    k = np.rint(b * _inverse(db))  # the signed integer q - zero of each weight
+    if kind in ("q4_0", "q5_0", "q8_0"):
+        half = {"q4_0": 8, "q5_0": 16, "q8_0": 0}[kind]
+        lo, hi = (-128, 127) if kind == "q8_0" else (-half, half - 1)
+        if (k < lo).any() or (k > hi).any():
+            raise ValueError(f"grid codes {int(k.min())}..{int(k.max())} do not fit {kind}")
+        if kind == "q8_0":
+            return _pack([_f16_bytes(db), k.astype(np.int8).view(np.uint8)], shape)
+        q = (k + half).astype(np.uint8)
+        parts = [_f16_bytes(db)] + ([_high_bits(q)] if kind == "q5_0" else []) + [_nibbles(q)]
+        return _pack(parts, shape)
+    if kind in ("q4_1", "q5_1"):
+        m = (-db * zb).astype(np.float16).astype(np.float32)
+        q = np.rint((b - m) * _inverse(db))
+        top = 15 if kind == "q4_1" else 31
+        if (q < 0).any() or (q > top).any():
+            raise ValueError(f"grid codes {int(q.min())}..{int(q.max())} do not fit {kind}")
+        q = q.astype(np.uint8)
+        parts = [_f16_bytes(db), _f16_bytes(m)] + ([_high_bits(q)] if kind == "q5_1" else []) + [_nibbles(q)]
+        return _pack(parts, shape)
+    raise ValueError(f"no on-grid packing for {kind}")

@@ -37,28 +37,29 @@ class GPTQConfig:
 
 
 class HessianAccumulator:
-    """Running ``2/n * sum x^T x`` over the rows of the inputs it is given (float64 for stability)."""
+    """Running ``2/n * sum x^T x`` over the rows of the inputs it is given.
+
+    Each batch's ``x^T x`` is a float32 matmul (fast BLAS), summed into a float64 total, so
+    thousands of batches do not lose precision while the expensive part stays in float32.
+    """
 
     def __init__(self, columns: int):
         import torch
 
-        self.H = torch.zeros(columns, columns, dtype=torch.float64)
+        self.S = torch.zeros(columns, columns, dtype=torch.float64)
         self.n = 0
 
     def add(self, x) -> None:
         import torch
 
-        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        m = x.shape[0]
-        self.H *= self.n / (self.n + m)
-        self.n += m
-        x = x * (2.0 / self.n) ** 0.5
-        self.H += x.T @ x
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        self.S += (x.T @ x).to(torch.float64)
+        self.n += x.shape[0]
 
     def result(self):
         import torch
 
-        return self.H.to(torch.float32)
+        return (self.S * (2.0 / max(self.n, 1))).to(torch.float32)
 
 
 def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig(), bias=None) -> QuantResult:
@@ -111,7 +112,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
         g_idx = (torch.arange(cols, dtype=torch.int32) // g)[invperm]
     scale_t = torch.stack(scales)
     zero_t = torch.stack(zeros).to(torch.int32)
-    return QuantResult(Q, scale_t, zero_t, g_idx, cfg, bias, info={"loss": float(loss.sum())})
+    return QuantResult(Q, scale_t, zero_t, g_idx, cfg, bias, info={"loss": float(loss.sum()), "row_loss": loss})
 
 
 class _few_threads:
@@ -195,24 +196,49 @@ def _inverse_cholesky(H, damp: float):
 @QUANTIZERS.register("gptq", "GPTQ: Hessian-aware rounding from calibration activations")
 def quantize_gptq(layer, cfg: QuantConfig, *, names: list[str], step, gptq: GPTQConfig | None = None,
                   log=None, **_) -> dict[str, QuantResult]:
-    """GPTQ for the linears ``names`` of a decoder layer (a layerwise LayerStep gives the inputs)."""
+    """GPTQ for the linears ``names`` of a decoder layer (a layerwise LayerStep gives the inputs).
+
+    Linears that share one input (q/k/v, gate/up) share one Hessian and are quantised as one
+    stacked weight: GPTQ treats rows independently, so this equals quantising them one by one.
+    With true-sequential, each group's inputs come from a forward that stops at that group
+    (the quantised linears before it already in place); without, one forward serves them all.
+    """
     import torch
 
     gcfg = gptq or GPTQConfig()
     want = set(names)
     groups = [[n for n in grp if n in want] for grp in step.groups()]
     groups = [grp for grp in groups if grp]
-    if not gcfg.true_sequential:
-        groups = [[n for grp in groups for n in grp]]
     out: dict[str, QuantResult] = {}
+    if not gcfg.true_sequential:
+        accs = {grp[0]: HessianAccumulator(layer.get_submodule(grp[0]).in_features) for grp in groups}
+        step.recapture(list(accs), on_input=lambda n, x: accs[n].add(x), stop_early=True)
+        for grp in groups:
+            out.update(_quantize_group(layer, grp, accs[grp[0]].result(), cfg, gcfg))
+        return out
     for grp in groups:
-        acc = {n: HessianAccumulator(layer.get_submodule(n).in_features) for n in grp}
-        step.recapture(grp, on_input=lambda n, x: acc[n].add(x))
-        with torch.no_grad():
-            for n in grp:
-                lin = layer.get_submodule(n)
-                res = gptq_quantize_weight(lin.weight.data, acc[n].result(), cfg, gcfg,
-                                           lin.bias.data.clone() if lin.bias is not None else None)
-                lin.weight.data = res.dequantize().to(lin.weight.dtype)
-                out[n] = res
+        acc = HessianAccumulator(layer.get_submodule(grp[0]).in_features)
+        step.recapture([grp[0]], on_input=lambda n, x: acc.add(x), stop_early=True)
+        out.update(_quantize_group(layer, grp, acc.result(), cfg, gcfg))
+    return out
+
+
+def _quantize_group(layer, grp: list[str], H, cfg: QuantConfig, gcfg: GPTQConfig) -> dict[str, QuantResult]:
+    """GPTQ of the linears ``grp`` (same input, Hessian ``H``) as one row-stacked weight; weights updated."""
+    import torch
+
+    lins = [layer.get_submodule(n) for n in grp]
+    with torch.no_grad():
+        W = torch.cat([lin.weight.data.float() for lin in lins], 0)
+        res = gptq_quantize_weight(W, H, cfg, gcfg)
+        out = {}
+        row = 0
+        for n, lin in zip(grp, lins):
+            r = slice(row, row + lin.out_features)
+            row += lin.out_features
+            part = QuantResult(res.q[r].contiguous(), res.scale[:, r].contiguous(), res.zero[:, r].contiguous(),
+                               res.g_idx.clone(), cfg, lin.bias.data.clone() if lin.bias is not None else None,
+                               info={"loss": float(res.info["row_loss"][r].sum())})
+            lin.weight.data = part.dequantize().to(lin.weight.dtype)
+            out[n] = part
     return out

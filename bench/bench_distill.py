@@ -1,0 +1,321 @@
+"""slmctl distill on the sample: recovery of a width-pruned SmolLM2-135M (KD vs cross-entropy-only
+fine-tuning at equal steps and data), and training throughput against a plain transformers loop.
+
+Stages (BENCH_D_STAGES, comma list; default all, in this order):
+- prune:      the starting student, `slmctl prune --method width --heads-ratio 0.25 --mlp-ratio 0.25`
+              (skipped when BENCH_D_STUDENT already exists);
+- kd:         `slmctl distill` with forward KL on a top-k teacher cache (built in this stage when missing);
+- ce:         the same command with `--kd-weight 0 --ce-weight 1` (plain fine-tuning, same blocks, same order);
+- throughput: training tokens/s of slmctl distill vs a textbook transformers loop (AdamW, clipping) on the
+              same student, blocks, order, sequence length and batch, each in a fresh process.
+Each stage saves its result in BENCH_D_OUT/<stage>.json; the fragment bench/results/distill.md is rebuilt
+from all saved stages after every stage, so stages can run one at a time (each under the heavy lock).
+
+Settings via environment: BENCH_D_TEACHER (sample:smollm2-135m), BENCH_D_STUDENT (BENCH_D_OUT/width25),
+BENCH_D_DATA (sample:shakespeare:calib), BENCH_D_STEPS (200), BENCH_D_SEQ (256), BENCH_D_BATCH (4),
+BENCH_D_LR (3e-4), BENCH_D_TOPK (64), BENCH_D_FREEZE (1: --freeze-embeddings in kd and ce),
+BENCH_D_WINDOWS (8), BENCH_D_CTX (256), BENCH_D_TP_STEPS (10), BENCH_D_THREADS (2),
+BENCH_D_OUT (bench/out/distill), BENCH_D_LOCK (a lock file such as /tmp/slmctl-heavy.lock: each heavy
+command runs holding it, and its timing starts once it is held; leave unset when the whole bench already
+holds the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+ROOT = Path(__file__).resolve().parent.parent
+E = os.environ.get
+OUT = Path(E("BENCH_D_OUT", str(ROOT / "bench" / "out" / "distill")))
+TEACHER = E("BENCH_D_TEACHER", "sample:smollm2-135m")
+STUDENT = E("BENCH_D_STUDENT", str(OUT / "width25"))
+DATA = E("BENCH_D_DATA", "sample:shakespeare:calib")
+STEPS = E("BENCH_D_STEPS", "200")
+SEQ = E("BENCH_D_SEQ", "256")
+BATCH = E("BENCH_D_BATCH", "4")
+LR = E("BENCH_D_LR", "3e-4")
+TOPK = E("BENCH_D_TOPK", "64")
+FREEZE = E("BENCH_D_FREEZE", "1") == "1"
+WINDOWS = E("BENCH_D_WINDOWS", "8")
+CTX = E("BENCH_D_CTX", "256")
+TP_STEPS = E("BENCH_D_TP_STEPS", "10")
+THREADS = E("BENCH_D_THREADS", "2")
+LOCK = E("BENCH_D_LOCK")
+STAGES = E("BENCH_D_STAGES", "prune,kd,ce,throughput").split(",")
+CACHE = OUT / "tcache"
+RESULT = ROOT / "bench" / "results" / "distill.md"
+SLMCTL = ["slmctl"]  # `make bench` puts the venv's bin first on PATH
+os.environ.update(SLMCTL_THREADS=THREADS, OMP_NUM_THREADS=THREADS)  # the same threads for every process
+
+
+@contextlib.contextmanager
+def heavy():
+    """Hold BENCH_D_LOCK (flock(2), the same lock as `flock FILE cmd`) around one command, so its wall time
+    never includes the wait for the lock."""
+    if not LOCK:
+        yield
+        return
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_timed(cmd: list[str]):
+    with heavy():
+        load = load_avg()
+        r, wall, rss = timed(cmd, cwd=ROOT)
+    return r, wall, rss, load
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def show(cmd: list[str]) -> str:
+    s = shlex.join(cmd)
+    return s.replace(str(OUT), "$OUT").replace(str(ROOT) + "/", "")
+
+
+def run_cli(cmd: list[str]) -> dict:
+    """Run a slmctl command with --json under GNU time: its report, wall time, peak RSS, load and stderr tail."""
+    r, wall, rss, load = run_timed(cmd)
+    if r.returncode:
+        raise SystemExit(f"failed ({r.returncode}): {shlex.join(cmd)}\n{r.stderr[-3000:]}")
+    log = [ln for ln in r.stderr.splitlines() if not ln.strip().startswith(("Command being timed", "User time",
+                                                                            "System time", "Percent", "Elapsed"))]
+    log = [ln for ln in log if ln and not ln.startswith("\t")]
+    return {"cmd": show(cmd), "report": json.loads(r.stdout), "wall_s": wall, "rss_mib": rss, "load_before": load,
+            "log": log[-40:]}
+
+
+def distill_cmd(out: Path, *extra: str, steps: str = STEPS, report: bool = True, freeze: bool = FREEZE) -> list[str]:
+    cmd = [*SLMCTL, "distill", "-t", TEACHER, "-s", STUDENT, "--data", DATA, "--steps", steps, "--seq-len", SEQ,
+           "--batch-size", BATCH, "--lr", LR, "--heldout", "8", "-o", str(out), "--force", "--json", *extra]
+    if freeze:
+        cmd.append("--freeze-embeddings")
+    if report:
+        cmd += ["--eval-ctx", CTX, "--eval-windows", WINDOWS]
+    else:
+        cmd.append("--no-report")
+    return cmd
+
+
+# ---------------------------------------------------------------- stages
+def stage_prune() -> dict:
+    cmd = [*SLMCTL, "prune", TEACHER, "--method", "width", "--heads-ratio", "0.25", "--mlp-ratio", "0.25",
+           "--eval-ctx", CTX, "--eval-windows", WINDOWS, "-o", STUDENT, "--json"]
+    if Path(STUDENT, "config.json").is_file():
+        return {"cmd": show(cmd), "skipped": f"{STUDENT} exists"}
+    return run_cli(cmd)
+
+
+def stage_kd() -> dict:
+    return run_cli(distill_cmd(OUT / "kd", "--teacher-cache", str(CACHE), "--topk", TOPK))
+
+
+def stage_ce() -> dict:
+    return run_cli(distill_cmd(OUT / "ce", "--kd-weight", "0", "--ce-weight", "1"))
+
+
+PLAIN = r'''
+import json, sys, time, torch, torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from slmctl import api
+from slmctl.io.distill_data import load_blocks
+from slmctl.pipelines.distill import Schedule
+teacher, student, data, seq, batch, steps, lr, mode, threads = sys.argv[1:10]
+seq, batch, steps, lr = int(seq), int(batch), int(steps), float(lr)
+torch.set_num_threads(int(threads))
+t_art, t_path = api.load_artifact(teacher)
+tok = AutoTokenizer.from_pretrained(str(t_path))
+train, _, _ = load_blocks(data, lambda t: tok(t, add_special_tokens=False)["input_ids"], seq, heldout=8)
+plan = Schedule(train.shape[0], 0, batch, 1, 1)  # the same blocks in the same order as slmctl distill --seed 0
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).train()
+if mode == "kd":
+    t_model = AutoModelForCausalLM.from_pretrained(str(t_path), dtype=torch.float32).eval()
+opt = torch.optim.AdamW(model.parameters(), lr=lr)
+t0 = time.perf_counter()
+for step in range(steps):
+    x = train[plan.micro(step, 0, 0)]
+    opt.zero_grad(set_to_none=True)
+    if mode == "ce":
+        loss = model(input_ids=x, labels=x, use_cache=False).loss
+    else:  # textbook KD: teacher forward on the fly, forward KL over the full vocabulary
+        with torch.no_grad():
+            t_lp = F.log_softmax(t_model(input_ids=x, use_cache=False).logits.float(), -1)
+        s_lp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
+        loss = F.kl_div(s_lp, t_lp, log_target=True, reduction="none").sum(-1).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+dt = time.perf_counter() - t0
+print(json.dumps({"tokens_per_s": steps * batch * seq / dt, "train_seconds": dt, "final_loss": float(loss)}))
+'''
+
+
+def plain_loop(mode: str) -> dict:
+    cmd = [sys.executable, "-c", PLAIN, TEACHER, STUDENT, DATA, SEQ, BATCH, TP_STEPS, LR, mode, THREADS]
+    r, wall, rss, load = run_timed(cmd)
+    if r.returncode:
+        raise SystemExit(f"plain {mode} loop failed: {r.stderr[-3000:]}")
+    return {"cmd": f"python -c PLAIN (bench/bench_distill.py) {mode}", "report": json.loads(r.stdout.splitlines()[-1]),
+            "wall_s": wall, "rss_mib": rss, "load_before": load}
+
+
+def stage_throughput() -> dict:
+    # kd's cache covers these blocks (same seed, batch and first steps), so the cached run reads, never computes
+    tp = OUT / "tp"
+    runs = {
+        "plain transformers loop, CE (labels=ids)": plain_loop("ce"),
+        "slmctl distill --kd-weight 0 --ce-weight 1": run_cli(distill_cmd(tp, "--kd-weight", "0", "--ce-weight", "1",
+                                                                          steps=TP_STEPS, report=False, freeze=False)),
+        "plain transformers loop, KD (teacher on the fly, full-vocabulary forward KL)": plain_loop("kd"),
+        "slmctl distill (teacher on the fly)": run_cli(distill_cmd(tp, steps=TP_STEPS, report=False, freeze=False)),
+        "slmctl distill --teacher-cache (top-k)": run_cli(distill_cmd(tp, "--teacher-cache", str(CACHE), "--topk", TOPK,
+                                                                      steps=TP_STEPS, report=False, freeze=False)),
+        "slmctl distill --teacher-cache --freeze-embeddings": run_cli(distill_cmd(
+            tp, "--teacher-cache", str(CACHE), "--topk", TOPK, steps=TP_STEPS, report=False, freeze=True)),
+    }
+    return {"runs": runs}
+
+
+# ---------------------------------------------------------------- the fragment
+def fmt(x, nd=3):
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def n_params(folder: str) -> float:
+    """Parameters of an HF folder, from the safetensors headers (tied weights are stored once)."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in Path(folder).glob("*.safetensors"):
+        with safe_open(str(f), "np") as st:
+            for k in st.keys():
+                shape = st.get_slice(k).get_shape()
+                n += math.prod(shape)
+    return n
+
+
+def write(results: dict) -> None:
+    L = ["## Distillation (slmctl distill)", "",
+         f"Teacher `{TEACHER}`; student: the teacher width-pruned by `slmctl prune --method width --heads-ratio 0.25 "
+         f"--mlp-ratio 0.25` ({n_params(STUDENT) / 1e6:.1f}M parameters). Training text: `{DATA}` (the comedies), packed to "
+         f"{SEQ}-token blocks; the last 8 blocks are held out. Evaluation: {WINDOWS} windows of {CTX} tokens of the "
+         f"sample's evaluation region (the tragedies, never trained on), the same windows for every model. "
+         f"fp32, torch threads: {THREADS}, on the 2-core box; every command ran alone under the heavy-job lock "
+         "(load average before each command in the tables). Reproduce: `make bench` or "
+         "`BENCH_D_LOCK=/tmp/slmctl-heavy.lock BENCH_D_STAGES=kd .venv/bin/python bench/bench_distill.py` "
+         "one stage at a time; `$OUT` = `bench/out/distill`.", ""]
+    p = results.get("prune")
+    if p:
+        L += ["```sh", p["cmd"], "```", ""]
+        if "report" in p:
+            q = p["report"]["quality"]
+            L += [f"Pruning: perplexity {q['ppl_before']:.3f} → {q['ppl_after']:.3f} ({p['wall_s']:.0f} s).", ""]
+    kd, ce = results.get("kd"), results.get("ce")
+    if kd or ce:
+        L += ["### Recovery: KD vs cross-entropy fine-tuning, equal steps and data", "", "```sh"]
+        L += [r["cmd"] for r in (kd, ce) if r]
+        L += ["```", ""]
+        ev = (kd or ce)["report"]["eval"]
+        L += [f"| {STEPS} steps × {BATCH} × {SEQ} tokens | ppl (tragedies) | gap recovered | KL to teacher | "
+              "top-1 agreement | wall (whole command) | training tokens/s | load before |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |",
+              f"| teacher | {ev['teacher']['ppl']:.3f} | | | | | | |",
+              f"| pruned student (start) | {ev['start']['ppl']:.3f} | 0 % | {ev['start']['kld']:.4f} | "
+              f"{ev['start']['top1_agreement_pct']:.2f} % | | | |"]
+        for name, r in (("KD: forward KL, top-k cache", kd), ("CE only (`--kd-weight 0 --ce-weight 1`)", ce)):
+            if not r:
+                continue
+            e, rep = r["report"]["eval"], r["report"]
+            L.append(f"| {name} | {e['distilled']['ppl']:.3f} | {fmt(e['gap_recovered_pct'], 1)} % | "
+                     f"{e['distilled']['kld']:.4f} | {e['distilled']['top1_agreement_pct']:.2f} % | "
+                     f"{r['wall_s']:.0f} s | {rep['tokens_per_s']:.0f} | {r['load_before']} |")
+        L.append("")
+        for name, r in (("KD", kd), ("CE", ce)):
+            if r:
+                h, hist = r["report"]["heldout"], r["report"]["history"]
+                first = sum(x["loss"] for x in hist[:5]) / min(5, len(hist))
+                last = sum(x["loss"] for x in hist[-5:]) / min(5, len(hist))
+                cache = [ln for ln in r["log"] if ln.startswith("teacher cache")]
+                L.append(f"- {name}: training loss {first:.3f} (first 5 steps) → {last:.3f} (last 5); held-out "
+                         f"calibration blocks: KL {h['before']['kl']:.4f} → {h['after']['kl']:.4f}, ppl "
+                         f"{h['before']['ppl']:.2f} → {h['after']['ppl']:.2f}; {r['report']['train_seconds']:.0f} s "
+                         f"in the training loop" + (f"; {cache[0]}" if cache else "") + ".")
+        if kd and ce:
+            a, b = kd["report"]["eval"]["distilled"]["ppl"], ce["report"]["eval"]["distilled"]["ppl"]
+            g = kd["report"]["eval"]["gap_recovered_pct"]
+            L += ["", f"Targets: KD recovers {fmt(g, 1)} % of the gap (target ≥ 50 %: "
+                  f"{'met' if g is not None and g >= 50 else 'missed'}); KD {'beats' if a < b else 'does not beat'} CE-only on held-out "
+                  f"perplexity ({a:.3f} vs {b:.3f}); each command's wall time includes loading, the teacher cache "
+                  "(KD) and the final report (limit 20 min)."]
+        L.append("")
+    tp = results.get("throughput")
+    if tp:
+        runs = tp["runs"]
+        L += ["### Training throughput vs a plain transformers loop", "",
+              f"{TP_STEPS} steps of {BATCH} × {SEQ} tokens each, same student, blocks and order, AdamW and norm "
+              "clipping, each in a fresh process one after another; tokens/s over the training loop only (no "
+              "loading, no evaluation). The plain loop is in `bench/bench_distill.py` (`PLAIN`).", "",
+              "| loop | tokens/s | ratio to the plain loop with the same loss | load before |",
+              "| --- | --- | --- | --- |"]
+        names = list(runs)
+        ce_plain = runs[names[0]]["report"]["tokens_per_s"]
+        kd_plain = runs[names[2]]["report"]["tokens_per_s"]
+        for i, n in enumerate(names):
+            v = runs[n]["report"]["tokens_per_s"]
+            base = ce_plain if i < 2 else kd_plain
+            L.append(f"| {n} | {v:.0f} | {v / base:.2f} | {runs[n]['load_before']} |")
+        L += ["", "```sh"] + [runs[n]["cmd"] for n in names if runs[n]["cmd"].startswith("slmctl")] + ["```", ""]
+    RESULT.write_text("\n".join(L).rstrip() + "\n")
+
+
+def saved() -> dict:
+    """Every stage's last saved result (another stage may have finished in another process meanwhile)."""
+    results = {}
+    for name in ("prune", "kd", "ce", "throughput"):
+        f = OUT / f"{name}.json"
+        if f.is_file():
+            results[name] = json.loads(f.read_text())
+    return results
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in STAGES:
+        fn = {"prune": stage_prune, "kd": stage_kd, "ce": stage_ce, "throughput": stage_throughput}[name]
+        print(f"bench distill: {name}", file=sys.stderr, flush=True)
+        t = time.time()
+        res = fn()
+        res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        if name == "prune" and "skipped" in res and "prune" in saved():
+            continue  # keep the record of the run that made it
+        (OUT / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
+        print(f"bench distill: {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+        write(saved())
+    write(saved())
+    print(RESULT.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
