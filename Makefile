@@ -65,11 +65,12 @@ $(PEERS)/llmcompressor/.ok:
 	$(PEERS)/llmcompressor/bin/pip install -q torch==2.13.0
 	$(PEERS)/llmcompressor/bin/pip install -q llmcompressor==0.14.0.1
 	@touch $@
-# optimum-onnx needs transformers < 4.58; bench_onnx exports a copy of the sample whose config carries rope_theta
+# optimum-onnx needs transformers < 4.58; bench_onnx exports a copy of the sample whose config carries rope_theta;
+# accelerate: optimum's export stores tied weights once only with it (else it skips the check with a warning)
 $(PEERS)/optimum/.ok:
 	python3 -m venv $(PEERS)/optimum
 	$(PEERS)/optimum/bin/pip install -q torch==2.13.0
-	$(PEERS)/optimum/bin/pip install -q 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.57.*'
+	$(PEERS)/optimum/bin/pip install -q 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.57.*' accelerate
 	@touch $@
 # GPTQModel 7.6.0 is the last release that accepts torch 2.13: the real loader of our GPTQ layout
 $(PEERS)/gptqmodel/.ok:

@@ -4,7 +4,8 @@ fine-tuning at equal steps and data), and training throughput against a plain tr
 Stages (BENCH_D_STAGES, comma list; default all, in this order):
 - prune:      the starting student, `slmctl prune --method width --heads-ratio 0.25 --mlp-ratio 0.25`
               (skipped when BENCH_D_STUDENT already exists);
-- kd:         `slmctl distill` with forward KL on a top-k teacher cache (built in this stage when missing);
+- kd:         `slmctl distill` with forward KL on a top-k teacher cache, built afresh in this command
+              (BENCH_D_KEEP_CACHE=1 reuses an existing one);
 - ce:         the same command with `--kd-weight 0 --ce-weight 1` (plain fine-tuning, same blocks, same order);
 - throughput: training tokens/s of slmctl distill vs a textbook transformers loop (AdamW, clipping) on the
               same student, blocks, order, sequence length and batch, each in a fresh process.
@@ -12,7 +13,7 @@ Each stage saves its result in BENCH_D_OUT/<stage>.json; the fragment bench/resu
 from all saved stages after every stage, so stages can run one at a time (each under the heavy lock).
 
 Settings via environment: BENCH_D_TEACHER (sample:smollm2-135m), BENCH_D_STUDENT (BENCH_D_OUT/width25),
-BENCH_D_DATA (sample:shakespeare:calib), BENCH_D_STEPS (200), BENCH_D_SEQ (256), BENCH_D_BATCH (4),
+BENCH_D_DATA (sample:shakespeare:calib), BENCH_D_STEPS (120), BENCH_D_SEQ (256), BENCH_D_BATCH (4),
 BENCH_D_LR (3e-4), BENCH_D_TOPK (64), BENCH_D_FREEZE (1: --freeze-embeddings in kd and ce),
 BENCH_D_WINDOWS (8), BENCH_D_CTX (256), BENCH_D_TP_STEPS (10), BENCH_D_THREADS (2),
 BENCH_D_OUT (bench/out/distill), BENCH_D_LOCK (a lock file such as /tmp/slmctl-heavy.lock: each heavy
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,7 +43,7 @@ OUT = Path(E("BENCH_D_OUT", str(ROOT / "bench" / "out" / "distill")))
 TEACHER = E("BENCH_D_TEACHER", "sample:smollm2-135m")
 STUDENT = E("BENCH_D_STUDENT", str(OUT / "width25"))
 DATA = E("BENCH_D_DATA", "sample:shakespeare:calib")
-STEPS = E("BENCH_D_STEPS", "200")
+STEPS = E("BENCH_D_STEPS", "120")
 SEQ = E("BENCH_D_SEQ", "256")
 BATCH = E("BENCH_D_BATCH", "4")
 LR = E("BENCH_D_LR", "3e-4")
@@ -127,6 +129,9 @@ def stage_prune() -> dict:
 
 
 def stage_kd() -> dict:
+    # a fresh cache, so the command's wall time includes the teacher's forward passes (BENCH_D_KEEP_CACHE=1 keeps it)
+    if E("BENCH_D_KEEP_CACHE") != "1":
+        shutil.rmtree(CACHE, ignore_errors=True)
     return run_cli(distill_cmd(OUT / "kd", "--teacher-cache", str(CACHE), "--topk", TOPK))
 
 

@@ -1,18 +1,23 @@
 """ONNX export and onnxruntime speed on the SmolLM2-135M sample, side by side in one run.
 
-Rows: PyTorch (transformers, fp32, its own KV cache); slmctl's ONNX export (fp32) on onnxruntime;
-the same quantised by onnxruntime to dynamic int8 and to 4-bit MatMulNBits. Figures: decode tokens/s
-(greedy, batch 1, KV cache carried present -> past), 1x512 prefill latency, export/quantise time and
-peak RSS of the slmctl process. optimum-cli's export would be a row here too; it needs its own
-environment (transformers 4.57, torch 2.13) and is listed as not measured when /work/peers/optimum is absent.
+Rows: PyTorch (transformers, fp32, its own KV cache); slmctl's ONNX export (fp32); optimum-cli's ONNX
+export (optimum-onnx in its own environment, /work/peers/optimum, transformers 4.57, from a copy of
+the sample whose config.json carries ``rope_theta``); slmctl's export quantised by onnxruntime to
+dynamic int8 and to 4-bit MatMulNBits. Figures: decode tokens/s (greedy, batch 1, KV cache carried
+present -> past after the 1x512 prompt), 1x512 prefill latency, and for the builds wall time and peak
+RSS of the building process (slmctl export vs optimum-cli export). optimum's export is checked
+against PyTorch with the same prompt + greedy-decode comparison slmctl's export runs on itself.
 
-Writes bench/results/onnx.md.
+Every runtime gets the same threads (BENCH_ONNX_THREADS, default: all cores) and runs alone, one
+after the other, in this process. Writes bench/results/onnx.md.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,11 +31,13 @@ MODEL = os.environ.get("BENCH_ONNX_MODEL", "sample:smollm2-135m")
 PREFILL = int(os.environ.get("BENCH_ONNX_PREFILL", "512"))
 DECODE = int(os.environ.get("BENCH_ONNX_DECODE", "64"))
 REPEATS = int(os.environ.get("BENCH_ONNX_REPEATS", "3"))
+THREADS = int(os.environ.get("BENCH_ONNX_THREADS", "0") or 0) or os.cpu_count() or 1
+PEER = Path(os.environ.get("BENCH_ONNX_OPTIMUM", "/work/peers/optimum"))
 SLMCTL = [sys.executable, "-m", "slmctl"]
 
 
-def timed_run(cmd: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB of the child, stdout)."""
+def timed_run(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB of the child, stdout); the child is measured alone by a small runner."""
     t = time.perf_counter()
     code = (
         "import resource,subprocess,sys,json;"
@@ -39,12 +46,30 @@ def timed_run(cmd: list[str]) -> tuple[float, float, str]:
         "print(json.dumps({'rc':r.returncode,'out':r.stdout,"
         "'rss':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
     )
-    r = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, cwd=ROOT, env=env)
     dt = time.perf_counter() - t
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     if doc["rc"] != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     return dt, doc["rss"] / 1024.0, doc["out"].strip()
+
+
+def optimum_source(hf: Path, dst: Path) -> Path:
+    """A copy of the HF folder for transformers 4.57: the weights linked, config.json with ``rope_theta``
+    (transformers 5 writes it inside ``rope_parameters``, which 4.57 does not read: it would use 10000)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in hf.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (dst / f.name).unlink(missing_ok=True)
+            (dst / f.name).symlink_to(f.resolve())
+    cfg = json.loads((hf / "config.json").read_text())
+    rope = cfg.pop("rope_parameters", None) or {}
+    if "rope_theta" not in cfg:
+        cfg["rope_theta"] = rope.get("rope_theta", 10000.0)
+    if rope.get("rope_type", "default") != "default":
+        cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return dst
 
 
 def prompt_ids(folder: Path, n: int) -> list[int]:
@@ -59,7 +84,7 @@ def prompt_ids(folder: Path, n: int) -> list[int]:
 def bench_ort(model_file: Path, ids: list[int]) -> dict:
     from slmctl.eval.backend_onnx import OrtCausalLM
 
-    lm = OrtCausalLM(model_file)
+    lm = OrtCausalLM(model_file, threads=THREADS)
     x = np.asarray([ids])
     lm.run(x[:, :16])  # warm-up
     pre = []
@@ -73,6 +98,8 @@ def bench_ort(model_file: Path, ids: list[int]) -> dict:
         logits, past = lm.run(np.asarray([[tok]]), past)
         tok = int(logits[0, -1].argmax())
     dec = DECODE / (time.perf_counter() - t)
+    del lm
+    gc.collect()
     return {"prefill_ms": 1000 * min(pre), "decode_tps": dec}
 
 
@@ -80,6 +107,7 @@ def bench_torch(folder: Path, ids: list[int]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    torch.set_num_threads(THREADS)
     m = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     x = torch.tensor([ids])
     with torch.inference_mode():
@@ -95,7 +123,26 @@ def bench_torch(folder: Path, ids: list[int]) -> dict:
             out = m(input_ids=tok, cache=cache, use_cache=True)
             cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
         dec = DECODE / (time.perf_counter() - t)
+    del m
+    gc.collect()
     return {"prefill_ms": 1000 * min(pre), "decode_tps": dec}
+
+
+def verify(hf: Path, model_file: Path) -> dict:
+    """The check slmctl's exporter runs on its own output, on any graph of the same layout."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slmctl.pipelines.export_onnx import _prompt_ids, compare_decoder, reference_decoder
+
+    m = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
+    ref = reference_decoder(m, _prompt_ids(hf, m.config.vocab_size))
+    del m
+    return compare_decoder(model_file, ref)
+
+
+def _size(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.glob("*.onnx*")) / 2**20
 
 
 def main() -> int:
@@ -103,53 +150,108 @@ def main() -> int:
 
     _, hf = load_artifact(MODEL)
     ids = prompt_ids(hf, PREFILL)
-    # BENCH_ONNX_REUSE=DIR reuses DIR/fp32, DIR/int8, DIR/int4 from an earlier run (build columns then empty)
-    reuse = os.environ.get("BENCH_ONNX_REUSE")
-    work = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="bench-onnx-"))
-    rows = []
+    work = Path(os.environ.get("BENCH_ONNX_WORK") or tempfile.mkdtemp(prefix="bench-onnx-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for sub in ("fp32", "int8", "int4", "optimum", "optimum-src"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+    load0 = os.getloadavg()
+    log = lambda m: print(f"[bench_onnx {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
+    builds: dict[str, tuple[float, float]] = {}
+    commands: dict[str, str] = {}
 
-    def build(sub, cmd):
-        if reuse and (work / sub / "model.onnx").is_file():
-            return None, None, ""
-        return timed_run(cmd)
+    def build(name, cmd, env=None):
+        log(f"build {name}: {' '.join(cmd)}")
+        t, rss, _ = timed_run(cmd, env)
+        builds[name] = (t, rss)
+        commands[name] = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
+        log(f"  {t:.1f} s, peak RSS {rss:.0f} MiB")
 
-    t_exp, rss_exp, _ = build("fp32", [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"])
+    build("fp32", [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"])
     verification = json.loads((work / "fp32" / "slmctl.json").read_text())["verification"]
-    t8, rss8, _ = build("int8", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int8", "-o", str(work / "int8"), "-q"])
-    t4, rss4, _ = build("int4", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int4", "-o", str(work / "int4"), "-q"])
-    torch_r = bench_torch(hf, ids)
-    rows.append(("PyTorch fp32 (transformers)", torch_r, None, None, None))
-    for name, sub, t, rss in (("slmctl ONNX fp32", "fp32", t_exp, rss_exp), ("slmctl ONNX int8 (dynamic)", "int8", t8, rss8),
-                              ("slmctl ONNX int4 (MatMulNBits, RTN)", "int4", t4, rss4)):
-        r = bench_ort(work / sub / "model.onnx", ids)
-        size = sum(f.stat().st_size for f in (work / sub).glob("model.onnx*")) / 2**20
-        rows.append((name, r, t, rss, size))
-    peer = Path("/work/peers/optimum/bin/optimum-cli")
-    fp32 = rows[1][1]
+    build("int8", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int8", "--no-report", "-o", str(work / "int8"), "-q"])
+    build("int4", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int4", "--no-report", "-o", str(work / "int4"), "-q"])
+    peer_cli = PEER / "bin" / "optimum-cli"
+    peer_note, peer_check = "", None
+    if peer_cli.exists():
+        src = optimum_source(hf, work / "optimum-src")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["PATH"] = f"{PEER / 'bin'}:{env.get('PATH', '')}"
+        try:
+            build("optimum", [str(peer_cli), "export", "onnx", "-m", str(src), "--task", "text-generation-with-past",
+                              str(work / "optimum")], env)
+            peer_check = verify(hf, work / "optimum" / "model.onnx")
+            log(f"optimum export vs PyTorch: {peer_check}")
+        except SystemExit as exc:
+            peer_note = f"optimum-cli export failed: {str(exc).strip().splitlines()[-1][:300]}"
+            log(peer_note)
+    else:
+        peer_note = f"optimum-cli is not installed in its own environment ({PEER}; `make {PEER}/.ok`)."
+
+    rows = []
+    log("measuring PyTorch")
+    rows.append(("PyTorch fp32 (transformers)", bench_torch(hf, ids), None, None))
+    for name, sub in (("slmctl ONNX fp32", "fp32"), ("optimum-cli ONNX fp32", "optimum"),
+                      ("slmctl ONNX int8 (dynamic)", "int8"), ("slmctl ONNX int4 (MatMulNBits, block 32)", "int4")):
+        if not (work / sub / "model.onnx").is_file():
+            continue
+        log(f"measuring {name}")
+        rows.append((name, bench_ort(work / sub / "model.onnx", ids), builds.get(sub), _size(work / sub)))
+    load1 = os.getloadavg()
+
+    fp32 = next(r for n, r, _, _ in rows if n == "slmctl ONNX fp32")
     lines = ["## ONNX export (onnxruntime, CPU)\n",
-             f"Model `{MODEL}`; prefill of 1x{PREFILL} tokens (best of {REPEATS}), greedy decode of {DECODE} tokens "
-             "with the KV cache carried present -> past, batch 1, all in one run "
-             f"(`python bench/bench_onnx.py`). Export verification: max abs logit diff "
-             f"{verification['max_abs_diff_prompt']:.2g} (prompt), {verification['max_abs_diff_decode']:.2g} "
-             f"(8 decode steps), greedy {verification['greedy_tokens']} tokens "
-             f"{'identical' if verification['greedy_identical'] else 'DIFFERENT'}.\n",
-             "| runtime | decode tok/s | prefill 1x512 ms | decode vs ONNX fp32 | build time s | build peak RSS MiB | size MiB |",
+             f"Model `{MODEL}`. One run of `python bench/bench_onnx.py` builds every row, then measures each runtime "
+             f"alone with {THREADS} thread(s): prefill of 1x{PREFILL} tokens (best of {REPEATS}), then greedy decode "
+             f"of {DECODE} tokens with the KV cache carried present -> past (batch 1, context {PREFILL}-"
+             f"{PREFILL + DECODE}). onnxruntime {_version('onnxruntime')}, torch {_version('torch')}, "
+             f"transformers {_version('transformers')}; {os.cpu_count()} CPU cores shared with other jobs "
+             f"(load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end).\n",
+             "| runtime | decode tok/s | prefill 1x512 ms | decode vs slmctl fp32 | build wall s | build peak RSS MiB | size MiB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, r, t, rss, size in rows:
+    for name, r, b, size in rows:
         lines.append(f"| {name} | {r['decode_tps']:.1f} | {r['prefill_ms']:.0f} | {r['decode_tps'] / fp32['decode_tps']:.2f} | "
-                     f"{'' if t is None else f'{t:.1f}'} | {'' if rss is None else f'{rss:.0f}'} | "
+                     f"{'' if b is None else f'{b[0]:.1f}'} | {'' if b is None else f'{b[1]:.0f}'} | "
                      f"{'' if size is None else f'{size:.1f}'} |")
-    if reuse:
-        secs = json.loads((work / "fp32" / "slmctl.json").read_text()).get("export_seconds")
-        lines.append(f"\nBuilds reused from {work} (BENCH_ONNX_REUSE); that export took {secs} s wall."
-                     " Load average during the run: " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + ".")
-    if not peer.exists():
-        lines.append("| optimum-cli export (transformers 4.57) | not measured | | | | | |")
-        lines.append("\noptimum-cli was not installed in its own environment (/work/peers/optimum) for this run.")
+    lines.append("")
+    lines.append(f"Checked against PyTorch (prompt of {verification['prompt_tokens']} tokens, then greedy decode through "
+                 "present -> past):\n")
+    lines.append("| export | max abs logit diff, prompt | max abs diff, 8 decode steps | top-1 agreement | greedy 32 tokens |")
+    lines.append("|---|---:|---:|---:|---|")
+    for name, v in (("slmctl", verification), ("optimum-cli", peer_check)):
+        if v:
+            lines.append(f"| {name} | {v['max_abs_diff_prompt']:.2g} | {v['max_abs_diff_decode']:.2g} | "
+                         f"{v['top1_agreement_pct']:.1f}% | {'identical' if v['greedy_identical'] else 'DIFFERENT'} |")
+    opt = next((r for n, r, _, _ in rows if n.startswith("optimum")), None)
+    int4 = next((r for n, r, _, _ in rows if "int4" in n), None)
+    lines.append("\nTargets:")
+    if opt:
+        ok = fp32["decode_tps"] >= opt["decode_tps"]
+        lines.append(f"- decode at least as fast as optimum's export: {'met' if ok else 'NOT met'} "
+                     f"({fp32['decode_tps']:.1f} vs {opt['decode_tps']:.1f} tok/s).")
+    else:
+        lines.append("- decode against optimum's export: not measured (" + peer_note + ")")
+    if int4:
+        ok = int4["decode_tps"] > fp32["decode_tps"]
+        lines.append(f"- int4 faster than fp32: {'met' if ok else 'NOT met'} "
+                     f"({int4['decode_tps']:.1f} vs {fp32['decode_tps']:.1f} tok/s decode).")
+    lines.append("\nBuild commands (wall time and peak RSS of that process and its children):\n")
+    for name, c in commands.items():
+        lines.append(f"- {name}: `{c}`")
+    if peer_note and opt is None:
+        lines.append(f"\n{peer_note}")
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "onnx.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "?"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ or $BENCH_LLMCOMPRESSOR_PYTHON), on the same calibration and evaluation windows.
 
 Writes bench/results/quantize.md: perplexity before/after (the same held-out windows for every
 artifact), wall time and peak RSS of each quantisation run. Settings via environment:
-BENCH_Q_SAMPLES (16), BENCH_Q_SEQLEN (512), BENCH_Q_WINDOWS (8), BENCH_Q_CTX (512), BENCH_Q_METHODS.
+BENCH_Q_SAMPLES (32), BENCH_Q_SEQLEN (512), BENCH_Q_WINDOWS (8), BENCH_Q_CTX (512), BENCH_Q_METHODS,
+BENCH_Q_OUT (outputs kept there, default bench/out/quantize).
 
 The sample's weights come from a Q4_1 GGUF, so an asymmetric g32 grid reproduces them almost
 exactly: methods are compared at symmetric group size 128, never at g32-asymmetric.
@@ -16,19 +17,21 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
+import shutil
+import time
 from pathlib import Path
 
 from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = os.environ.get("BENCH_Q_SAMPLES", "16")
+SAMPLES = os.environ.get("BENCH_Q_SAMPLES", "32")
 SEQLEN = os.environ.get("BENCH_Q_SEQLEN", "512")
 WINDOWS = os.environ.get("BENCH_Q_WINDOWS", "8")
 CTX = os.environ.get("BENCH_Q_CTX", "512")
 METHODS = os.environ.get("BENCH_Q_METHODS", "rtn,gptq,awq").split(",")
 MODEL = "sample:smollm2-135m"
 PEER = Path(os.environ.get("BENCH_LLMCOMPRESSOR_PYTHON", "/work/peers/llmcompressor/bin/python"))
+OUT = Path(os.environ.get("BENCH_Q_OUT", Path(__file__).resolve().parent / "out" / "quantize"))
 
 # llm-compressor's own one-shot GPTQ on the same windows slmctl draws (passed as token ids)
 PEER_SCRIPT = r'''
@@ -43,7 +46,7 @@ ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i 
 model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
 tok = AutoTokenizer.from_pretrained(src)
 oneshot(model=model, dataset=ds, recipe=GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]),
-        max_seq_length=len(ids[0]), num_calibration_samples=len(ids))
+        max_seq_length=len(ids[0]), num_calibration_samples=len(ids), shuffle_calibration_samples=False)
 model.save_pretrained(out, save_compressed=True)
 tok.save_pretrained(out)
 '''
@@ -61,13 +64,20 @@ def ppl(ref: str) -> float | None:
     return json.loads(r.stdout)["ppl"]
 
 
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-quantize-"))
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    load_start, t_start = _load(), time.time()
     base = ppl(MODEL)
     print(f"fp32: ppl {base}", file=sys.stderr)
     rows = []
     for m in METHODS:
-        out = tmp / m
+        out = OUT / m
         r, wall, rss = timed(slm("quantize", MODEL, "--method", m, "-g", "128", "--sym", "-o", str(out),
                                  "--samples", SAMPLES, "--seq-len", SEQLEN, "--no-report", "--quiet"))
         if r.returncode:
@@ -87,18 +97,24 @@ def main() -> int:
         wins, _ = calibration_windows(lambda s: tok(s, add_special_tokens=False)["input_ids"],
                                       data="sample:shakespeare", field="text", samples=int(SAMPLES),
                                       seq_len=int(SEQLEN), seed=0)
-        (tmp / "ids.json").write_text(json.dumps(wins))
-        (tmp / "peer.py").write_text(PEER_SCRIPT)
-        r, wall, rss = timed([str(PEER), str(tmp / "peer.py"), str(path), str(tmp / "llmc"), str(tmp / "ids.json")])
+        (OUT / "ids.json").write_text(json.dumps(wins))
+        (OUT / "peer.py").write_text(PEER_SCRIPT)
+        r, wall, rss = timed([str(PEER), str(OUT / "peer.py"), str(path), str(OUT / "llmc"), str(OUT / "ids.json")],
+                             cwd=OUT)
         if r.returncode == 0:
-            peer = (ppl(str(tmp / "llmc")), wall, rss)
+            peer = (ppl(str(OUT / "llmc")), wall, rss)
             rows.append(("llm-compressor GPTQ W4A16", *peer))
+            print(f"llm-compressor: ppl {peer[0]}, {wall:.0f} s, {rss:.0f} MiB", file=sys.stderr)
         else:
             print(f"llm-compressor failed: {r.stderr.strip()[-600:]}", file=sys.stderr)
+    minutes = (time.time() - t_start) / 60
     lines = ["## quantize: w4 g128 symmetric on SmolLM2-135M", "",
-             f"`slmctl quantize sample:smollm2-135m --method M -g 128 --sym --samples {SAMPLES} --seq-len {SEQLEN}`, "
-             f"then `slmctl eval OUT --windows {WINDOWS} --ctx {CTX}` on the evaluation region (the tragedies); "
-             f"fp32 perplexity {base:.4f}." if base else "fp32 evaluation failed.", "",
+             (f"`slmctl quantize sample:smollm2-135m --method M -g 128 --sym --samples {SAMPLES} --seq-len {SEQLEN}`, "
+              f"then `slmctl eval OUT --windows {WINDOWS} --ctx {CTX}` on the evaluation region (the tragedies); "
+              f"fp32 perplexity {base:.4f}. llm-compressor: `oneshot` with `GPTQModifier(targets=\"Linear\", "
+              f"scheme=\"W4A16\", ignore=[\"lm_head\"])` (group 128, symmetric, static act-order, damping 0.01, "
+              f"as slmctl's defaults) on the same {SAMPLES} token windows, evaluated by the same `slmctl eval`.")
+             if base else "fp32 evaluation failed.", "",
              "| run | perplexity | increase over fp32 | vs RTN increase | wall s | peak RSS MiB |",
              "|---|---:|---:|---:|---:|---:|"]
     rtn_inc = next(((p / base - 1) for n, p, _, _ in rows if n == "slmctl rtn" and p and base), None)
@@ -107,10 +123,30 @@ def main() -> int:
         rel = f"{inc / rtn_inc:.2f}x" if (inc is not None and rtn_inc) else "-"
         lines.append(f"| {name} | {p:.4f} | {inc * 100:+.2f}% | {rel} | {wall:.0f} | {rss:.0f} |"
                      if p else f"| {name} | failed | | | {wall:.0f} | {rss:.0f} |")
+    got = {n: (p, w, r) for n, p, w, r in rows}
+    checks = []
+    g, a, rt = got.get("slmctl gptq"), got.get("slmctl awq"), got.get("slmctl rtn")
+    if g and rt and g[0] and rt[0] and base:
+        ratio = (g[0] / base - 1) / (rt[0] / base - 1)
+        checks.append(f"GPTQ's increase is {ratio:.2f}x RTN's (target <= 0.6): {'met' if ratio <= 0.6 else 'MISSED'}")
+    if a and rt and a[0] and rt[0]:
+        checks.append(f"AWQ {a[0]:.4f} vs RTN {rt[0]:.4f}: {'beats RTN' if a[0] < rt[0] else 'does NOT beat RTN'}")
+    if g and peer and g[0] and peer[0]:
+        rel = g[0] / peer[0] - 1
+        checks.append(f"slmctl GPTQ perplexity vs llm-compressor's: {rel * 100:+.2f}% (target <= +1%): "
+                      f"{'met' if rel <= 0.01 else 'MISSED'}")
+        checks.append(f"wall time ratio slmctl/llm-compressor {g[1] / peer[1]:.2f} (target <= 1.0): "
+                      f"{'met' if g[1] <= peer[1] else 'MISSED'}")
+        checks.append(f"peak RSS ratio slmctl/llm-compressor {g[2] / peer[2]:.2f} (target <= 1.0): "
+                      f"{'met' if g[2] <= peer[2] else 'MISSED'}")
+    if checks:
+        lines += [""] + [f"- {c}" for c in checks]
     if peer is None:
         lines += ["", "llm-compressor was not run: it needs its own environment (it pins transformers <= 5.17) at "
                   f"{PEER}; see docs/quantize.md."]
-    lines += ["", "Wall times come from a shared 2-core machine and are only comparable within one run."]
+    lines += ["", f"Shared 2-core machine, run under the heavy-job lock (one benchmark at a time); load average "
+              f"(1/5/15 min) {load_start} at the start and {_load()} at the end of this {minutes:.0f}-minute run. "
+              "Wall times are only comparable within one run."]
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "quantize.md").write_text("\n".join(lines) + "\n")
     return 0 if rows else 1

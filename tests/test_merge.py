@@ -341,6 +341,11 @@ dtype: float32
 
     prov = json.loads(read_header(shards[0])[1]["slmctl.provenance"])
     assert prov["verb"] == "merge" and prov["recipe"]["method"] == "ties" and len(prov["inputs"]) == 2
+    # the input hashes are computed on a background thread while the tensors merge; they must still be right
+    from slmctl.io.hashing import artifact_sha256
+
+    assert [i["sha256"] for i in prov["inputs"]] == [artifact_sha256(trio["b"]), artifact_sha256(trio["a"])]
+    assert all(json.loads(read_header(s)[1]["slmctl.provenance"]) == prov for s in shards)
     assert "merge_method: ties" in (tmp_path / "m" / "mergekit_config.yml").read_text()
     # the density gradient reaches the layers: layer 0 (t=0) keeps 20 % of b's delta, layer 1 (t=1) 80 %
     a = load_dir(trio["a"])

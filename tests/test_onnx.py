@@ -293,9 +293,11 @@ def test_quantize_onnx(llama_onnx, tmp_path, text_file, cli, bits, qtype, op):
     out, _ = llama_onnx
     q = tmp_path / f"q{bits}"
     if bits == 8:  # through `slmctl quantize`, which hands ONNX inputs to quantize_onnx
-        code, stdout, stderr = cli("quantize", str(out), "--type", qtype, "-o", str(q))
+        code, stdout, stderr = cli("quantize", str(out), "--type", qtype, "-o", str(q), "--eval-data", str(text_file),
+                                   "--eval-ctx", "32", "--eval-windows", "2")
         assert code == 0, stderr
         assert stdout.strip() == str(q)
+        assert "perplexity" in stderr and "KL mean" in stderr and "top-1 agreement" in stderr and "MiB ->" in stderr
     else:
         assert quantize_onnx(str(out), q, qtype=qtype) == q
     m = onnx.load(str(q / "model.onnx"))
@@ -316,6 +318,36 @@ def test_quantize_onnx(llama_onnx, tmp_path, text_file, cli, bits, qtype, op):
     rep = json.loads(stdout)
     assert rep["backend"] == "onnxruntime" and np.isfinite(rep["ppl"])
     assert 0 < rep["kld"]["mean"] < 0.05 and abs(rep["ppl_ratio"] - 1) < 0.05
+
+
+def test_quantize_onnx_report_and_gate(llama_onnx, tmp_path, text_file, cli):
+    """The quality report of every quantiser (input vs output on held-out text), and its gate (exit 3)."""
+    out, _ = llama_onnx
+    ev = ("--eval-data", str(text_file), "--eval-ctx", "32", "--eval-windows", "2")
+    code, stdout, stderr = cli("quantize", str(out), "--type", "int4", "-o", str(tmp_path / "q4"), *ev, "--json",
+                               "--max-ppl-increase", "50")
+    assert code == 0, stderr
+    res = json.loads(stdout)
+    assert res["output"] == str(tmp_path / "q4") and res["bits"] == 4
+    rep = res["report"]
+    from slmctl import api
+
+    ref = api.evaluate(str(out), data=str(text_file), ctx=32, windows=2)
+    assert rep["ppl_before"] == pytest.approx(ref["ppl"], rel=1e-6)  # the report's "before" is the ONNX input
+    assert np.isfinite(rep["ppl_after"]) and rep["ppl_after"] != rep["ppl_before"]
+    assert 0 < rep["kld_mean"] < 0.05 and 50 < rep["top1_agreement_pct"] <= 100
+    assert rep["size_after"] < rep["size_before"]
+    # 4-bit blocks of 32 with an fp32 scale each: 4 + 32/32 = 5 bits per weight
+    assert rep["bits_per_weight"] == pytest.approx(5.0, abs=0.01)
+    assert res["gates"] == {"passed": True, "failed": []}
+    # a perplexity can not fall by 1000 %: the gate fails, exit 3, the model is still written
+    code, stdout, stderr = cli("quantize", str(out), "--type", "int8", "-o", str(tmp_path / "q8"), *ev,
+                               "--max-ppl-increase", "-1000")
+    assert code == 3, stderr
+    assert "gate failed: perplexity rose" in stderr and stdout.strip() == str(tmp_path / "q8")
+    code, _, stderr = cli("quantize", str(out), "--type", "int8", "-o", str(tmp_path / "q8b"), "--no-report",
+                          "--max-ppl-increase", "5")
+    assert code == 2 and "needs the quality report" in stderr
 
 
 def test_quantize_onnx_usage(llama_onnx, tiny_llama, tmp_path):

@@ -237,3 +237,23 @@ def test_llamacpp_through_the_gguf_exporter(tiny_llama):
     assert [d["batch"] for d in rep["decode"]] == [1] and rep["decode"][0]["p50_ms"] > 0
     assert "decode at batch 2 skipped: the target runs at most batch 1" in rep["notes"]
     assert rep["parameters"] == sum(t.numel for t in art.tensors.values())  # same weights, GGUF names
+
+
+def test_llamacpp_keeps_off_the_amx_buffers_when_asked(monkeypatch):
+    """llama.cpp's AMX matmul segfaults on this machine (ggml-org/llama.cpp#20824): the target can build its
+    Llama without extra buffer types, restores llama-cpp-python afterwards, and SLMCTL_LLAMACPP_AMX=1 opts out."""
+    pytest.importorskip("llama_cpp")
+    import llama_cpp.llama_cpp as C
+
+    from slmctl.targets import llamacpp as lc
+
+    orig = C.llama_model_default_params
+    assert orig().use_extra_bufts is True
+    with lc._NoExtraBuffers():
+        assert C.llama_model_default_params().use_extra_bufts is False
+    assert C.llama_model_default_params is orig
+    monkeypatch.setenv(lc.AMX_ENV, "1")
+    assert lc.amx_disabled() is False
+    monkeypatch.delenv(lc.AMX_ENV)
+    info = C.llama_print_system_info()
+    assert lc.amx_disabled() is ("AMX_INT8 = 1" in (info.decode() if isinstance(info, bytes) else info))

@@ -131,6 +131,53 @@ def test_gptq_is_deterministic():
     assert torch.equal(a.q, b.q) and torch.equal(a.scale, b.scale)
 
 
+def test_gptq_on_stacked_rows_equals_one_linear_at_a_time():
+    # q/k/v (and gate/up) share one Hessian and are quantised as one stacked weight: rows are independent
+    X = _correlated_inputs(seed=3)
+    H = 2 * X.T @ X / X.shape[0]
+    g = torch.Generator().manual_seed(6)
+    a, b = torch.randn(16, 64, generator=g), torch.randn(8, 64, generator=g)
+    cfg = QuantConfig(bits=4, group_size=32)
+    both = gptq_quantize_weight(torch.cat([a, b]), H, cfg)
+    for w, rows in ((a, slice(0, 16)), (b, slice(16, 24))):
+        one = gptq_quantize_weight(w, H, cfg)
+        assert torch.equal(one.q, both.q[rows]) and torch.equal(one.scale, both.scale[:, rows])
+
+
+def test_awq_fake_quantize_matches_rtn_grid():
+    from slmctl.methods.quantize.awq import fake_quantize
+
+    w = torch.randn(24, 96, generator=torch.Generator().manual_seed(7))
+    for cfg in (QuantConfig(4, 32, True), QuantConfig(3, 32, False), QuantConfig(4, 40, True), QuantConfig(4, -1)):
+        assert torch.equal(fake_quantize(w, cfg), rtn(w, cfg).dequantize()), cfg
+
+
+def test_true_sequential_gptq_runs_each_group_once(tiny_llama):
+    # one forward per group that stops at that group, plus one to find the groups: never a full re-run per linear
+    import slmctl.layerwise as L
+    from slmctl.io.artifact import open_artifact
+    from slmctl.methods.quantize.gptq import quantize_gptq
+
+    lm = L.LayerwiseModel(open_artifact(tiny_llama))
+    wins = [[(i * 5 + j) % 300 for j in range(16)] for i in range(3)]
+    calls = []
+    orig = L.capture_layer_inputs
+
+    def spy(*a, **k):
+        calls.append((tuple(a[3] or ()), k.get("stop_early", a[5] if len(a) > 5 else False)))
+        return orig(*a, **k)
+
+    L.capture_layer_inputs = spy
+    try:
+        step = next(L.iter_layers(lm, wins, capture=False))
+        res = quantize_gptq(step.layer, QuantConfig(4, 32), names=lm.linear_names(0), step=step)
+    finally:
+        L.capture_layer_inputs = orig
+    assert sorted(res) == sorted(lm.linear_names(0))
+    assert calls == [(("self_attn.q_proj",), True), (("self_attn.o_proj",), True), (("mlp.gate_proj",), True),
+                     (("mlp.down_proj",), True)]
+
+
 # ---------------------------------------------------------------- layer-by-layer runner
 def test_layerwise_runner_matches_full_model_and_frees_layers(tiny_models):
     from transformers import AutoModelForCausalLM
@@ -240,7 +287,7 @@ def test_gptq_default_output_path_eval_and_determinism(cli, tiny_models, tmp_pat
 
 def test_awq_compressed_tensors_json_report_and_gate(cli, tiny_models, tmp_path, calib_args):
     out = tmp_path / "awq"
-    code, stdout, stderr = cli("quantize", str(tiny_models["llama"]), "--method", "awq", "-g", "32", "--asym",
+    code, stdout, stderr = cli("quantize", str(tiny_models["llama"]), "--method", "awq", "-g", "32",
                                "--format", "compressed-tensors", "-o", str(out), "--json",
                                "--max-ppl-increase", "-100", *calib_args)
     assert code == 3, stderr
@@ -255,13 +302,32 @@ def test_awq_compressed_tensors_json_report_and_gate(cli, tiny_models, tmp_path,
     w = _weights(out)
     name = "model.layers.1.mlp.up_proj"
     assert w[f"{name}.weight_packed"].shape == (64, 32 * 4 // 32)
-    assert w[f"{name}.weight_zero_point"].shape == (64 * 4 // 32, 1)
-    q, scale, zero, g_idx = ct_unpack(w.get, name, 4, sym=False)
-    assert q.min() >= 0 and q.max() <= 15 and zero.min() >= 0 and zero.max() <= 15
+    assert f"{name}.weight_zero_point" not in w
+    q, scale, zero, g_idx = ct_unpack(w.get, name, 4, sym=True)
+    assert q.min() >= 0 and q.max() <= 15 and (zero == 8).all()
+    # asymmetric compressed-tensors is refused: transformers cannot load it
+    code, _, stderr = cli("quantize", str(tiny_models["llama"]), "--asym", "--format", "compressed-tensors",
+                          "-o", str(tmp_path / "asym"), *calib_args)
+    assert code == 1 and "transformers cannot load" in stderr and "--format gptq" in stderr
+    assert not (tmp_path / "asym").exists()
+
+
+def test_compressed_tensors_asymmetric_zero_points_read_back():
+    # what llm-compressor writes for asymmetric grids (packed along the output dimension) reads back exactly
+    from slmctl.io.quantized_formats import ct_tensors
+
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(4))
+    res = rtn(w, QuantConfig(4, 32, sym=False))
+    t = ct_tensors("m", res)
+    assert t["m.weight_zero_point"].shape == (64 * 4 // 32, 2)
+    q, scale, zero, g_idx = ct_unpack(t.get, "m", 4, sym=False)
+    assert torch.equal(zero.to(torch.int32), res.zero) and torch.equal(q.to(torch.int32), res.q)
 
 
 @pytest.mark.slow  # the real loader: transformers with compressed-tensors
-def test_compressed_tensors_output_loads_in_transformers(cli, tiny_models, tmp_path, calib_args):
+@pytest.mark.parametrize("extra", [(), ("--method", "awq"), ("--bits", "8", "-g", "-1")],
+                         ids=["gptq", "awq", "8bit-channel"])
+def test_compressed_tensors_output_loads_in_transformers(cli, tiny_models, tmp_path, calib_args, extra):
     pytest.importorskip("compressed_tensors")
     from transformers import AutoModelForCausalLM
 
@@ -270,7 +336,7 @@ def test_compressed_tensors_output_loads_in_transformers(cli, tiny_models, tmp_p
 
     out = tmp_path / "ct"
     code, _, stderr = cli("quantize", str(tiny_models["qwen3"]), "-g", "32", "--format", "compressed-tensors",
-                          "-o", str(out), "--no-report", *calib_args)
+                          "-o", str(out), "--no-report", *calib_args, *extra)
     assert code == 0, stderr
     theirs = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     ours = load_dequantized_model(open_artifact(out))
@@ -311,3 +377,16 @@ def test_gptq_layout_asymmetric_zeros_never_underflow():
     assert torch.equal(unpack_rows(t["m.qzeros"].to(torch.int64) + 0x11111111, 4, 32), res.zero.to(torch.int64))
     step = res.scale[res.g_idx.long()].T
     assert ((w - res.dequantize()).abs() <= step / 2 + 15 * step * 2.0 ** -11).all()
+
+
+def test_profile_runs_a_quantised_output(cli, tiny_llama, tmp_path, calib_args):
+    # `slmctl profile` loads slmctl's own quantised output (dequantised on load, as eval does)
+    out = tmp_path / "rtn"
+    assert cli("quantize", str(tiny_llama), "--method", "rtn", "-g", "32", "-o", str(out), "--no-report",
+               *calib_args)[0] == 0
+    code, stdout, stderr = cli("profile", str(out), "--ctx", "16", "--batch", "1", "--warmup", "0",
+                               "--decode-tokens", "2", "--no-bandwidth", "--json")
+    assert code == 0, stderr
+    assert "dequantised to float32 on load" in stderr
+    doc = json.loads(stdout)
+    assert doc["prefill"][0]["p50_ms"] > 0

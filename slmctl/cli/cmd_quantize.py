@@ -19,8 +19,8 @@ def quantize(
     group_size: Annotated[int, typer.Option("--group-size", "-g", help="Input columns per scale: 32, 64, 128, ... "
                                                                       "or -1 for one scale per row.")] = 128,
     sym: Annotated[bool, typer.Option("--sym/--asym", help="Symmetric grid (zero fixed mid-range) or asymmetric.")] = True,
-    format: Annotated[str, typer.Option("--format", "-f", help="gptq (GPTQ checkpoint layout) or compressed-tensors "
-                                                              "(pack-quantized).")] = "gptq",
+    format: Annotated[str, typer.Option("--format", "-f", help="gptq (GPTQ checkpoint layout; --asym as gptq_v2) or "
+                                                              "compressed-tensors (pack-quantized, symmetric only).")] = "gptq",
     data: DataOpt = "sample:shakespeare",
     field: FieldOpt = "text",
     samples: Annotated[int, typer.Option("--samples", help="Calibration windows (gptq, awq).")] = 64,

@@ -5,8 +5,11 @@ linear ``L`` with ``out`` x ``in`` weight and ``G`` groups:
 
 - ``L.qweight`` int32 (in*bits/32, out): codes packed along the input dimension, 32 codes per
   ``bits`` words as one little-endian bit stream (for 4 bits: code ``8*r+j`` in bits ``4j..4j+3`` of row r);
-- ``L.qzeros``  int32 (G, out*bits/32): ``zero - 1`` packed the same way along the output dimension
-  (v1 stores zero minus one; loaders add it back);
+- ``L.qzeros``  int32 (G, out*bits/32): zero points packed the same way along the output dimension;
+  ``checkpoint_format: gptq`` (v1, every reader) stores ``zero - 1`` and loaders add the 1 back,
+  ``gptq_v2`` stores the zero itself. slmctl writes symmetric grids as v1 and asymmetric ones as v2:
+  GPTQModel refuses asymmetric v1 checkpoints from any producer but itself (old AutoGPTQ files
+  underflowed a zero of 0), and vLLM reads v2 since 0.11 (vllm-project/vllm#26092);
 - ``L.scales``  float16 (G, out); ``L.g_idx`` int32 (in,): group of each input column; ``L.bias``;
 - config.json ``quantization_config``: ``quant_method: gptq``, bits, group_size, desc_act, sym, ...
 
@@ -87,8 +90,11 @@ def _to_int32(words):
 
 
 # ---------------------------------------------------------------- GPTQ layout
-def gptq_tensors(prefix: str, res, *, scale_dtype="float16") -> dict[str, Any]:
-    """The GPTQ-layout tensors of one quantised linear (``prefix`` = module name, no ``.weight``)."""
+def gptq_tensors(prefix: str, res, *, scale_dtype="float16", v2: bool = False) -> dict[str, Any]:
+    """The GPTQ-layout tensors of one quantised linear (``prefix`` = module name, no ``.weight``).
+
+    ``v2``: store zero points as they are (``checkpoint_format: gptq_v2``), not minus one (v1).
+    """
     import torch
 
     bits = res.cfg.bits
@@ -99,7 +105,7 @@ def gptq_tensors(prefix: str, res, *, scale_dtype="float16") -> dict[str, Any]:
                                hint="leave this layer unquantised or use --format compressed-tensors")
     t = {
         f"{prefix}.qweight": pack_rows(res.q, bits).T.contiguous(),
-        f"{prefix}.qzeros": pack_rows(res.zero.to(torch.int64) - 1, bits),
+        f"{prefix}.qzeros": pack_rows(res.zero.to(torch.int64) - (0 if v2 else 1), bits),
         f"{prefix}.scales": res.scale.to(getattr(torch, scale_dtype)),
         f"{prefix}.g_idx": res.g_idx.to(torch.int32),
     }
@@ -109,17 +115,17 @@ def gptq_tensors(prefix: str, res, *, scale_dtype="float16") -> dict[str, Any]:
 
 
 def gptq_config(cfg, *, desc_act: bool, static_groups: bool = False, true_sequential: bool = True,
-                damp: float = 0.01, method: str = "gptq") -> dict[str, Any]:
+                damp: float = 0.01, method: str = "gptq", v2: bool = False) -> dict[str, Any]:
     from .. import __version__
 
     return {"quant_method": "gptq", "bits": cfg.bits, "group_size": cfg.group_size, "desc_act": desc_act,
             "sym": cfg.sym, "static_groups": static_groups, "true_sequential": true_sequential,
-            "damp_percent": damp, "lm_head": False, "checkpoint_format": "gptq", "pack_dtype": "int32",
+            "damp_percent": damp, "lm_head": False, "checkpoint_format": "gptq_v2" if v2 else "gptq", "pack_dtype": "int32",
             "meta": {"quantizer": [f"slmctl:{__version__}"], "method": method}}
 
 
-def gptq_unpack(get, prefix: str, bits: int):
-    """(q, scale, zero, g_idx) of a GPTQ-layout linear; ``get(name)`` returns a tensor."""
+def gptq_unpack(get, prefix: str, bits: int, v2: bool = False):
+    """(q, scale, zero, g_idx) of a GPTQ-layout linear; ``get(name)`` returns a tensor (``v2``: gptq_v2 zeros)."""
     import torch
 
     qweight, qzeros, scales = get(f"{prefix}.qweight"), get(f"{prefix}.qzeros"), get(f"{prefix}.scales")
@@ -130,7 +136,7 @@ def gptq_unpack(get, prefix: str, bits: int):
         raise FormatError(f"{prefix}: GPTQ tensors disagree (qweight {tuple(qweight.shape)}, qzeros "
                           f"{tuple(qzeros.shape)}, scales {tuple(scales.shape)})")
     q = unpack_rows(qweight.T.contiguous(), bits, in_f)
-    zero = (unpack_rows(qzeros, bits, out_f) + 1) & ((1 << bits) - 1)
+    zero = (unpack_rows(qzeros, bits, out_f) + (0 if v2 else 1)) & ((1 << bits) - 1)
     if g_idx is None:
         g_idx = torch.arange(in_f, dtype=torch.int32) // (in_f // scales.shape[0])
     return q, scales.float(), zero, g_idx
@@ -229,7 +235,7 @@ def dequantized_tensors(art) -> Iterator[tuple[str, Any]]:
     skip = {p + e for p in prefixes for e in extra}
     for p in prefixes:
         if fmt == "gptq":
-            q, scale, zero, g_idx = gptq_unpack(get, p, bits)
+            q, scale, zero, g_idx = gptq_unpack(get, p, bits, qc.get("checkpoint_format") == "gptq_v2")
         else:
             q, scale, zero, g_idx = ct_unpack(get, p, bits, sym)
         yield f"{p}.weight", dequantize(q, scale, zero, g_idx)
@@ -313,7 +319,9 @@ def gguf_view(art, outtype: str | None, *, log=None):
         return tensors[name].load() if name in tensors else None
 
     def unpack(p):
-        return gptq_unpack(get, p, bits) if fmt == "gptq" else ct_unpack(get, p, bits, sym)
+        if fmt == "gptq":
+            return gptq_unpack(get, p, bits, art.config["quantization_config"].get("checkpoint_format") == "gptq_v2")
+        return ct_unpack(get, p, bits, sym)
 
     exact = exact_block_types(bits, sym)
     target = outtype or (exact[0] if exact else "f16")

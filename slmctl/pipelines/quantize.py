@@ -9,6 +9,7 @@ ONNX inputs to onnxruntime (slmctl.pipelines.quantize_onnx.quantize_onnx).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -114,10 +115,19 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
         raise UsageError(f"unknown quantised format {fmt!r}", hint="valid: " + ", ".join(FORMATS))
     methods = load_methods()
     methods.get(method)
-    cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym, zero_min=1 if (fmt == "gptq" and not sym) else 0)
+    cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym)
     from ..methods.quantize.gptq import GPTQConfig
 
     gcfg = GPTQConfig(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential)
+    if fmt == "compressed-tensors" and not sym:
+        # the layout is what llm-compressor writes and vLLM reads, but transformers (5.24, with
+        # compressed-tensors 0.20.1) builds weight_zero_point unpacked on the meta device and then
+        # rejects the packed tensor (size mismatch; vllm-project/llm-compressor#1618)
+        raise UnsupportedError("--asym with --format compressed-tensors: transformers cannot load asymmetric "
+                               "pack-quantized checkpoints (compressed-tensors 0.20 leaves weight_zero_point "
+                               "unpacked when it builds the model, then rejects the packed zero points)",
+                               hint="use --format gptq (asymmetric zero points as gptq_v2, loaded by GPTQModel "
+                                    "and vLLM), or --sym for compressed-tensors")
     if fmt == "compressed-tensors" and method == "gptq" and act_order and not static_groups:
         raise UsageError("compressed-tensors keeps groups in column order: act-order needs static groups here",
                          hint="drop --no-static-groups, or use --format gptq")
@@ -159,7 +169,8 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
     from ..io.quantized_formats import ct_config, ct_tensors, gptq_config, gptq_tensors
     from ..io.safetensors import ShardedWriter
 
-    pack = gptq_tensors if fmt == "gptq" else ct_tensors
+    # asymmetric GPTQ layout: gptq_v2 zero points (see io.quantized_formats), symmetric: v1
+    pack = functools.partial(gptq_tensors, v2=not cfg.sym) if fmt == "gptq" else ct_tensors
     stats = {"quantized_linears": 0, "quantized_params": 0, "quantized_bytes": 0}
     inputs = [provenance.input_record(ref, path, art)]
     losses: list[float] = []
@@ -177,7 +188,7 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
     prov = provenance.build("quantize", recipe, inputs)
     qconf = (gptq_config(cfg, desc_act=gcfg.act_order and not gcfg.static_groups and method == "gptq",
                          static_groups=gcfg.static_groups, true_sequential=gcfg.true_sequential, damp=gcfg.damp,
-                         method=method)
+                         method=method, v2=not cfg.sym)
              if fmt == "gptq" else ct_config(cfg, method=method,
                                               actorder="static" if method == "gptq" and gcfg.act_order else None))
     qc_json = json.loads(json.dumps(qconf))

@@ -296,3 +296,55 @@ def _add_metadata(path: Path, meta: dict[str, str]) -> None:
             m.metadata_props.add(key=k, value=v)
     with open(path, "wb") as f:
         f.write(m.SerializeToString())
+
+
+def weight_stats(path: Path) -> dict[str, int]:
+    """Quantised weight count and their bytes (packed weights, scales, zero points) in an onnxruntime-quantised
+    graph, for the report's bits per weight: MatMulNBits (attributes K, N) and MatMulInteger (int8 weights)."""
+    import numpy as np
+    import onnx
+
+    from ..io.onnx import model_file
+
+    m = onnx.load(str(model_file(path)), load_external_data=False)
+    init = {t.name: t for t in m.graph.initializer}
+
+    def nbytes(name: str) -> int:
+        t = init.get(name)
+        if t is None:
+            return 0
+        return int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+    params = qbytes = 0
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+            params += int(a["K"]) * int(a["N"])
+            qbytes += sum(nbytes(i) for i in n.input[1:4] if i)
+        elif n.op_type == "MatMulInteger" and len(n.input) > 1 and n.input[1] in init:
+            w = init[n.input[1]]
+            params += int(np.prod(w.dims, dtype=np.int64))
+            base = n.input[1].removesuffix("_quantized")
+            qbytes += nbytes(n.input[1]) + nbytes(base + "_scale") + (nbytes(n.input[3]) if len(n.input) > 3 else 0)
+    return {"quantized_params": params, "quantized_bytes": qbytes}
+
+
+def quantize_onnx_verb(model: str, out: str | Path | None = None, *, bits: int | None = None, qtype: str | None = None,
+                       report: bool = True, eval_data: str = "sample:shakespeare", eval_ctx: int = 512,
+                       eval_windows: int = 16, force: bool = False, log: Callable[[str], None] = _nolog,
+                       progress=None, **_: Any) -> dict[str, Any]:
+    """``slmctl quantize MODEL.onnx``: quantise with onnxruntime, then the quality report every quantiser gives
+    (perplexity of the input and the output on held-out text, KL, top-1 agreement, size, bits per weight)."""
+    from .quantize import quality_report
+
+    t0 = time.perf_counter()
+    target = quantize_onnx(model, out, bits, qtype=qtype, force=force, log=log)
+    nbits, algo = parse_qtype(qtype, bits, "default")
+    stats = weight_stats(target)
+    result: dict[str, Any] = {"output": str(target), "format": "onnx", "type": qtype, "bits": nbits,
+                              "method": "quantize_dynamic" if nbits == 8 else f"MatMulNBits/{algo}",
+                              "seconds": round(time.perf_counter() - t0, 2), **stats}
+    if report:
+        result["report"] = quality_report(str(target), model, data=eval_data, ctx=eval_ctx, windows=eval_windows,
+                                          stats=stats, log=log, progress=progress)
+    return result

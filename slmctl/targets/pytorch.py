@@ -206,6 +206,12 @@ class TorchTarget(Target):
             raise UnsupportedError(f"{p}: transformers loads model.safetensors from a folder",
                                    hint="export it to an HF folder first: slmctl export FILE --format hf -o DIR")
         folder = p if p.is_dir() else p.parent
+        if artifact.config.get("quantization_config") and artifact.format == "hf":
+            # slmctl's GPTQ-layout / compressed-tensors outputs: dequantised on load, as `slmctl eval` runs them
+            from ..io.quantized_formats import load_dequantized_model
+
+            log(f"{folder.name}: quantised weights dequantised to float32 on load (the grid's values, no int kernels)")
+            return TorchSession(load_dequantized_model(artifact), self._device(device))
         try:
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         except (ValueError, KeyError) as exc:
