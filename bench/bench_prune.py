@@ -297,7 +297,8 @@ def write() -> None:
              "environment's python; `bench/out/prune/peer.py` is the peer script, written by bench/bench_prune.py):\n")
     for name in ORDER:
         if name in res:
-            L.append(f"- {name}: `{res[name]['cmd']}`")
+            cmd = res[name]["cmd"].replace(".venv/bin/python -m slmctl ", "slmctl ")
+            L.append(f"- {name}: `{cmd}`")
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "prune.md").write_text("\n".join(L) + "\n")
 
