@@ -13,9 +13,9 @@ Each stage saves its result in BENCH_D_OUT/<stage>.json; the fragment bench/resu
 from all saved stages after every stage, so stages can run one at a time (each under the heavy lock).
 
 Settings via environment: BENCH_D_TEACHER (sample:smollm2-135m), BENCH_D_STUDENT (BENCH_D_OUT/width25),
-BENCH_D_DATA (sample:shakespeare:calib), BENCH_D_STEPS (120), BENCH_D_SEQ (256), BENCH_D_BATCH (4),
+BENCH_D_DATA (sample:shakespeare:calib), BENCH_D_STEPS (80), BENCH_D_SEQ (256), BENCH_D_BATCH (4),
 BENCH_D_LR (3e-4), BENCH_D_TOPK (64), BENCH_D_FREEZE (1: --freeze-embeddings in kd and ce),
-BENCH_D_WINDOWS (8), BENCH_D_CTX (256), BENCH_D_TP_STEPS (10), BENCH_D_THREADS (2),
+BENCH_D_WINDOWS (8), BENCH_D_CTX (256), BENCH_D_TP_STEPS (6), BENCH_D_THREADS (2),
 BENCH_D_OUT (bench/out/distill), BENCH_D_LOCK (a lock file such as /tmp/slmctl-heavy.lock: each heavy
 command runs holding it, and its timing starts once it is held; leave unset when the whole bench already
 holds the lock).
@@ -43,7 +43,7 @@ OUT = Path(E("BENCH_D_OUT", str(ROOT / "bench" / "out" / "distill")))
 TEACHER = E("BENCH_D_TEACHER", "sample:smollm2-135m")
 STUDENT = E("BENCH_D_STUDENT", str(OUT / "width25"))
 DATA = E("BENCH_D_DATA", "sample:shakespeare:calib")
-STEPS = E("BENCH_D_STEPS", "120")
+STEPS = E("BENCH_D_STEPS", "80")
 SEQ = E("BENCH_D_SEQ", "256")
 BATCH = E("BENCH_D_BATCH", "4")
 LR = E("BENCH_D_LR", "3e-4")
@@ -51,7 +51,7 @@ TOPK = E("BENCH_D_TOPK", "64")
 FREEZE = E("BENCH_D_FREEZE", "1") == "1"
 WINDOWS = E("BENCH_D_WINDOWS", "8")
 CTX = E("BENCH_D_CTX", "256")
-TP_STEPS = E("BENCH_D_TP_STEPS", "10")
+TP_STEPS = E("BENCH_D_TP_STEPS", "6")
 THREADS = E("BENCH_D_THREADS", "2")
 LOCK = E("BENCH_D_LOCK")
 STAGES = E("BENCH_D_STAGES", "prune,kd,ce,throughput").split(",")

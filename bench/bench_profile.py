@@ -12,6 +12,7 @@ Stages (all by default; name some to run only those, each under the heavy-job lo
   flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_profile.py prepare targets
   flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_profile.py sweep render
 
+BENCH_THREADS (default "<cores>,1") and BENCH_SWEEP_THREADS (default "<cores>,1") set the thread counts.
 Each CLI run is its own process; its --json report is kept (bench/out/profile/<target>.json), with the
 1-minute load average before and after the run.
 """
@@ -100,7 +101,7 @@ def targets() -> int:
     return 1 if bad else 0
 
 
-SWEEP_THREADS = [int(x) for x in os.environ.get("BENCH_SWEEP_THREADS", str(os.cpu_count() or 1)).split(",")
+SWEEP_THREADS = [int(x) for x in os.environ.get("BENCH_SWEEP_THREADS", f"{os.cpu_count() or 1},1").split(",")
                  if x.strip()]
 
 
@@ -225,6 +226,13 @@ def render() -> int:
             "niced unit tests, so the load average column says how quiet it was.\n")
         for th in THREADS:
             _targets_table(th, lines)
+        lines.append("The ONNX model is `slmctl export sample:smollm2-135m --format onnx` (the `prepare` stage; reused "
+                     "when present). llama.cpp runs without its extra weight buffers (AMX): this build's AMX matmul "
+                     "segfaults on this CPU (ggml-org/llama.cpp#20824), so the target turns them off when the build "
+                     "reports AMX_INT8 (`SLMCTL_LLAMACPP_AMX=1` keeps them). "
+                     "llama-cpp-python's high-level API decodes one sequence, hence batch 1 only.\n")
+        lines.append("Produced by `flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_profile.py prepare targets` "
+                     "and `... bench_profile.py sweep render` (two locked runs).\n")
 
     for th in SWEEP_THREADS:
         _sweep_section(th, lines)

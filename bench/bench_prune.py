@@ -216,7 +216,7 @@ def main() -> int:
                 t = time.time()
                 res = run_slmctl(name) if name in SLM_RUNS else run_gguf() if name == "width-25%-gguf" \
                     else run_peer(name)
-            res.update(name=name, settings=SETTINGS, load_before=load, finished=time.strftime("%Y-%m-%d %H:%M UTC",
+            res.update(name=name, settings=SETTINGS, load_before=load, load_after=load_avg(), finished=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                               time.gmtime()))
             result_file(name).write_text(json.dumps(res, indent=1))
             print(f"{name}: ppl {res['ppl']:.3f}, {res['wall_s']:.0f} s ({time.time() - t:.0f} s with eval)",
@@ -244,7 +244,7 @@ def write() -> None:
          + (f"; dense perplexity {dense:.3f}." if dense else "."),
          "Time: wall seconds of the prune command alone (`--eval-windows 0`; for llm-compressor the script that loads "
          "the model, runs `oneshot` and saves), each run holding the machine's heavy-job lock (2 cores; load average "
-         "before each run in the last column).\n",
+         "before / after each run in the last column: above 2 means work outside the lock was running too).\n",
          "| run | ppl | KL mean | top-1 % | parameters | prune wall s | peak RSS MiB | note | load |",
          "|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
@@ -255,7 +255,8 @@ def write() -> None:
         label = name.removeprefix("llmc-")
         params = f"{r['params_after']:,}" if "params_after" in r else ""
         L.append(f"| {who} {label} | {r['ppl']:.3f} | {r['kld']:.4f} | {r['top1']:.1f} | {params} | "
-                 f"{r['wall_s']:.0f} | {r['rss_mib']:.0f} | {r.get('note', '')} | {r['load_before']} |")
+                 f"{r['wall_s']:.0f} | {r['rss_mib']:.0f} | {r.get('note', '')} | {r['load_before']}"
+                 + (f" / {r['load_after']}" if "load_after" in r else "") + " |")
     L.append("\nWhat the figures say (computed from the table):\n")
 
     def ppl(n):

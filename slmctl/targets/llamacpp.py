@@ -23,7 +23,7 @@ def amx_disabled() -> bool:
     llama.cpp's AMX matmul segfaults on the first forward on some AMX CPUs (Sapphire Rapids class, in
     VMs too; ggml-org/llama.cpp#20824, closed unfixed), and it does on this project's machine with the
     sample's Q4_1 GGUF. When the build reports AMX_INT8 we load without extra buffer types, which
-    costs the repacked kernels of Q4_0/IQ4_NL/Q8_0 models and nothing for the others.
+    also gives up the repacked kernels llama.cpp has for some quant types (Q4_0, IQ4_NL, Q8_0, ...).
     ``SLMCTL_LLAMACPP_AMX=1`` keeps them (for a fixed llama.cpp).
     """
     if os.environ.get(AMX_ENV) == "1":

@@ -177,6 +177,14 @@ def _inverse_cholesky(H, damp: float):
     """Upper Cholesky factor of H^-1 after damping; more damping if H is not positive definite."""
     import torch
 
+    # one thread: LAPACK's multi-threaded inverse slows down tenfold when the cores are busy
+    with _few_threads():
+        return _inverse_cholesky_damped(H, damp)
+
+
+def _inverse_cholesky_damped(H, damp: float):
+    import torch
+
     mean = torch.mean(torch.diag(H))
     cols = H.shape[0]
     idx = torch.arange(cols)
