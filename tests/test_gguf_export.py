@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slmctl.llamacpp import open_llama  # AMX-safe, as slmctl itself opens GGUFs
+
 from conftest import FAMILIES, TEXT
 
 gguf = pytest.importorskip("gguf")
@@ -46,7 +48,7 @@ def _hf_greedy(folder: Path, ids: list[int], n: int) -> list[int]:
 
 
 def _llama(path: Path):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, n_threads=1,
+    return open_llama(path, n_ctx=64, n_batch=64, logits_all=True, n_threads=1,
                            n_threads_batch=1, verbose=False, seed=0)
 
 

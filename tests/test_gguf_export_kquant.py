@@ -8,6 +8,8 @@ import struct
 import numpy as np
 import pytest
 
+from slmctl.llamacpp import open_llama  # AMX-safe, as slmctl itself opens GGUFs
+
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -34,7 +36,7 @@ def test_q4_k_m_with_computed_imatrix(tiny_llama, text_file, tmp_path, cli):
     assert len(t["blk.1.ffn_down.weight.in_sum2"].data) == 64  # FFN width = input channels of ffn_down
     assert (np.asarray(t["blk.0.attn_q.weight.in_sum2"].data) > 0).all()
     assert float(np.asarray(t["blk.0.attn_q.weight.counts"].data)[0]) >= 512
-    llm = llama_cpp.Llama(model_path=str(dst), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    llm = open_llama(dst, n_ctx=64, logits_all=True, verbose=False, n_threads=1)
     try:
         llm.eval([5, 6, 7, 8])
         assert np.isfinite(np.array(llm.scores[:4])).all()

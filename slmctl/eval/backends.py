@@ -120,13 +120,15 @@ class LlamaCppBackend(Backend):
     def __init__(self, artifact, ctx: int, trust_remote_code: bool = False):
         super().__init__(artifact, ctx)
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError:
             raise UnsupportedError("evaluating GGUF needs llama-cpp-python",
                                    hint="pip install 'slmctl[gguf]' (builds llama.cpp, about 5 minutes)") from None
+        from ..llamacpp import open_llama
+
         threads = int(os.environ.get("SLMCTL_THREADS", os.cpu_count() or 1))
         with _quiet_stderr():
-            self.llm = Llama(model_path=str(artifact.path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
+            self.llm = open_llama(artifact.path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
                              n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         self.vocab_size = self.llm.n_vocab()
 
