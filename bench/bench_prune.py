@@ -244,9 +244,10 @@ def write() -> None:
          + (f"; dense perplexity {dense:.3f}." if dense else "."),
          "Time: wall seconds of the prune command alone (`--eval-windows 0`; for llm-compressor the script that loads "
          "the model, runs `oneshot` and saves), each run holding the machine's heavy-job lock (2 cores; load average "
-         "before / after each run in the last column: above 2 means work outside the lock was running too).\n",
-         "| run | ppl | KL mean | top-1 % | parameters | prune wall s | peak RSS MiB | note | load |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "before / after each run in the last column: above 2 means work outside the lock was running too; "
+         "the eval of every output is the same work, about 15 s on an idle machine, so a longer one flags a busy run).\n",
+         "| run | ppl | KL mean | top-1 % | parameters | prune wall s | peak RSS MiB | eval s | note | load |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
         r = res.get(name)
         if r is None:
@@ -255,7 +256,7 @@ def write() -> None:
         label = name.removeprefix("llmc-")
         params = f"{r['params_after']:,}" if "params_after" in r else ""
         L.append(f"| {who} {label} | {r['ppl']:.3f} | {r['kld']:.4f} | {r['top1']:.1f} | {params} | "
-                 f"{r['wall_s']:.0f} | {r['rss_mib']:.0f} | {r.get('note', '')} | {r['load_before']}"
+                 f"{r['wall_s']:.0f} | {r['rss_mib']:.0f} | {r['eval_s']:.0f} | {r.get('note', '')} | {r['load_before']}"
                  + (f" / {r['load_after']}" if "load_after" in r else "") + " |")
     L.append("\nWhat the figures say (computed from the table):\n")
 
