@@ -90,9 +90,12 @@ def load_avg() -> str:
         return "?"
 
 
+def short(text: str) -> str:
+    return text.replace(str(OUT), "$OUT").replace(str(ROOT) + "/", "")
+
+
 def show(cmd: list[str]) -> str:
-    s = shlex.join(cmd)
-    return s.replace(str(OUT), "$OUT").replace(str(ROOT) + "/", "")
+    return short(shlex.join(cmd))
 
 
 def run_cli(cmd: list[str]) -> dict:
@@ -227,9 +230,11 @@ def write(results: dict) -> None:
          f"{SEQ}-token blocks; the last 8 blocks are held out. Evaluation: {WINDOWS} windows of {CTX} tokens of the "
          f"sample's evaluation region (the tragedies, never trained on), the same windows for every model. "
          f"fp32, torch threads: {THREADS}, on the 2-core box; every command ran alone under the heavy-job lock "
-         "(load average before each command in the tables). Reproduce: `make bench` or "
+         "(the 1/5/15-minute load averages just before each command are in the tables; they include the "
+         "lock's previous holder). The KD command starts from an empty teacher cache, so its wall time includes "
+         "the teacher's forward passes. Reproduce: `make bench`, or one stage at a time: "
          "`BENCH_D_LOCK=/tmp/slmctl-heavy.lock BENCH_D_STAGES=kd .venv/bin/python bench/bench_distill.py` "
-         "one stage at a time; `$OUT` = `bench/out/distill`.", ""]
+         f"(student: `BENCH_D_STUDENT`, here `{short(STUDENT)}`); `$OUT` = `bench/out/distill`.", ""]
     p = results.get("prune")
     if p:
         L += ["```sh", p["cmd"], "```", ""]
@@ -265,7 +270,7 @@ def write(results: dict) -> None:
                 L.append(f"- {name}: training loss {first:.3f} (first 5 steps) → {last:.3f} (last 5); held-out "
                          f"calibration blocks: KL {h['before']['kl']:.4f} → {h['after']['kl']:.4f}, ppl "
                          f"{h['before']['ppl']:.2f} → {h['after']['ppl']:.2f}; {r['report']['train_seconds']:.0f} s "
-                         f"in the training loop" + (f"; {cache[0]}" if cache else "") + ".")
+                         f"in the training loop" + (f"; {short(cache[0])}" if cache else "") + ".")
         if kd and ce:
             a, b = kd["report"]["eval"]["distilled"]["ppl"], ce["report"]["eval"]["distilled"]["ppl"]
             g = kd["report"]["eval"]["gap_recovered_pct"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import shutil
@@ -129,7 +130,8 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
             print(f"llm-compressor: ppl {peer[0]}, {wall:.0f} s, {rss:.0f} MiB", file=sys.stderr)
         else:
             own = r.stderr.split("Command exited with non-zero status")[0].split("\tCommand being timed")[0].strip()
-            peer_error = own.splitlines()[-1:] if own else [f"exit status {r.returncode}"]
+            errs = [ln for ln in own.splitlines() if re.match(r"[A-Za-z_.]*(Error|Exception)\b", ln)]
+            peer_error = errs[-1:] or own.splitlines()[-1:] or [f"exit status {r.returncode}"]
             print(f"llm-compressor failed: {own[-600:]}", file=sys.stderr)
     minutes = (time.time() - t_start) / 60
     lines = [f"## quantize: w4 g{GROUP} symmetric on SmolLM2-135M" + ("" if GROUP == 128 else
@@ -174,7 +176,8 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
     if checks:
         lines += [""] + [f"- {c}" for c in checks]
     if peer is None and peer_error:
-        lines += ["", f"llm-compressor GPTQ W4A16 g{GROUP} failed on the sample: `{' '.join(peer_error)[-300:]}`"
+        why = " ".join(peer_error)[:300].replace("`", "'")
+        lines += ["", f"llm-compressor GPTQ W4A16 g{GROUP} failed on the sample: `{why}`"
                   + (" (its group quantisation needs in_features divisible by the group size; the sample's hidden "
                      "size 576 is 4.5 x 128: the g64 section compares both tools)" if GROUP == 128 else "")]
     elif peer is None:
