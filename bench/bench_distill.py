@@ -23,8 +23,6 @@ holds the lock).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -35,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import heavy as _heavy, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -61,19 +59,8 @@ SLMCTL = ["slmctl"]  # `make bench` puts the venv's bin first on PATH
 os.environ.update(SLMCTL_THREADS=THREADS, OMP_NUM_THREADS=THREADS)  # the same threads for every process
 
 
-@contextlib.contextmanager
 def heavy():
-    """Hold BENCH_D_LOCK (flock(2), the same lock as `flock FILE cmd`) around one command, so its wall time
-    never includes the wait for the lock."""
-    if not LOCK:
-        yield
-        return
-    with open(LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return _heavy(LOCK)
 
 
 def run_timed(cmd: list[str]):

@@ -21,8 +21,6 @@ Settings: BENCH_P_SAMPLES (32), BENCH_P_SEQLEN (256), BENCH_P_WINDOWS (8), BENCH
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -31,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import heavy as _heavy, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -89,17 +87,8 @@ print(json.dumps({"oneshot_s": t2 - t1, "total_s": time.perf_counter() - t0, "ll
 '''
 
 
-@contextlib.contextmanager
 def heavy():
-    if not LOCK:
-        yield
-        return
-    with open(LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return _heavy(LOCK)
 
 
 def load_avg() -> str:

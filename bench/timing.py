@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 
 
@@ -17,3 +19,18 @@ def timed(cmd: list[str], cwd=None) -> tuple[subprocess.CompletedProcess, float,
         elif line.startswith("Maximum resident set size"):
             rss = int(line.rsplit(" ", 1)[-1]) / 1024
     return r, wall, rss
+
+
+@contextlib.contextmanager
+def heavy(lock: str | None):
+    """Hold ``lock`` (flock(2), the same lock as `flock FILE cmd`) around one command, so that heavy jobs
+    run one at a time and a command's wall time never includes the wait for the lock; no-op without one."""
+    if not lock:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
