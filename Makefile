@@ -54,29 +54,19 @@ PEERS ?= /work/peers
 PEER_ENVS := $(PEERS)/mergekit/.ok $(PEERS)/llmcompressor/.ok $(PEERS)/optimum/.ok $(PEERS)/gptqmodel/.ok
 peers: $(PEER_ENVS)
 peers-mergekit: $(PEERS)/mergekit/.ok
-$(PEERS)/mergekit/.ok:
-	python3 -m venv $(PEERS)/mergekit
-	$(PEERS)/mergekit/bin/pip install -q torch==2.13.0
-	$(PEERS)/mergekit/bin/pip install -q mergekit==0.1.5
-	@touch $@
+# each peer's packages, installed after torch; the marker's folder names the venv
+PEER_PKGS_mergekit      := mergekit==0.1.5
 # llm-compressor pins transformers <= 5.17: its GPTQ/Wanda/SparseGPT run beside ours in bench/
-$(PEERS)/llmcompressor/.ok:
-	python3 -m venv $(PEERS)/llmcompressor
-	$(PEERS)/llmcompressor/bin/pip install -q torch==2.13.0
-	$(PEERS)/llmcompressor/bin/pip install -q llmcompressor==0.14.0.1
-	@touch $@
+PEER_PKGS_llmcompressor := llmcompressor==0.14.0.1
 # optimum-onnx needs transformers < 4.58; bench_onnx exports a copy of the sample whose config carries rope_theta;
 # accelerate: optimum's export stores tied weights once only with it (else it skips the check with a warning)
-$(PEERS)/optimum/.ok:
-	python3 -m venv $(PEERS)/optimum
-	$(PEERS)/optimum/bin/pip install -q torch==2.13.0
-	$(PEERS)/optimum/bin/pip install -q 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.57.*' accelerate
-	@touch $@
+PEER_PKGS_optimum       := 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.57.*' accelerate
 # GPTQModel 7.6.0 is the last release that accepts torch 2.13: the real loader of our GPTQ layout
-$(PEERS)/gptqmodel/.ok:
-	python3 -m venv $(PEERS)/gptqmodel
-	$(PEERS)/gptqmodel/bin/pip install -q torch==2.13.0
-	$(PEERS)/gptqmodel/bin/pip install -q gptqmodel==7.6.0
+PEER_PKGS_gptqmodel     := gptqmodel==7.6.0
+$(PEERS)/%/.ok:
+	python3 -m venv $(PEERS)/$*
+	$(PEERS)/$*/bin/pip install -q torch==2.13.0
+	$(PEERS)/$*/bin/pip install -q $(PEER_PKGS_$*)
 	@touch $@
 
 clean:

@@ -246,24 +246,9 @@ def evaluate(model: str, *, data: str = "sample:shakespeare", field: str = "text
 # Each verb's pipeline lives in slmctl/pipelines/<verb>.py; these are its public entry points.
 def quantize(*args: Any, **kwargs: Any):
     """Quantize a model (RTN, GPTQ, AWQ to safetensors; GGUF and ONNX types). See slmctl.pipelines.quantize."""
-    model = args[0] if args else kwargs.get("model")
-    if isinstance(model, (str, Path)) and _local_onnx(model):
-        # onnxruntime's quantisers, with the same quality report (see slmctl.pipelines.quantize_onnx)
-        from .pipelines.quantize_onnx import quantize_onnx_verb as _f
-    else:
-        from .pipelines.quantize import quantize as _f
+    from .pipelines.quantize import quantize as _f
 
     return _f(*args, **kwargs)
-
-
-def _local_onnx(ref: str | Path) -> bool:
-    from .io.artifact import sniff
-
-    p = Path(ref).expanduser()
-    try:
-        return str(ref) != "-" and p.exists() and sniff(p) == "onnx"
-    except (InputError, OSError):
-        return False
 
 
 def prune(*args: Any, **kwargs: Any):

@@ -46,10 +46,13 @@ class NoExtraBuffers:
         self._c.llama_model_default_params = self._orig
 
 
-def open_llama(path, **kwargs):
-    """``llama_cpp.Llama(model_path=path, **kwargs)``, without extra buffers where AMX would crash."""
+def open_llama(path, *, no_extra_buffers: bool | None = None, **kwargs):
+    """``llama_cpp.Llama(model_path=path, **kwargs)``, without extra buffers where AMX would crash
+    (``no_extra_buffers``: the caller's own ``amx_disabled()``, when it already asked)."""
     from llama_cpp import Llama
 
-    guard = NoExtraBuffers() if amx_disabled() else contextlib.nullcontext()
+    if no_extra_buffers is None:
+        no_extra_buffers = amx_disabled()
+    guard = NoExtraBuffers() if no_extra_buffers else contextlib.nullcontext()
     with guard:
         return Llama(model_path=str(path), **kwargs)

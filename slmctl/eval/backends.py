@@ -129,7 +129,7 @@ class LlamaCppBackend(Backend):
         threads = int(os.environ.get("SLMCTL_THREADS", os.cpu_count() or 1))
         with _quiet_stderr():
             self.llm = open_llama(artifact.path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
-                             n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
+                                  n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         self.vocab_size = self.llm.n_vocab()
 
     def logits(self, ids):

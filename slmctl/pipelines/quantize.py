@@ -55,28 +55,16 @@ def calibration_windows(tokenize, *, data: str, field: str, samples: int, seq_le
     return [pool[i] for i in pick], digest
 
 
-def _dispatch_other(art, ref, out, *, qtype, allow_requantize, force, log, **kw):
-    import importlib
+def _quantize_gguf(art, out, *, qtype, allow_requantize, force, log):
+    """A GGUF input with a GGUF type: llama.cpp's quantiser (it takes a file path; a sample: ref resolves to one)."""
+    if not qtype:
+        raise UsageError(f"{art.path} is a GGUF file: say which GGUF type to quantise to",
+                         hint="e.g. slmctl quantize MODEL.gguf --type q4_k_m")
+    from .export_gguf import quantize_gguf
 
-    if art.format == "gguf":
-        if not qtype:
-            raise UsageError(f"{art.path} is a GGUF file: say which GGUF type to quantise to",
-                             hint="e.g. slmctl quantize MODEL.gguf --type q4_k_m")
-        mod, fn = "slmctl.pipelines.export_gguf", "quantize_gguf"
-        # llama.cpp's quantiser takes a file path (a sample: ref resolves to one) and the type positionally
-        if out is None:
-            out = Path.cwd() / f"{art.path.stem}-{qtype.upper()}.gguf"
-        args, kwargs = (art.path, out, qtype), {"allow_requantize": allow_requantize}
-    else:
-        mod, fn = "slmctl.pipelines.quantize_onnx", "quantize_onnx"
-        args, kwargs = (ref, out), {"bits": kw.get("bits"), "qtype": qtype}
-    try:
-        f = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError):
-        raise UnsupportedError(f"{art.path}: quantising {art.format.upper()} models is not available in this build "
-                               f"({mod}.{fn} is missing)",
-                               hint="quantise the HF model instead, then export it") from None
-    return f(*args, force=force, log=log, **kwargs)
+    if out is None:
+        out = Path.cwd() / f"{art.path.stem}-{qtype.upper()}.gguf"
+    return quantize_gguf(art.path, out, qtype, allow_requantize=allow_requantize, force=force, log=log)
 
 
 def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method: str = "gptq",
@@ -93,10 +81,16 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
     from ..methods.quantize.common import QuantConfig, load_methods
 
     art, path = load_artifact(model, log=log)
-    if art.format in ("gguf", "onnx"):
-        target = _dispatch_other(art, model, Path(out) if out else None, qtype=qtype, allow_requantize=allow_requantize,
-                                 force=force, log=log, bits=bits)
+    if art.format == "gguf":
+        target = _quantize_gguf(art, Path(out) if out else None, qtype=qtype, allow_requantize=allow_requantize,
+                                force=force, log=log)
         return {"output": str(target), "format": art.format, "type": qtype}
+    if art.format == "onnx":  # onnxruntime's quantisers, then the same quality report
+        from .quantize_onnx import quantize_onnx_verb
+
+        return quantize_onnx_verb(model, out, bits=bits, qtype=qtype, report=report, eval_data=eval_data,
+                                  eval_ctx=eval_ctx, eval_windows=eval_windows, force=force, log=log,
+                                  progress=progress)
     if qtype:
         raise UsageError("--type names a GGUF/ONNX quant type; this model is an HF/safetensors model",
                          hint="use --bits/--group-size/--method, or export to GGUF with "

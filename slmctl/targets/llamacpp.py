@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from ..errors import InputError
-from ..llamacpp import AMX_ENV, NoExtraBuffers as _NoExtraBuffers, amx_disabled  # noqa: F401
+from ..llamacpp import AMX_ENV, NoExtraBuffers as _NoExtraBuffers, amx_disabled, open_llama  # noqa: F401
 from .base import Log, Session, Target, _nolog
 
 
@@ -19,10 +19,6 @@ class LlamaCppSession(Session):
     max_batch = 1  # the high-level API runs one sequence; batched decode needs n_seq_max > 1
 
     def __init__(self, artifact, n_ctx: int, log: Log = _nolog):
-        import contextlib
-
-        from llama_cpp import Llama
-
         from ..eval.backends import _quiet_stderr
 
         th = _threads()
@@ -30,10 +26,9 @@ class LlamaCppSession(Session):
         if self.no_extra_buffers:
             log("llamacpp: AMX build on an AMX CPU: loading without extra buffer types (llama.cpp's AMX matmul "
                 f"segfaults here, ggml-org/llama.cpp#20824); {AMX_ENV}=1 keeps them")
-        guard = _NoExtraBuffers() if self.no_extra_buffers else contextlib.nullcontext()
-        with _quiet_stderr(), guard:
-            self.llm = Llama(model_path=str(artifact.path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=th,
-                             n_threads_batch=th, verbose=False, seed=0)
+        with _quiet_stderr():
+            self.llm = open_llama(artifact.path, no_extra_buffers=self.no_extra_buffers, n_ctx=n_ctx, n_batch=n_ctx,
+                                  n_threads=th, n_threads_batch=th, verbose=False, seed=0)
         self.vocab_size = self.llm.n_vocab()
         self.max_tokens = n_ctx
         self.threads = th
