@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from slmctl.errors import InputError, UsageError
 from slmctl.methods.distill import LOSSES, SCHEDULES, SELECTORS
-from slmctl.methods.distill.losses import (cross_entropy, hidden_loss, kd_loss, layer_map, make_projector)
+from slmctl.methods.distill.losses import (cross_entropy, hidden_loss, kd_loss, layer_map, make_projector,
+                                          teacher_topk)
 from slmctl.methods.distill.schedules import lr_lambda
 
 
@@ -63,16 +64,54 @@ def test_jsd_beta_limits_and_symmetry():
 
 
 @pytest.mark.parametrize("name", ["fkl", "rkl", "jsd"])
-def test_topk_teacher_with_full_k_equals_full_logits(name):
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_topk_teacher_with_full_k_equals_full_logits(name, T):
     s, t = _logits(6), _logits(7)
-    v, i = t.topk(t.shape[-1], dim=-1)
-    assert torch.allclose(kd_loss(name, s, (v, i)), kd_loss(name, s, t), atol=1e-5)
+    full = teacher_topk(t, t.shape[-1], T)
+    assert torch.allclose(kd_loss(name, s, full, temperature=T), kd_loss(name, s, t, temperature=T), atol=1e-5)
     # with a small k the loss stays finite and differentiable
     s.requires_grad_(True)
-    v3, i3 = t.topk(3, dim=-1)
-    loss = kd_loss(name, s, (v3, i3))
+    loss = kd_loss(name, s, teacher_topk(t, 3, T), temperature=T)
     loss.backward()
     assert torch.isfinite(loss) and s.grad.abs().sum() > 0
+
+
+def _bucket(lp, idx):
+    """Full log-probs -> k + 1 probabilities: the k tokens of idx and the rest, by direct summation."""
+    p = lp.exp()
+    top = p.gather(-1, idx)
+    return torch.cat([top, 1 - top.sum(-1, keepdim=True)], -1)
+
+
+def test_topk_forward_kl_is_the_exact_kl_over_k_tokens_plus_the_rest():
+    s, t = _logits(20, shape=(2, 4, 50)), _logits(21, shape=(2, 4, 50))
+    lp_t, idx = teacher_topk(t, 5)
+    p = _bucket(F.log_softmax(t, -1), idx)
+    q = _bucket(F.log_softmax(s, -1), idx)
+    ref = (p * (p.log() - q.log())).sum(-1).mean()
+    assert torch.allclose(kd_loss("fkl", s, (lp_t, idx)), ref, atol=1e-5)
+    assert torch.allclose(lp_t, F.log_softmax(t, -1).gather(-1, idx))
+
+
+def test_topk_loss_sees_the_tail_mass():
+    # the student agrees with the teacher inside the top-k (after renormalising) but keeps far too
+    # little mass outside it: renormalising over k tokens would call this a perfect match
+    V, k = 40, 4
+    t = torch.zeros(1, 1, V)
+    t[..., :k] = torch.tensor([3.0, 2.0, 1.0, 0.5])
+    s = t.clone()
+    s[..., :k] += 6.0  # same ratios among the k tokens, 6 nats more than the tail
+    cache = teacher_topk(t, k)
+    assert float(kd_loss("fkl", s, cache)) > 0.1
+    # gradient descent on the top-k loss moves the student's tail mass to the teacher's, not to zero
+    s = torch.zeros(1, 1, V, requires_grad=True)
+    opt = torch.optim.SGD([s], lr=5.0)
+    for _ in range(200):
+        opt.zero_grad()
+        kd_loss("fkl", s, cache).backward()
+        opt.step()
+    tail = lambda x: 1 - F.softmax(x, -1)[..., :k].sum()  # noqa: E731
+    assert float(tail(s.detach())) == pytest.approx(float(tail(t)), abs=0.01)
 
 
 def test_mask_ignores_positions():
@@ -157,8 +196,8 @@ def test_llkd_keeps_confident_teacher_uncertain_student():
     assert mask.tolist() == [True, False, False, False]
     assert SELECTORS.get("llkd")(student, teacher, keep=1.0).all()
     # works on a top-k cache too, and never returns an empty selection
-    v, i = teacher.topk(3, dim=-1)
-    assert SELECTORS.get("llkd")(student, (v, i), keep=0.01).sum() >= 1
+    assert SELECTORS.get("llkd")(student, teacher_topk(teacher, 3), keep=0.01).sum() >= 1
+    assert SELECTORS.get("llkd")(student, teacher_topk(teacher, 3), keep=0.25).tolist() == mask.tolist()
     with pytest.raises(UsageError):
         SELECTORS.get("llkd")(student, teacher, keep=0.0)
 

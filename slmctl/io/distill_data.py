@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from ..errors import InputError, UsageError
 from .atomic import atomic_path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: values are full-vocabulary log-probs at the temperature, float32
 CKPT_VERSION = 1
 CKPT_FILE = "checkpoint.pt"
 CKPT_META = "checkpoint.json"
@@ -59,10 +59,12 @@ def load_blocks(source: str, tokenize: Callable[[str], list[int]], seq_len: int,
 
 # ---------------------------------------------------------------- teacher top-k cache
 class TeacherCache:
-    """Top-k teacher logits for some of the training blocks, on disk and reusable across runs.
+    """The teacher's top-k for some of the training blocks, on disk and reusable across runs.
 
-    A cache folder holds one entry per (teacher, tokens, seq_len, k): ``meta.json``, ``blocks.npy``
-    (the block ids it covers), ``values.npy`` (float16, (n, seq_len, k)) and ``indices.npy`` (int32).
+    A cache folder holds one entry per (teacher, tokens, seq_len, k, temperature): ``meta.json``,
+    ``blocks.npy`` (the block ids it covers), ``values.npy`` (float32, (n, seq_len, k): the teacher's
+    full-vocabulary log-probabilities of its k most likely tokens, so the tail mass is known) and
+    ``indices.npy`` (int32).
     A run that needs blocks the entry lacks computes only those and rewrites the entry atomically.
     """
 
@@ -104,7 +106,7 @@ class TeacherCache:
         seq_len, k = self.key["seq_len"], self.key["k"]
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path, force=True, is_dir=True) as tmp:
-            vals = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float16,
+            vals = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np.float32,
                                              shape=(len(all_blocks), seq_len, k))
             idxs = np.lib.format.open_memmap(tmp / "indices.npy", mode="w+", dtype=np.int32,
                                              shape=(len(all_blocks), seq_len, k))
@@ -117,7 +119,7 @@ class TeacherCache:
                 for s in range(0, len(todo), batch):
                     ids = todo[s:s + batch]
                     v, i = compute(ids)
-                    vals[len(old) + s: len(old) + s + len(ids)] = v.numpy().astype(np.float16)
+                    vals[len(old) + s: len(old) + s + len(ids)] = v.numpy().astype(np.float32)
                     idxs[len(old) + s: len(old) + s + len(ids)] = i.numpy().astype(np.int32)
                     if bar is not None:
                         bar.update(len(ids))

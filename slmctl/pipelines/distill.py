@@ -214,11 +214,6 @@ class Schedule:
         return {self.block(p) for p in range(steps * self.rows_per_step)}
 
 
-def _topk(logits, k: int):
-    v, i = logits.float().topk(min(k, logits.shape[-1]), dim=-1)
-    return v, i
-
-
 @dataclass
 class _Ctx:
     teacher: Any
@@ -356,7 +351,7 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
     from ..eval.run import check_same_tokenizer
     from ..io import distill_data as dd
     from ..io.atomic import check_output
-    from ..methods.distill.losses import layer_map, make_projector
+    from ..methods.distill.losses import layer_map, make_projector, teacher_topk
     from ..methods.distill.schedules import lr_lambda
 
     out = Path(out)
@@ -445,7 +440,8 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
             from ..io.hashing import artifact_sha256
 
             cache = dd.TeacherCache(Path(teacher_cache), {"teacher": artifact_sha256(t_path), "tokens": tokens_sha,
-                                                          "seq_len": seq_len, "k": topk, "vocab": vocab})
+                                                          "seq_len": seq_len, "k": topk, "vocab": vocab,
+                                                          "temperature": temperature})
             if dist.main:
                 have = cache.load()
                 missing = sorted(plan.used(steps) - have)
@@ -456,7 +452,7 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
                     def compute(ids):
                         with torch.no_grad():
                             lg = t_model(input_ids=train[ids].to(dist.device), use_cache=False).logits[..., :vocab]
-                        v, i = _topk(lg, topk)
+                        v, i = teacher_topk(lg, topk, temperature)
                         return v.cpu(), i.cpu()
 
                     cache.extend(missing, compute, batch_size, progress)

@@ -1,10 +1,13 @@
 """Distillation losses on logits: forward KL, reverse KL, generalised JSD; hidden-state matching.
 
-The teacher is given either as full logits ``(..., V)`` or as a top-k cache ``(values, indices)``
-of shape ``(..., k)``. With top-k, forward KL scores the student's full-vocabulary log-probabilities
-at the teacher's k tokens (the teacher renormalised over them); reverse KL and JSD compare both
-distributions restricted to and renormalised over those k tokens, since the teacher's mass elsewhere
-is unknown.
+The teacher is given either as full logits ``(..., V)`` or as a top-k cache ``(log_probs, indices)``
+of shape ``(..., k)`` made by :func:`teacher_topk`: the teacher's full-vocabulary log-probabilities
+(at the distillation temperature) of its k most likely tokens. With top-k, every loss compares the
+two distributions over k + 1 outcomes: the teacher's k tokens one by one, and "any other token" with
+the rest of each model's mass (the teacher's tail mass is exact, 1 - sum of its k probabilities).
+Renormalising over the k tokens instead would push the student's whole mass into them and starve
+every token outside the teacher's top-k, which ruins perplexity on text the teacher did not expect
+(measured on the sample: top-64 renormalised KD, 200 steps, ppl 45.9 at KL 0.56).
 
 References: Hinton et al. 2015 (https://arxiv.org/abs/1503.02531) for temperature-scaled KD;
 Agarwal et al. 2024, GKD (https://arxiv.org/abs/2306.13649) for reverse KL and the generalised JSD.
@@ -20,19 +23,54 @@ LOSSES: Registry[Callable] = Registry("distillation loss")
 HIDDEN_LOSSES: Registry[Callable] = Registry("hidden-state loss")
 
 
+_MIN_LOG_TAIL = -30.0  # a tail mass below e^-30 counts as e^-30: keeps log(0) out of the loss and its gradient
+
+
+def _log1mexp(a):
+    """log(1 - exp(a)) for a <= 0, stable at both ends (Maechler 2012), floored at ``_MIN_LOG_TAIL``."""
+    import math
+
+    import torch
+
+    a = a.clamp(max=-1e-12)
+    out = torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    return out.clamp(min=_MIN_LOG_TAIL)
+
+
+def with_tail(topk_log_probs):
+    """k log-probabilities -> k + 1: the k tokens and the remaining mass, as one normalised distribution."""
+    import torch
+    import torch.nn.functional as F
+
+    tail = _log1mexp(torch.logsumexp(topk_log_probs, dim=-1, keepdim=True))
+    # renormalise: float rounding (and the floor on the tail) can leave the k + 1 masses off 1 by a hair
+    return F.log_softmax(torch.cat([topk_log_probs, tail], dim=-1), dim=-1)
+
+
+def teacher_topk(teacher_logits, k: int, temperature: float = 1.0):
+    """The teacher's top-k as cached: (full-vocabulary log-probs at ``temperature`` of its k most likely
+    tokens, their indices). Float32 values, so the tail mass 1 - sum(p) keeps its precision."""
+    import torch.nn.functional as F
+
+    x = teacher_logits.float()
+    lp = F.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+    return lp.topk(min(k, lp.shape[-1]), dim=-1)
+
+
 def _log_probs(student_logits, teacher, temperature: float):
-    """(student log-probs, teacher log-probs) over the same support, both at ``temperature``."""
+    """(student log-probs, teacher log-probs) over the same support, both at ``temperature``: the whole
+    vocabulary for full teacher logits, the teacher's k tokens plus a tail bucket for a top-k teacher."""
     import torch.nn.functional as F
 
     def scale(x):  # at T = 1 skip a copy of the (tokens, vocabulary) logits and its backward
         x = x.float()
         return x if temperature == 1.0 else x / temperature
 
-    s = scale(student_logits)
+    s_lp = F.log_softmax(scale(student_logits), dim=-1)
     if isinstance(teacher, tuple):
-        values, indices = teacher
-        return s, F.log_softmax(scale(values), dim=-1), indices.long()
-    return s, F.log_softmax(scale(teacher), dim=-1), None
+        log_probs, indices = teacher  # already at the temperature (teacher_topk)
+        return with_tail(s_lp.gather(-1, indices.long())), with_tail(log_probs.float())
+    return s_lp, F.log_softmax(scale(teacher), dim=-1)
 
 
 def _masked_mean(per_token, mask):
@@ -45,12 +83,7 @@ def _masked_mean(per_token, mask):
 @LOSSES.register("fkl")
 def forward_kl(student_logits, teacher, *, temperature: float = 1.0, mask=None, **_):
     """Forward KL(teacher || student), mean-seeking; Hinton et al. 2015, https://arxiv.org/abs/1503.02531."""
-    import torch.nn.functional as F
-
-    s, t_lp, idx = _log_probs(student_logits, teacher, temperature)
-    s_lp = F.log_softmax(s, dim=-1)
-    if idx is not None:
-        s_lp = s_lp.gather(-1, idx)
+    s_lp, t_lp = _log_probs(student_logits, teacher, temperature)
     kl = (t_lp.exp() * (t_lp - s_lp)).sum(-1)
     return _masked_mean(kl, mask) * temperature**2
 
@@ -58,12 +91,7 @@ def forward_kl(student_logits, teacher, *, temperature: float = 1.0, mask=None, 
 @LOSSES.register("rkl")
 def reverse_kl(student_logits, teacher, *, temperature: float = 1.0, mask=None, **_):
     """Reverse KL(student || teacher), mode-seeking; GKD, https://arxiv.org/abs/2306.13649."""
-    import torch.nn.functional as F
-
-    s, t_lp, idx = _log_probs(student_logits, teacher, temperature)
-    if idx is not None:
-        s = s.gather(-1, idx)
-    s_lp = F.log_softmax(s, dim=-1)
+    s_lp, t_lp = _log_probs(student_logits, teacher, temperature)
     kl = (s_lp.exp() * (s_lp - t_lp)).sum(-1)
     return _masked_mean(kl, mask) * temperature**2
 
@@ -75,7 +103,6 @@ def generalized_jsd(student_logits, teacher, *, temperature: float = 1.0, beta: 
     import math
 
     import torch
-    import torch.nn.functional as F
 
     if not 0.0 <= beta <= 1.0:
         from ...errors import UsageError
@@ -85,10 +112,7 @@ def generalized_jsd(student_logits, teacher, *, temperature: float = 1.0, beta: 
         return forward_kl(student_logits, teacher, temperature=temperature, mask=mask)
     if beta == 1.0:
         return reverse_kl(student_logits, teacher, temperature=temperature, mask=mask)
-    s, t_lp, idx = _log_probs(student_logits, teacher, temperature)
-    if idx is not None:
-        s = s.gather(-1, idx)
-    s_lp = F.log_softmax(s, dim=-1)
+    s_lp, t_lp = _log_probs(student_logits, teacher, temperature)
     m_lp = torch.logsumexp(torch.stack([t_lp + math.log(beta), s_lp + math.log(1 - beta)]), dim=0)
     kl_t = (t_lp.exp() * (t_lp - m_lp)).sum(-1)
     kl_s = (s_lp.exp() * (s_lp - m_lp)).sum(-1)

@@ -19,12 +19,13 @@ SELECTORS: Registry[Callable] = Registry("sample selection")
 
 
 def teacher_confidence(teacher, temperature: float = 1.0):
-    """Per sample: mean top-1 probability of the teacher (full logits or a top-k (values, indices) pair)."""
+    """Per sample: mean top-1 probability of the teacher (full logits, or a top-k (log_probs, indices) pair
+    from ``losses.teacher_topk``)."""
     import torch.nn.functional as F
 
-    values = teacher[0] if isinstance(teacher, tuple) else teacher
-    # with a top-k cache the softmax over k tokens overstates the top-1 mass slightly; the ranking holds
-    return F.softmax(values.float() / temperature, dim=-1).amax(-1).mean(-1)
+    if isinstance(teacher, tuple):  # a top-k cache holds the log-probs at the temperature already
+        return teacher[0].float().amax(-1).exp().mean(-1)
+    return F.softmax(teacher.float() / temperature, dim=-1).amax(-1).mean(-1)
 
 
 def student_need(student_logits):
