@@ -77,6 +77,34 @@ def test_different_tokenizers_refused(cli, tiny_models, text_file, tmp_path):
     assert code == 1 and "do not share a tokenizer" in err
 
 
+def test_gguf_export_evaluates_against_its_hf_folder(cli, tiny_models, text_file, tmp_path):
+    # transformers' GGUF tokenizer loader appends <|endoftext|> (id 320) to the tiny GPT-2-style vocabulary:
+    # an extra special id past the model's rows, which must not block the comparison
+    gguf = tmp_path / "m.gguf"
+    code, _, err = cli("export", str(tiny_models["llama"]), "--format", "gguf", "--outtype", "f32", "-o", str(gguf))
+    assert code == 0, err
+    code, out, err = cli("eval", str(gguf), "--reference", str(tiny_models["llama"]), "--data", str(text_file),
+                         "--ctx", "16", "--windows", "2", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["backend"] == "llamacpp" and rep["kld"]["mean"] < 1e-4 and rep["top1_agreement_pct"] == 100.0
+
+
+def test_same_vocab_allows_only_extra_special_tokens(tiny_models):
+    from transformers import AutoTokenizer
+
+    from slmctl.eval.run import _same_vocab
+
+    a = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
+    b = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
+    assert _same_vocab(a, b)
+    b.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+    assert len(b) == len(a) + 1 and _same_vocab(a, b) and _same_vocab(b, a)
+    c = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
+    c.add_tokens(["zzqx"])  # an ordinary word the other tokenizer would split
+    assert not _same_vocab(a, c)
+
+
 def test_data_sources(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

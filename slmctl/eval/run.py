@@ -14,10 +14,26 @@ def _tokenize_fn(tok):
     return lambda text: tok(text, add_special_tokens=False)["input_ids"]
 
 
+def _same_vocab(tok_a, tok_b) -> bool:
+    """The same token -> id map, allowing the longer one extra *special* tokens after the shorter one's last id:
+    transformers' GGUF tokenizer loader appends ``<|endoftext|>`` to a GPT-2-style vocabulary that lacks it,
+    an id no model row holds, so it cannot change any logit compared."""
+    if len(tok_a) == len(tok_b):
+        return tok_a.get_vocab() == tok_b.get_vocab()
+    short, long = sorted((tok_a, tok_b), key=len)
+    n = len(short)
+    vs, vl = short.get_vocab(), long.get_vocab()
+    extra = {t: i for t, i in vl.items() if i >= n}
+    special = {str(t) for t in getattr(long, "all_special_tokens", [])} | {
+        str(t) for i, t in getattr(long, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    return ({t: i for t, i in vl.items() if i < n} == vs and len(extra) == len(vl) - n
+            and all(t in special for t in extra))
+
+
 def check_same_tokenizer(tok_a, tok_b, where_a: str, where_b: str, sample: str) -> None:
     """Both models must turn the same text into the same ids; say where they differ."""
     a, b = _tokenize_fn(tok_a)(sample), _tokenize_fn(tok_b)(sample)
-    if a != b or len(tok_a) != len(tok_b):
+    if a != b or not _same_vocab(tok_a, tok_b):
         raise InputError(f"{where_a} and {where_b} do not share a tokenizer "
                          f"(vocab {len(tok_a)} vs {len(tok_b)}; ids differ on the sample text)",
                          hint="KL divergence is only defined between models with the same vocabulary")
