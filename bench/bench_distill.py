@@ -7,6 +7,11 @@ Stages (BENCH_D_STAGES, comma list; default all, in this order):
 - kd:         `slmctl distill` with forward KL on a top-k teacher cache, built afresh in this command
               (BENCH_D_KEEP_CACHE=1 reuses an existing one);
 - ce:         the same command with `--kd-weight 0 --ce-weight 1` (plain fine-tuning, same blocks, same order);
+- correct:    teacher correction (Minitron, https://arxiv.org/abs/2408.11796): the teacher fine-tuned with the
+              ce command's settings on the same blocks (`-t TEACHER -s TEACHER --kd-weight 0 --ce-weight 1`);
+- kdc:        the kd command with the corrected teacher (its own top-k cache entry);
+- kdcce:      kdc plus `--ce-weight 1` (optional, not in the default list);
+- ce2x:       the ce command with twice the steps, a control with the KD path's training compute (optional);
 - throughput: training tokens/s of slmctl distill vs a textbook transformers loop (AdamW, clipping) on the
               same student, blocks, order, sequence length and batch, each in a fresh process.
 Each stage saves its result in BENCH_D_OUT/<stage>.json; the fragment bench/results/distill.md is rebuilt
@@ -52,7 +57,9 @@ CTX = E("BENCH_D_CTX", "256")
 TP_STEPS = E("BENCH_D_TP_STEPS", "6")
 THREADS = E("BENCH_D_THREADS", "2")
 LOCK = E("BENCH_D_LOCK")
-STAGES = E("BENCH_D_STAGES", "prune,kd,ce,throughput").split(",")
+STAGES = E("BENCH_D_STAGES", "prune,kd,ce,correct,kdc,throughput").split(",")
+CORRECTED = OUT / "teacher-corrected"
+ALL_STAGES = ("prune", "kd", "ce", "correct", "kdc", "kdcce", "ce2x", "throughput")
 CACHE = OUT / "tcache"
 RESULT = ROOT / "bench" / "results" / "distill.md"
 SLMCTL = ["slmctl"]  # `make bench` puts the venv's bin first on PATH
@@ -97,8 +104,9 @@ def run_cli(cmd: list[str]) -> dict:
             "log": log[-40:]}
 
 
-def distill_cmd(out: Path, *extra: str, steps: str = STEPS, report: bool = True, freeze: bool = FREEZE) -> list[str]:
-    cmd = [*SLMCTL, "distill", "-t", TEACHER, "-s", STUDENT, "--data", DATA, "--steps", steps, "--seq-len", SEQ,
+def distill_cmd(out: Path, *extra: str, steps: str = STEPS, report: bool = True, freeze: bool = FREEZE,
+                teacher: str = TEACHER, student: str = STUDENT) -> list[str]:
+    cmd = [*SLMCTL, "distill", "-t", teacher, "-s", student, "--data", DATA, "--steps", steps, "--seq-len", SEQ,
            "--batch-size", BATCH, "--lr", LR, "--heldout", "8", "-o", str(out), "--force", "--json", *extra]
     if freeze:
         cmd.append("--freeze-embeddings")
@@ -127,6 +135,24 @@ def stage_kd() -> dict:
 
 def stage_ce() -> dict:
     return run_cli(distill_cmd(OUT / "ce", "--kd-weight", "0", "--ce-weight", "1"))
+
+
+def stage_correct() -> dict:
+    # the teacher fine-tuned on the distillation blocks, with exactly the ce command's settings
+    return run_cli(distill_cmd(CORRECTED, "--kd-weight", "0", "--ce-weight", "1", teacher=TEACHER, student=TEACHER))
+
+
+def stage_kdc() -> dict:
+    return run_cli(distill_cmd(OUT / "kdc", "--teacher-cache", str(CACHE), "--topk", TOPK, teacher=str(CORRECTED)))
+
+
+def stage_kdcce() -> dict:
+    return run_cli(distill_cmd(OUT / "kdcce", "--teacher-cache", str(CACHE), "--topk", TOPK, "--kd-weight", "1",
+                               "--ce-weight", "1", teacher=str(CORRECTED)))
+
+
+def stage_ce2x() -> dict:
+    return run_cli(distill_cmd(OUT / "ce2x", "--kd-weight", "0", "--ce-weight", "1", steps=str(2 * int(STEPS))))
 
 
 PLAIN = r'''
@@ -228,43 +254,69 @@ def write(results: dict) -> None:
         if "report" in p:
             q = p["report"]["quality"]
             L += [f"Pruning: perplexity {q['ppl_before']:.3f} → {q['ppl_after']:.3f} ({p['wall_s']:.0f} s).", ""]
-    kd, ce = results.get("kd"), results.get("ce")
-    if kd or ce:
+    rows = [(k, results[k]) for k in ("kd", "ce", "correct", "kdc", "kdcce", "ce2x") if results.get(k)]
+    base = next((r for k, r in rows if k != "correct"), None)
+    if base:
+        labels = {"kd": "KD: forward KL, top-k cache",
+                  "ce": "CE only (`--kd-weight 0 --ce-weight 1`)",
+                  "kdc": "KD from the corrected teacher (forward KL, top-k cache)",
+                  "kdcce": "KD + CE from the corrected teacher (`--kd-weight 1 --ce-weight 1`)",
+                  "ce2x": f"control: CE only, {2 * int(STEPS)} steps (twice the data)"}
+        ev = base["report"]["eval"]
+        t_ppl, s_ppl = ev["teacher"]["ppl"], ev["start"]["ppl"]
+
+        def gap(p):  # share of the start -> teacher perplexity gap closed, always against the original teacher
+            return 100.0 * (s_ppl - p) / (s_ppl - t_ppl)
+
         L += ["### Recovery: KD vs cross-entropy fine-tuning, equal steps and data", "", "```sh"]
-        L += [r["cmd"] for r in (kd, ce) if r]
-        L += ["```", ""]
-        ev = (kd or ce)["report"]["eval"]
-        L += [f"| {STEPS} steps × {BATCH} × {SEQ} tokens | ppl (tragedies) | gap recovered | KL to teacher | "
-              "top-1 agreement | wall (whole command) | training tokens/s | load before |",
+        L += [r["cmd"] for _, r in rows]
+        L += ["```", "",
+              f"| {STEPS} steps × {BATCH} × {SEQ} tokens | ppl (tragedies) | gap recovered | KL to its teacher | "
+              "top-1 agreement with its teacher | wall (whole command) | training tokens/s | load before |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |",
-              f"| teacher | {ev['teacher']['ppl']:.3f} | | | | | | |",
-              f"| pruned student (start) | {ev['start']['ppl']:.3f} | 0 % | {ev['start']['kld']:.4f} | "
-              f"{ev['start']['top1_agreement_pct']:.2f} % | | | |"]
-        for name, r in (("KD: forward KL, top-k cache", kd), ("CE only (`--kd-weight 0 --ce-weight 1`)", ce)):
-            if not r:
+              f"| teacher | {t_ppl:.3f} | | | | | | |"]
+        if results.get("correct"):
+            c = results["correct"]
+            L.append(f"| teacher corrected: CE fine-tuning on the same blocks (`-s` = the teacher) | "
+                     f"{c['report']['eval']['distilled']['ppl']:.3f} | | {c['report']['eval']['distilled']['kld']:.4f} "
+                     f"(to the original) | | {c['wall_s']:.0f} s | {c['report']['tokens_per_s']:.0f} | {c['load_before']} |")
+        L.append(f"| pruned student (start) | {s_ppl:.3f} | 0 % | {ev['start']['kld']:.4f} | "
+                 f"{ev['start']['top1_agreement_pct']:.2f} % | | | |")
+        for k, r in rows:
+            if k == "correct":
                 continue
             e, rep = r["report"]["eval"], r["report"]
-            L.append(f"| {name} | {e['distilled']['ppl']:.3f} | {fmt(e['gap_recovered_pct'], 1)} % | "
+            L.append(f"| {labels[k]} | {e['distilled']['ppl']:.3f} | {gap(e['distilled']['ppl']):.1f} % | "
                      f"{e['distilled']['kld']:.4f} | {e['distilled']['top1_agreement_pct']:.2f} % | "
                      f"{r['wall_s']:.0f} s | {rep['tokens_per_s']:.0f} | {r['load_before']} |")
-        L.append("")
-        for name, r in (("KD", kd), ("CE", ce)):
-            if r:
-                h, hist = r["report"]["heldout"], r["report"]["history"]
-                first = sum(x["loss"] for x in hist[:5]) / min(5, len(hist))
-                last = sum(x["loss"] for x in hist[-5:]) / min(5, len(hist))
-                cache = [ln for ln in r["log"] if ln.startswith("teacher cache")]
-                L.append(f"- {name}: training loss {first:.3f} (first 5 steps) → {last:.3f} (last 5); held-out "
-                         f"calibration blocks: KL {h['before']['kl']:.4f} → {h['after']['kl']:.4f}, ppl "
-                         f"{h['before']['ppl']:.2f} → {h['after']['ppl']:.2f}; {r['report']['train_seconds']:.0f} s "
-                         f"in the training loop" + (f"; {short(cache[0])}" if cache else "") + ".")
-        if kd and ce:
-            a, b = kd["report"]["eval"]["distilled"]["ppl"], ce["report"]["eval"]["distilled"]["ppl"]
-            g = kd["report"]["eval"]["gap_recovered_pct"]
-            L += ["", f"Targets: KD recovers {fmt(g, 1)} % of the gap (target ≥ 50 %: "
-                  f"{'met' if g is not None and g >= 50 else 'missed'}); KD {'beats' if a < b else 'does not beat'} CE-only on held-out "
-                  f"perplexity ({a:.3f} vs {b:.3f}); each command's wall time includes loading, the teacher cache "
-                  "(KD) and the final report (limit 20 min)."]
+        L += ["", "The KL and top-1 columns compare each model with the teacher it learnt from (the corrected one "
+              "for the rows that say so); the gap is always the one to the original teacher.", ""]
+        for k, r in rows:
+            h, hist = r["report"]["heldout"], r["report"]["history"]
+            first = sum(x["loss"] for x in hist[:5]) / min(5, len(hist))
+            last = sum(x["loss"] for x in hist[-5:]) / min(5, len(hist))
+            cache = [ln for ln in r["log"] if ln.startswith("teacher cache")]
+            L.append(f"- {k}: training loss {first:.3f} (first 5 steps) → {last:.3f} (last 5); held-out "
+                     f"calibration blocks: KL {h['before']['kl']:.4f} → {h['after']['kl']:.4f}, ppl "
+                     f"{h['before']['ppl']:.2f} → {h['after']['ppl']:.2f}; {r['report']['train_seconds']:.0f} s "
+                     f"in the training loop" + (f"; {short(cache[0])}" if cache else "") + ".")
+        ppl = {k: r["report"]["eval"]["distilled"]["ppl"] for k, r in rows}
+        if "ce" in ppl and ("kd" in ppl or "kdc" in ppl):
+            L += ["", "Targets:"]
+            if "kd" in ppl:
+                g = gap(ppl["kd"])
+                L.append(f"- KD recovers {g:.1f} % of the gap (target ≥ 50 %: {'met' if g >= 50 else 'missed'}).")
+            for k in ("kd", "kdc", "kdcce"):
+                if k in ppl:
+                    verdict = "beats" if ppl[k] < ppl["ce"] else "does not beat"
+                    L.append(f"- {labels[k]} {verdict} CE-only at equal steps and data on held-out perplexity "
+                             f"({ppl[k]:.3f} vs {ppl['ce']:.3f}).")
+            if "ce2x" in ppl and "kdc" in ppl:
+                verdict = "still beats" if ppl["kdc"] < ppl["ce2x"] else "does not beat"
+                L.append(f"- KD from the corrected teacher {verdict} CE-only given twice the steps and data "
+                         f"({ppl['kdc']:.3f} vs {ppl['ce2x']:.3f}).")
+            L.append("- Each command's wall time includes loading, the teacher cache (KD) and the final report "
+                     "(limit 20 min).")
         L.append("")
     tp = results.get("throughput")
     if tp:
@@ -289,7 +341,7 @@ def write(results: dict) -> None:
 def saved() -> dict:
     """Every stage's last saved result (another stage may have finished in another process meanwhile)."""
     results = {}
-    for name in ("prune", "kd", "ce", "throughput"):
+    for name in ALL_STAGES:
         f = OUT / f"{name}.json"
         if f.is_file():
             results[name] = json.loads(f.read_text())
@@ -299,7 +351,8 @@ def saved() -> dict:
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     for name in STAGES:
-        fn = {"prune": stage_prune, "kd": stage_kd, "ce": stage_ce, "throughput": stage_throughput}[name]
+        fn = {"prune": stage_prune, "kd": stage_kd, "ce": stage_ce, "correct": stage_correct, "kdc": stage_kdc,
+              "kdcce": stage_kdcce, "ce2x": stage_ce2x, "throughput": stage_throughput}[name]
         print(f"bench distill: {name}", file=sys.stderr, flush=True)
         t = time.time()
         res = fn()
