@@ -89,6 +89,29 @@ def test_tied_weights_stored_once(llama_onnx, tiny_llama):
     assert stored < unique + emb // 2, (stored, unique, emb)
 
 
+def test_graph_reads_kv_cache_in_place_and_fuses_in_onnxruntime(llama_onnx, tmp_path):
+    """Grouped-query attention (4 heads, 2 KV heads) reads each present.N.* without a copy (no Expand
+    repeat, no Reshape/Transpose/Reshape for K^T), the file has only standard ops, and onnxruntime fuses
+    RMSNorm into SimplifiedLayerNormalization and K^T into FusedMatMul(transB) when it loads it."""
+    out, _ = llama_onnx
+    m = onnx.load(str(out / "model.onnx"))
+    assert {n.domain for n in m.graph.node} <= {""}
+    ops = [n.op_type for n in m.graph.node]
+    assert "Reciprocal" not in ops
+    presents = {o.name for o in m.graph.output if o.name.startswith("present.")}
+    readers = {n.op_type for n in m.graph.node for i in n.input if i in presents}
+    assert readers <= {"MatMul", "Transpose"}, readers
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    fused = [n for n in opt.graph.node if n.op_type == "FusedMatMul"
+             and any(a.name == "transB" and a.i == 1 for a in n.attribute)]
+    assert len(fused) == 2  # Q.K^T of both layers
+    assert sum(n.op_type == "SimplifiedLayerNormalization" for n in opt.graph.node) == 5  # 2 per layer + final
+    assert not any(n.op_type == "Expand" and set(n.input) & presents for n in opt.graph.node)
+
+
 def test_kv_cache_prefill_and_decode_match_pytorch(llama_onnx, tiny_llama):
     """Prefill, then 8 decode steps fed present -> past, batch of 2: logits match transformers."""
     import torch
