@@ -24,8 +24,7 @@ def _same_vocab(tok_a, tok_b) -> bool:
     n = len(short)
     vs, vl = short.get_vocab(), long.get_vocab()
     extra = {t: i for t, i in vl.items() if i >= n}
-    special = {str(t) for t in getattr(long, "all_special_tokens", [])} | {
-        str(t) for i, t in getattr(long, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    special = set(long.all_special_tokens) | {str(t) for t in long.added_tokens_decoder.values() if t.special}
     return ({t: i for t, i in vl.items() if i < n} == vs and len(extra) == len(vl) - n
             and all(t in special for t in extra))
 

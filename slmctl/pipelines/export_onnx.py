@@ -122,23 +122,12 @@ def _onnx_attention_for(model):
 
     AttentionInterface.register(ATTN_IMPL, _onnx_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPL, eager_mask)
-    configs = [c for c in _configs(model.config) if getattr(c, "_attn_implementation", None) is not None]
-    saved = [(c, c._attn_implementation) for c in configs]
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(ATTN_IMPL)  # sets every sub-config too
     try:
-        for c in configs:
-            c._attn_implementation = ATTN_IMPL
         yield
     finally:
-        for c, impl in saved:
-            c._attn_implementation = impl
-
-
-def _configs(config):
-    yield config
-    for name in getattr(config, "sub_configs", {}) or {}:
-        sub = getattr(config, name, None)
-        if sub is not None and sub is not config:
-            yield from _configs(sub)
+        model.set_attn_implementation(previous)
 
 
 def _decoder_wrapper(model, n_layers: int):
@@ -236,8 +225,8 @@ def _optimize(model) -> None:
             rewriter._DEFAULT_REWRITE_RULES = saved
 
 
-def _rsqrt_as_div(model) -> int:
-    """``x * Reciprocal(Sqrt(v))`` -> ``x / Sqrt(v)``, in place; returns how many were rewritten.
+def _rsqrt_as_div(model) -> None:
+    """``x * Reciprocal(Sqrt(v))`` -> ``x / Sqrt(v)``, in place.
 
     torchlib writes ``torch.rsqrt`` as Reciprocal(Sqrt); onnxruntime's SimplifiedLayerNormalization fusion
     (RMSNorm as one kernel, applied when a session loads the graph) only knows the Div form. The file stays
@@ -253,9 +242,7 @@ def _rsqrt_as_div(model) -> int:
     def div(op, x, v):
         return op.Div(x, op.Sqrt(v))
 
-    before = sum(n.op_type == "Reciprocal" for n in model.graph)
     rewrite(model, pattern.RewriteRuleSet([pattern.RewriteRule(recip_mul, div), pattern.RewriteRule(recip_mul_r, div)]))
-    return before - sum(n.op_type == "Reciprocal" for n in model.graph)
 
 
 def _name_dims(prog, names: dict[str, dict[int, str]]) -> None:

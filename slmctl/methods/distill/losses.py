@@ -47,30 +47,30 @@ def with_tail(topk_log_probs):
     return F.log_softmax(torch.cat([topk_log_probs, tail], dim=-1), dim=-1)
 
 
+def _log_softmax_at(logits, temperature: float):
+    """Float32 log-softmax of ``logits / temperature``; at T = 1 without a copy of the (tokens, vocabulary)
+    logits and its backward."""
+    import torch.nn.functional as F
+
+    x = logits.float()
+    return F.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+
+
 def teacher_topk(teacher_logits, k: int, temperature: float = 1.0):
     """The teacher's top-k as cached: (full-vocabulary log-probs at ``temperature`` of its k most likely
     tokens, their indices). Float32 values, so the tail mass 1 - sum(p) keeps its precision."""
-    import torch.nn.functional as F
-
-    x = teacher_logits.float()
-    lp = F.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+    lp = _log_softmax_at(teacher_logits, temperature)
     return lp.topk(min(k, lp.shape[-1]), dim=-1)
 
 
 def _log_probs(student_logits, teacher, temperature: float):
     """(student log-probs, teacher log-probs) over the same support, both at ``temperature``: the whole
     vocabulary for full teacher logits, the teacher's k tokens plus a tail bucket for a top-k teacher."""
-    import torch.nn.functional as F
-
-    def scale(x):  # at T = 1 skip a copy of the (tokens, vocabulary) logits and its backward
-        x = x.float()
-        return x if temperature == 1.0 else x / temperature
-
-    s_lp = F.log_softmax(scale(student_logits), dim=-1)
+    s_lp = _log_softmax_at(student_logits, temperature)
     if isinstance(teacher, tuple):
         log_probs, indices = teacher  # already at the temperature (teacher_topk)
         return with_tail(s_lp.gather(-1, indices.long())), with_tail(log_probs.float())
-    return s_lp, F.log_softmax(scale(teacher), dim=-1)
+    return s_lp, _log_softmax_at(teacher, temperature)
 
 
 def _masked_mean(per_token, mask):
