@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slmctl-installed
 JOBS   ?= 2
 
-.PHONY: setup demo release test test-slow fuzz test-fuzz bench docs peers peers-mergekit clean
+.PHONY: setup demo release test test-slow test-peers fuzz test-fuzz bench docs peers peers-mergekit clean
 
 setup: $(STAMP)
 
@@ -42,15 +42,12 @@ fuzz test-fuzz: $(STAMP)
 	nice -n 19 $(PY) fuzz/run.py --per-format 10000 --cli-every 20 --export-every 3
 	nice -n 19 $(PY) fuzz/kill.py --trials 52
 
-bench: $(STAMP) $(PEER_ENVS)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py
-
 docs: $(STAMP)
 	$(PY) -m slmctl.cli.reference > docs/cli.md
 
 # peer tools for the parity tests and benchmarks, each in its own venv (torch pinned first so pip
 # does not fetch a CUDA build); `make bench` builds the ones that are missing
-PEERS ?= /work/peers
+PEERS ?= $(CURDIR)/.peers
 PEER_ENVS := $(PEERS)/mergekit/.ok $(PEERS)/llmcompressor/.ok $(PEERS)/optimum/.ok $(PEERS)/gptqmodel/.ok
 peers: $(PEER_ENVS)
 peers-mergekit: $(PEERS)/mergekit/.ok
@@ -68,6 +65,13 @@ $(PEERS)/%/.ok:
 	$(PEERS)/$*/bin/pip install -q torch==2.13.0
 	$(PEERS)/$*/bin/pip install -q $(PEER_PKGS_$*)
 	@touch $@
+
+bench: $(STAMP) $(PEER_ENVS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SLMCTL_PEERS=$(PEERS) $(PY) bench/run.py
+
+# the parity tests against the peer tools (merges vs mergekit, GPTQ vs GPTQModel, prune vs llm-compressor)
+test-peers: $(STAMP) $(PEER_ENVS)
+	SLMCTL_PEERS=$(PEERS) $(PY) -m pytest -m slow -q -p no:randomly tests/test_merge_mergekit.py tests/test_quantize_gptqmodel.py tests/test_prune_llmcompressor.py
 
 clean:
 	rm -rf out bench/out

@@ -5,7 +5,7 @@ it on PYTHONPATH, not the installed gguf package. Each run is one child process;
 RSS from GNU time. The outputs are compared tensor by tensor. Writes bench/results/gguf.md.
 
 BENCH_LLAMA_CPP_SRC points at a vendor/llama.cpp folder; otherwise the sdist is fetched with
-``pip download --no-deps --no-binary :all: llama-cpp-python==<installed>`` into /work/peers/src.
+``pip download --no-deps --no-binary :all: llama-cpp-python==<installed>`` into .peers/src.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from timing import PEERS  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = Path(os.environ.get("BENCH_PEERS", "/work/peers/src"))
+PEERS = Path(os.environ.get("BENCH_PEERS", str(PEERS / "src")))
 REPEATS = int(os.environ.get("BENCH_GGUF_REPEATS", "1"))
 
 

@@ -6,7 +6,7 @@ own process on the same YAML; peak RSS is that process's own (wait4), wall time 
 best is kept. slmctl runs with an empty hash cache every time (SLMCTL_CACHE in a fresh folder), so
 hashing its inputs for the provenance record is always paid. After the runs the two outputs are compared
 tensor by tensor (max abs difference). Writes bench/results/merge.md. mergekit: MERGEKIT_YAML or
-/work/peers/mergekit. Run it under the heavy-job lock: `flock /tmp/slmctl-heavy.lock python bench/bench_merge.py`.
+.peers/mergekit. Run it under the heavy-job lock: `flock /tmp/slmctl-heavy.lock python bench/bench_merge.py`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from timing import PEERS  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "merge"
 RESULT = ROOT / "bench" / "results" / "merge.md"
-MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", "/work/peers/mergekit/bin/mergekit-yaml"))
+MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", str(PEERS / "mergekit/bin/mergekit-yaml")))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "2"))
 
 

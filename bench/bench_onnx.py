@@ -1,7 +1,7 @@
 """ONNX export and onnxruntime speed on the SmolLM2-135M sample, side by side in one run.
 
 Rows: PyTorch (transformers, fp32, its own KV cache); slmctl's ONNX export (fp32); optimum-cli's ONNX
-export (optimum-onnx in its own environment, /work/peers/optimum, transformers 4.57, from a copy of
+export (optimum-onnx in its own environment, .peers/optimum, transformers 4.57, from a copy of
 the sample whose config.json carries ``rope_theta``); slmctl's export quantised by onnxruntime to
 dynamic int8 and to 4-bit MatMulNBits. Figures: decode tokens/s (greedy, batch 1, KV cache carried
 present -> past after the 1x512 prompt), 1x512 prefill latency, and for the builds wall time and peak
@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import PEERS  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +37,7 @@ DECODE = int(os.environ.get("BENCH_ONNX_DECODE", "128"))
 REPEATS = int(os.environ.get("BENCH_ONNX_REPEATS", "1"))
 ROUNDS = int(os.environ.get("BENCH_ONNX_ROUNDS", "5"))
 THREADS = int(os.environ.get("BENCH_ONNX_THREADS", "0") or 0) or os.cpu_count() or 1
-PEER = Path(os.environ.get("BENCH_ONNX_OPTIMUM", "/work/peers/optimum"))
+PEER = Path(os.environ.get("BENCH_ONNX_OPTIMUM", str(PEERS / "optimum")))
 SLMCTL = [sys.executable, "-m", "slmctl"]
 
 

@@ -5,7 +5,7 @@ Runs (BENCH_P_RUNS, a comma list; default all):
   Influence, angular block, last layers), width 25% (heads + MLP);
 - ``width-25%-gguf``: the width-25% output exported to GGUF and evaluated by llama.cpp;
 - ``llmc-*``: llm-compressor 0.14's WandaPruningModifier and SparseGPTModifier (50% and 2:4) through
-  ``oneshot`` in its own environment (/work/peers/llmcompressor/bin/python, or
+  ``oneshot`` in its own environment (.peers/llmcompressor/bin/python, or
   $BENCH_LLMCOMPRESSOR_PYTHON), fed the token ids slmctl draws, so both see the same calibration windows.
 
 Every output is scored the same way afterwards: ``slmctl eval OUT --reference MODEL`` on the held-out
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import heavy as _heavy, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, heavy as _heavy, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -38,7 +38,7 @@ SAMPLES, SEQLEN, WINDOWS, CTX = E("BENCH_P_SAMPLES", "32"), E("BENCH_P_SEQLEN", 
 OUT = Path(E("BENCH_P_OUT", str(ROOT / "bench" / "out" / "prune")))
 LOCK = E("BENCH_P_LOCK", "")
 MODEL = "sample:smollm2-135m"
-PEER = Path(E("BENCH_LLMCOMPRESSOR_PYTHON", "/work/peers/llmcompressor/bin/python"))
+PEER = Path(E("BENCH_LLMCOMPRESSOR_PYTHON", str(PEERS / "llmcompressor/bin/python")))
 SLMCTL = [sys.executable, "-m", "slmctl"]
 SETTINGS = {"samples": SAMPLES, "seqlen": SEQLEN, "windows": WINDOWS, "ctx": CTX, "seed": 0}
 

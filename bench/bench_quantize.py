@@ -1,5 +1,5 @@
 """slmctl quantize at w4 g128 (symmetric) on the sample: RTN, GPTQ and AWQ, side by side with
-llm-compressor's GPTQ W4A16 g128 when its environment exists (/work/peers/llmcompressor/bin/python,
+llm-compressor's GPTQ W4A16 g128 when its environment exists (.peers/llmcompressor/bin/python,
 or $BENCH_LLMCOMPRESSOR_PYTHON), on the same calibration and evaluation windows.
 
 Writes bench/results/quantize.md: perplexity before/after (the same held-out windows for every
@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = os.environ.get("BENCH_Q_SAMPLES", "32")
@@ -36,7 +36,7 @@ METHODS = os.environ.get("BENCH_Q_METHODS", "rtn,gptq,awq").split(",")
 # g64 (bench/results/quantize_g64.md). BENCH_Q_GROUP=N runs only one pass, at group size N.
 GROUPS = [int(os.environ["BENCH_Q_GROUP"])] if os.environ.get("BENCH_Q_GROUP") else [128, 64]
 MODEL = "sample:smollm2-135m"
-PEER = Path(os.environ.get("BENCH_LLMCOMPRESSOR_PYTHON", "/work/peers/llmcompressor/bin/python"))
+PEER = Path(os.environ.get("BENCH_LLMCOMPRESSOR_PYTHON", str(PEERS / "llmcompressor/bin/python")))
 OUT_ROOT = Path(os.environ.get("BENCH_Q_OUT", Path(__file__).resolve().parent / "out"))
 
 # llm-compressor's own one-shot GPTQ on the same windows slmctl draws (passed as token ids)

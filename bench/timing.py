@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import subprocess
+from pathlib import Path
+
+# peer tools' venvs, built by `make peers` (project-relative .peers/, or $SLMCTL_PEERS)
+PEERS = Path(os.environ.get("SLMCTL_PEERS", Path(__file__).resolve().parent.parent / ".peers"))
 
 
 def timed(cmd: list[str], cwd=None) -> tuple[subprocess.CompletedProcess, float, float]:

@@ -100,6 +100,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("SLMCTL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+PEERS = Path(os.environ.get("SLMCTL_PEERS", Path(__file__).resolve().parent.parent / ".peers"))
+
+
+def peer_bin(venv: str, exe: str = "python") -> Path:
+    """An executable of a peer tool's venv, built by `make peers` under .peers/ (override: $SLMCTL_PEERS)."""
+    return PEERS / venv / "bin" / exe
+
+
 def run_cli(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run slmctl in a subprocess, as a shell script would."""
     e = dict(os.environ)

@@ -1,6 +1,6 @@
 """Parity with mergekit itself: the same YAML through `mergekit-yaml` and `slmctl merge`, tensor by tensor.
 
-Slow (make test-slow). Needs mergekit in its own venv: /work/peers/mergekit (python3 -m venv, then
+Slow (make test-slow). Needs mergekit in its own venv: `.peers/mergekit` (python3 -m venv, then
 pip install torch==2.13.0 first, then mergekit) or MERGEKIT_YAML=/path/to/mergekit-yaml. Skips otherwise.
 Deterministic methods must agree within 1e-6 (max abs); DARE's random drop is checked for
 mergekit's semantics: the kept fraction and the L1 rescale of the kept deltas.
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny
+from conftest import build_tiny, peer_bin
 from test_merge import load_dir, perturbed_copy
 
-MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", "/work/peers/mergekit/bin/mergekit-yaml"))
+MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", str(peer_bin("mergekit", "mergekit-yaml"))))
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not MERGEKIT.is_file(), reason=f"mergekit not installed at {MERGEKIT}")]

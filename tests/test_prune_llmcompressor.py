@@ -1,7 +1,7 @@
 """Parity with llm-compressor: its WandaPruningModifier / SparseGPTModifier and slmctl on the same token ids.
 
 Slow (make test-slow). llm-compressor pins transformers <= 5.17, so it lives in its own venv
-(/work/peers/llmcompressor, built by `make peers`) or SLMCTL_LLMCOMPRESSOR_PYTHON; skips otherwise.
+(.peers/llmcompressor, built by `make peers`) or SLMCTL_LLMCOMPRESSOR_PYTHON; skips otherwise.
 Wanda has no weight update and the same sequential scheme, so its masks must be identical; SparseGPT's
 OBS update rounds differently (Hessian scaled per sample there, per token here), so its masks must agree
 on at least 99% of the weights.
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import peer_bin
+
 torch = pytest.importorskip("torch")
 
-PEER = Path(os.environ.get("SLMCTL_LLMCOMPRESSOR_PYTHON", "/work/peers/llmcompressor/bin/python"))
+PEER = Path(os.environ.get("SLMCTL_LLMCOMPRESSOR_PYTHON", str(peer_bin("llmcompressor"))))
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not PEER.is_file(), reason=f"llm-compressor not installed at {PEER}")]
 
 SCRIPT = r'''

@@ -1,6 +1,6 @@
 """The GPTQ-layout output, loaded by the real loader: GPTQModel (7.6.0, in its own environment).
 
-GPTQModel pins its own torch/transformers stack, so it lives in /work/peers/gptqmodel (built by
+GPTQModel pins its own torch/transformers stack, so it lives in .peers/gptqmodel (built by
 ``make peers``; override with $SLMCTL_GPTQMODEL_PYTHON). The peer loads slmctl's output on the CPU
 with its torch kernel (``BACKEND.GPTQ_TORCH``; its fp16/bf16-only dtype check widened to float32,
 so the unquantised tensors are not rounded) and writes the logits of a few token ids; they must match slmctl's
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-PEER = Path(os.environ.get("SLMCTL_GPTQMODEL_PYTHON", "/work/peers/gptqmodel/bin/python"))
+from conftest import peer_bin
+
+PEER = Path(os.environ.get("SLMCTL_GPTQMODEL_PYTHON", str(peer_bin("gptqmodel"))))
 READY = PEER.is_file() and (PEER.parent.parent / ".ok").exists() if "SLMCTL_GPTQMODEL_PYTHON" not in os.environ \
     else PEER.is_file()
 
