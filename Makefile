@@ -67,7 +67,7 @@ $(PEERS)/%/.ok:
 	@touch $@
 
 bench: $(STAMP) $(PEER_ENVS)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SLMCTL_PEERS=$(PEERS) $(PY) bench/run.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SLMCTL_PEERS=$(PEERS) $(PY) bench/run.py $(ONLY)
 
 # the parity tests against the peer tools (merges vs mergekit, GPTQ vs GPTQModel, prune vs llm-compressor)
 test-peers: $(STAMP) $(PEER_ENVS)

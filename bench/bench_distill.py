@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import heavy as _heavy, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import heavy as _heavy, timed, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -61,7 +61,7 @@ STAGES = E("BENCH_D_STAGES", "prune,kd,ce,correct,kdc,throughput").split(",")
 CORRECTED = OUT / "teacher-corrected"
 ALL_STAGES = ("prune", "kd", "ce", "correct", "kdc", "kdcce", "ce2x", "throughput")
 CACHE = OUT / "tcache"
-RESULT = ROOT / "bench" / "results" / "distill.md"
+RESULT = results_dir() / "distill.md"
 SLMCTL = ["slmctl"]  # `make bench` puts the venv's bin first on PATH
 os.environ.update(SLMCTL_THREADS=THREADS, OMP_NUM_THREADS=THREADS)  # the same threads for every process
 

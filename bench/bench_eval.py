@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from timing import results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parent.parent
 WINDOWS = int(os.environ.get("BENCH_EVAL_WINDOWS", "8"))
 
@@ -50,8 +52,7 @@ def main() -> int:
     for label, rep in results:
         rel = f"{(rep['ppl'] / base['ppl'] - 1) * 100:+.3f}%" if base else "-"
         lines.append(f"| {label} | {rep['backend']} | {rep['ppl']:.4f} | {rel} | {rep['tokens_per_s']:.1f} |")
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "eval.md").write_text("\n".join(lines) + "\n")
+    (results_dir() / "eval.md").write_text("\n".join(lines) + "\n")
     return 0 if results else 1
 
 

@@ -19,7 +19,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from timing import PEERS  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(os.environ.get("BENCH_PEERS", str(PEERS / "src")))
@@ -119,8 +119,7 @@ def main() -> int:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t, s_w, p_w, s_r, p_r, same, total in rows:
         lines.append(f"| {t} | {s_w:.1f} | {p_w:.1f} | {s_w / p_w:.2f} | {s_r} | {p_r} | {s_r / p_r:.2f} | {same}/{total} |")
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "gguf.md").write_text("\n".join(lines) + "\n")
+    (results_dir() / "gguf.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

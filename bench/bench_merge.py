@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from timing import PEERS  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "merge"
-RESULT = ROOT / "bench" / "results" / "merge.md"
+RESULT = results_dir() / "merge.md"
 MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", str(PEERS / "mergekit/bin/mergekit-yaml")))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "2"))
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import PEERS  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 import numpy as np
 
@@ -294,8 +294,7 @@ def main() -> int:
         lines.append(f"- {name}: `{c}`")
     if peer_note and opt is None:
         lines.append(f"\n{peer_note}")
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "onnx.md").write_text("\n".join(lines) + "\n")
+    (results_dir() / "onnx.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -26,9 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+from timing import results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "profile"
-RESULT = ROOT / "bench" / "results" / "profile.md"
+RESULT = results_dir() / "profile.md"
 PLOT = ROOT / "docs" / "profile-sweep-smollm2.png"
 SLMCTL = [sys.executable, "-m", "slmctl"]
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import PEERS, heavy as _heavy, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, heavy as _heavy, timed, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -290,8 +290,7 @@ def write() -> None:
         if name in res:
             cmd = res[name]["cmd"].replace(".venv/bin/python -m slmctl ", "slmctl ")
             L.append(f"- {name}: `{cmd}`")
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "prune.md").write_text("\n".join(L) + "\n")
+    (results_dir() / "prune.md").write_text("\n".join(L) + "\n")
 
 
 if __name__ == "__main__":

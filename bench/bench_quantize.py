@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from timing import PEERS, timed  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, timed, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = os.environ.get("BENCH_Q_SAMPLES", "32")
@@ -186,8 +186,7 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
     lines += ["", f"Shared 2-core machine, run under the heavy-job lock (one benchmark at a time); load average "
               f"(1/5/15 min) {load_start} at the start and {_load()} at the end of this {minutes:.0f}-minute run. "
               "Wall times are only comparable within one run."]
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / f"{RESULT}.md").write_text("\n".join(lines) + "\n")
+    (results_dir() / f"{RESULT}.md").write_text("\n".join(lines) + "\n")
     return bool(rows)
 
 

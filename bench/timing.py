@@ -1,29 +1,161 @@
-"""Shared by the bench scripts: run a command under GNU time and read its wall time and peak RSS."""
+"""Shared by the bench scripts: fresh-process measurement, alternating rounds, machine facts, results.
+
+Every command is measured the same way for slmctl and for its peer: started as a fresh process through
+bench/launch.py (so its peak RSS is its own, read from wait4's rusage; GNU time is not needed), wall time
+end to end with start-up included, the load average before and after, and how many cores' worth of CPU
+other processes took while it ran. A pair measured while something else used more than
+``CONTENDED_CORES`` is rerun, and marked if it stays contended; ratios come from uncontended rounds only.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
+import json
 import os
+import platform
+import statistics
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = Path(__file__).resolve().parent / "launch.py"
 # peer tools' venvs, built by `make peers` (project-relative .peers/, or $SLMCTL_PEERS)
-PEERS = Path(os.environ.get("SLMCTL_PEERS", Path(__file__).resolve().parent.parent / ".peers"))
+PEERS = Path(os.environ.get("SLMCTL_PEERS", ROOT / ".peers"))
+CORES = os.cpu_count() or 1
+CONTENDED_CORES = float(os.environ.get("BENCH_CONTENDED_CORES", "0.5"))
 
 
-def timed(cmd: list[str], cwd=None) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run under /usr/bin/time -v: (result, wall seconds, peak RSS MiB)."""
-    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=cwd)
-    wall = rss = float("nan")
-    for line in r.stderr.splitlines():
-        line = line.strip()
-        if line.startswith("Elapsed (wall clock) time"):
-            parts = line.rsplit(" ", 1)[-1].split(":")
-            wall = sum(float(p) * 60 ** i for i, p in enumerate(reversed(parts)))
-        elif line.startswith("Maximum resident set size"):
-            rss = int(line.rsplit(" ", 1)[-1]) / 1024
-    return r, wall, rss
+def measure(cmd: list[str], cwd=None, env: dict | None = None, capture: bool = True) -> dict:
+    """Run ``cmd`` once as a fresh process: {"rc", "wall_s", "cpu_s", "peak_rss_mib", "load_before",
+    "load_after", "other_cores", "contended", "stdout", "stderr"}."""
+    with tempfile.TemporaryDirectory(prefix="slmctl-bench-") as d:
+        rep = Path(d) / "report.json"
+        pipe = subprocess.PIPE if capture else None
+        r = subprocess.run([sys.executable, "-S", "-E", str(LAUNCH), str(rep), *map(str, cmd)], cwd=cwd, env=env,
+                           stdout=pipe, stderr=pipe, text=True)
+        if not rep.is_file():
+            raise RuntimeError(f"bench launcher failed to start {cmd[0]}: {r.stderr[-2000:] if r.stderr else r.returncode}")
+        m = json.loads(rep.read_text())
+    other = m["other_cores"]
+    m.update(stdout=r.stdout or "", stderr=r.stderr or "",
+             contended=(other is not None and other > CONTENDED_CORES) or m["load_before"][0] > CORES)
+    return m
+
+
+def timed(cmd: list[str], cwd=None, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """One fresh-process run: (result with stdout/stderr, wall seconds, peak RSS MiB)."""
+    m = measure(cmd, cwd=cwd, env=env)
+    return subprocess.CompletedProcess(cmd, m["rc"], m["stdout"], m["stderr"]), m["wall_s"], m["peak_rss_mib"]
+
+
+def alternate(cmds: dict[str, list[str]], rounds: int = 3, before=None, cwd=None, env: dict | None = None,
+              retries: int = 2) -> dict[str, list[dict]]:
+    """Measure each named command ``rounds`` times, alternating, the first tool rotating each round.
+    ``before(name)`` runs before every measurement (e.g. to remove the previous output, so caches and outputs
+    are the same for both sides). A round in which any command was contended is rerun up to ``retries`` times,
+    then kept and marked. A failing command raises with its stderr."""
+    names = list(cmds)
+    out: dict[str, list[dict]] = {n: [] for n in names}
+    for i in range(rounds):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for attempt in range(retries + 1):
+            got = {}
+            for n in order:
+                if before:
+                    before(n)
+                m = measure(cmds[n], cwd=cwd, env=env)
+                if m["rc"] != 0:
+                    raise RuntimeError(f"{n} failed (exit {m['rc']}): {' '.join(map(str, cmds[n]))}\n{m['stderr'][-3000:]}")
+                m.update(round=i, attempt=attempt)
+                got[n] = m
+            if not any(m["contended"] for m in got.values()) or attempt == retries:
+                break
+            print(f"round {i}: contended (other cores {[round(m['other_cores'] or 0, 2) for m in got.values()]}), rerun",
+                  file=sys.stderr)
+        for n, m in got.items():
+            out[n].append(m)
+    return out
+
+
+def stats(runs: list[dict], key: str = "wall_s") -> dict:
+    """Median and range of ``key`` over the uncontended runs (all runs, marked, when every one was contended)."""
+    clean = [r[key] for r in runs if not r["contended"]]
+    vals = clean or [r[key] for r in runs]
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals),
+            "contended": not clean}
+
+
+def ratio(a: list[dict], b: list[dict], key: str = "wall_s") -> float | None:
+    """Median of a over median of b, uncontended rounds only; None when either side has none."""
+    sa, sb = stats(a, key), stats(b, key)
+    if sa["contended"] or sb["contended"] or not sb["median"]:
+        return None
+    return sa["median"] / sb["median"]
+
+
+def machine() -> dict:
+    """CPU model, cores, memory and OS of this machine."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 2 ** 20, 1)
+                break
+    return {"cpu": cpu, "cores": CORES, "memory_gib": mem, "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version()}
+
+
+def versions(*packages: str) -> dict:
+    from importlib import metadata
+
+    out = {}
+    for p in ("slmctl", "torch", "transformers", *packages):
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def run_id() -> str:
+    """The id of this `make bench` run (bench/run.py sets it for every section), or a new one."""
+    rid = os.environ.get("SLMCTL_BENCH_RUN_ID")
+    if rid:
+        return rid
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + (f"-{sha}" if sha else "")
+
+
+def results_dir() -> Path:
+    """Where a section writes its results: bench/run.py points this at a staging folder and moves the files
+    into bench/results/ only when the section succeeded, so a failed run keeps the previous figures."""
+    d = Path(os.environ.get("SLMCTL_BENCH_RESULTS", ROOT / "bench" / "results"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def write_results(section: str, data: dict, markdown: str | None = None, packages: tuple[str, ...] = ()) -> Path:
+    """bench/results/SECTION.json (run id, date, machine, versions, the section's data) and, when given, the
+    Markdown fragment SECTION.md that docs/benchmarks.md is built from."""
+    d = results_dir()
+    doc = {"section": section, "run_id": run_id(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": machine(), "versions": versions(*packages), **data}
+    path = d / f"{section}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    if markdown is not None:
+        (d / f"{section}.md").write_text(markdown.rstrip() + "\n")
+    return path
 
 
 @contextlib.contextmanager

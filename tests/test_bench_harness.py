@@ -1,0 +1,74 @@
+"""The bench harness itself (bench/timing.py, bench/launch.py, bench/run.py): what `make bench` relies on."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run
+    import timing
+
+    return timing, run
+
+
+def test_peak_rss_is_the_childs_own(bench):
+    timing, _ = bench
+    hog = bytearray(400 * 2 ** 20)  # the parent's peak must not leak into the child's figure
+    hog[::4096] = b"x" * len(hog[::4096])
+    small = timing.measure([sys.executable, "-c", "pass"])
+    big = timing.measure([sys.executable, "-c", "b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    del hog
+    assert small["rc"] == 0 and big["rc"] == 0
+    assert small["peak_rss_mib"] < 100, small
+    assert 150 < big["peak_rss_mib"] < 300, big
+    assert big["wall_s"] > 0 and len(big["load_before"]) == 3 and "other_cores" in big
+
+
+def test_alternate_rotates_and_reports_medians(bench, tmp_path):
+    timing, _ = bench
+    log = tmp_path / "order"
+    cmds = {n: [sys.executable, "-c", f"open({str(log)!r}, 'a').write('{n}')"] for n in ("a", "b")}
+    runs = timing.alternate(cmds, rounds=3, retries=0)
+    assert log.read_text() == "abbaab"  # the first tool rotates each round
+    assert [r["round"] for r in runs["a"]] == [0, 1, 2]
+    s = timing.stats(runs["a"])
+    assert s["min"] <= s["median"] <= s["max"] and s["n"] >= 1
+    with pytest.raises(RuntimeError, match="exit 3"):
+        timing.alternate({"bad": [sys.executable, "-c", "raise SystemExit(3)"]}, rounds=1)
+
+
+def test_failed_section_keeps_previous_results(bench, tmp_path, monkeypatch):
+    _, run = bench
+    (tmp_path / "bench_ok.py").write_text(
+        f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
+        "import timing; timing.write_results('ok', {'ratio': 0.5}, markdown='## ok\\n\\nratio 0.5')\n")
+    (tmp_path / "bench_bad.py").write_text("raise SystemExit(1)\n")
+    results, doc = tmp_path / "results", tmp_path / "benchmarks.md"
+    results.mkdir()
+    (results / "bad.md").write_text("## bad\n\nthe previous figures\n")
+    doc.write_text("previous doc\n")
+    monkeypatch.setattr(run, "BENCH", tmp_path)
+    monkeypatch.setattr(run, "RESULTS", results)
+    monkeypatch.setattr(run, "DOC", doc)
+    monkeypatch.setenv("SLMCTL_BENCH_RUN_ID", "test-run-1")
+    monkeypatch.delenv("ONLY", raising=False)
+    assert run.main([]) == 1
+    assert doc.read_text() == "previous doc\n"  # a failed run does not rewrite the page
+    assert (results / "bad.md").read_text() == "## bad\n\nthe previous figures\n"
+    assert json.loads((results / "ok.json").read_text())["run_id"] == "test-run-1"
+    assert run.main(["nosuch"]) == 2
+    monkeypatch.setenv("SLMCTL_BENCH_RUN_ID", "test-run-2")
+    assert run.main(["ok"]) == 0
+    text = doc.read_text()
+    assert "## ok" in text and "test-run-2" in text and "the previous figures" in text
+    meta = json.loads((results / "ok.json").read_text())
+    assert meta["run_id"] == "test-run-2" and meta["ratio"] == 0.5 and meta["machine"]["cores"] >= 1
