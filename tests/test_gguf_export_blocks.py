@@ -71,3 +71,16 @@ def test_unknown_block_type_lists_valid_ones():
     with pytest.raises(UsageError) as e:
         GGUF_BLOCK_TYPES.get("q4_2")
     assert "q4_0" in e.value.hint
+
+
+def test_round_half_away_matches_roundf_at_ties_and_neighbours():
+    from slmctl.methods.quantize.gguf_blocks import _round_half_away
+
+    halves = np.arange(-300, 300, dtype=np.float32) + np.float32(0.5)
+    x = np.concatenate([halves, np.nextafter(halves, np.float32(0)), np.nextafter(halves, np.float32(1e9)),
+                        np.nextafter(halves, np.float32(-1e9)), np.float32([0.0, -0.0, 2 ** 23 - 0.5, 2 ** 24, 1e30]),
+                        np.random.default_rng(0).standard_normal(100_000).astype(np.float32) * 100])
+    # exact C roundf: the fraction x - trunc(x) is exact in float32
+    whole = np.trunc(x)
+    want = whole + np.where(np.abs(x - whole) >= 0.5, np.sign(x), 0).astype(np.float32)
+    assert np.array_equal(_round_half_away(x), want)

@@ -39,14 +39,16 @@ def _inverse(d: np.ndarray) -> np.ndarray:
     return np.where(d == 0, np.float32(0), np.float32(1) / safe).astype(np.float32)
 
 
+_JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))
+
+
 def _round_half_away(x: np.ndarray) -> np.ndarray:
-    """C roundf: halves go away from zero. rint rounds halves to even; x - rint(x) is exact, so the ties it
-    sent towards zero are found and moved one step out (7x faster than trunc + where on large tensors)."""
-    r = np.rint(x)
-    d = x - r
-    r += (d == 0.5) & (x > 0)
-    r -= (d == -0.5) & (x < 0)
-    return r
+    """C roundf: halves go away from zero. trunc(x + copysign(0.49999997, x)) in float32 equals roundf for
+    every float32 (checked exhaustively for |x| < 2**24; above that every float is an integer), in two passes
+    over the data instead of the five of trunc/where/sign."""
+    y = np.copysign(_JUST_BELOW_HALF, x)
+    y += x
+    return np.trunc(y, out=y)
 
 
 def _signed_absmax(b: np.ndarray) -> np.ndarray:
