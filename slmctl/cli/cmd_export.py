@@ -16,6 +16,9 @@ def export(
     outtype: Annotated[Optional[str], typer.Option("--outtype", help="GGUF tensor type: f32, f16, bf16, q8_0, q4_0, q4_k_m, ...")] = None,
     imatrix: Annotated[Optional[str], typer.Option("--imatrix", help="GGUF k-quants: importance matrix file (llama.cpp GGUF or .dat); with --data it is computed and written there.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="GGUF k-quants: calibration text for slmctl's importance matrix (e.g. sample:shakespeare).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="GGUF quantised types: gptq (error-correcting, "
+                                                  "needs --data), imatrix (importance-weighted scales) or rtn (llama.cpp's "
+                                                  "reference). Default: gptq with --data, imatrix with --imatrix, else rtn.")] = None,
     max_shard_size: MaxShardOpt = None,
     force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -29,7 +32,7 @@ def export(
     opts = {}
     if outtype is not None:
         opts["outtype"] = outtype
-    opts.update({k: v for k, v in (("imatrix", imatrix), ("data", data)) if v is not None})
+    opts.update({k: v for k, v in (("imatrix", imatrix), ("data", data), ("method", method)) if v is not None})
     path = api.export(model, output, format, dtype=dtype, max_shard_size=max_shard_size, force=force,
                       allow_pickle=allow_pickle, log=out.log, progress=lambda it, desc="": out.progress(it, desc=desc),
                       **opts)

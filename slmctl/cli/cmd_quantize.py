@@ -19,8 +19,10 @@ def quantize(
     group_size: Annotated[int, typer.Option("--group-size", "-g", help="Input columns per scale: 32, 64, 128, ... "
                                                                       "or -1 for one scale per row.")] = 128,
     sym: Annotated[bool, typer.Option("--sym/--asym", help="Symmetric grid (zero fixed mid-range) or asymmetric.")] = True,
-    format: Annotated[str, typer.Option("--format", "-f", help="gptq (GPTQ checkpoint layout; --asym as gptq_v2) or "
-                                                              "compressed-tensors (pack-quantized, symmetric only).")] = "gptq",
+    format: Annotated[str, typer.Option("--format", "-f", help="gptq (GPTQ checkpoint layout; --asym as gptq_v2), "
+                                                              "compressed-tensors (pack-quantized, symmetric only) or "
+                                                              "gguf (one llama.cpp file of --type T; --method gptq, "
+                                                              "imatrix or rtn).")] = "gptq",
     data: DataOpt = "sample:shakespeare",
     field: FieldOpt = "text",
     samples: Annotated[int, typer.Option("--samples", help="Calibration windows (gptq, awq).")] = 64,
@@ -30,7 +32,7 @@ def quantize(
     act_order: Annotated[bool, typer.Option("--act-order/--no-act-order", help="GPTQ: columns in decreasing Hessian order.")] = True,
     static_groups: Annotated[bool, typer.Option("--static-groups/--no-static-groups", help="GPTQ: group grids fixed before act-order.")] = True,
     true_sequential: Annotated[bool, typer.Option("--true-sequential/--no-true-sequential", help="GPTQ: quantise a layer's linears in forward order.")] = True,
-    qtype: Annotated[Optional[str], typer.Option("--type", help="GGUF input: llama.cpp type (q4_k_m, q8_0, ...); "
+    qtype: Annotated[Optional[str], typer.Option("--type", help="GGUF input or --format gguf: llama.cpp type (q4_k_m, q8_0, ...); "
                                                                "ONNX input: onnxruntime type.")] = None,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="GGUF: requantise an already quantised file.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity before/after, KL and top-1.")] = True,

@@ -253,8 +253,11 @@ def per_layer_sizes(cfg: dict) -> dict[str, list[int]]:
 
 
 def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str | None = None, log: Log,
-               progress=None) -> dict[str, Any]:
-    """Stream one HF artifact into a GGUF file at ``out_tmp``; returns a summary."""
+               progress=None, quant=None) -> dict[str, Any]:
+    """Stream one HF artifact into a GGUF file at ``out_tmp``; returns a summary.
+
+    ``quant`` (pipelines.gguf_quant.GGUFQuant): slmctl's own quantisation to a llama.cpp file type
+    (``outtype`` then names it, e.g. q4_k_m): it sets each tensor's type and produces its blocks."""
     from ..io.artifact import PROVENANCE_KEY
     from ..io.gguf_writer import GGUFStreamWriter
     from ..io.hf_vocab import read_vocab
@@ -281,6 +284,8 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     gtypes, grids = getattr(art, "gguf_types", {}), getattr(art, "gguf_grids", {})
     for p in planned:
         p.gtype = gtypes.get(p.hf, p.gtype)
+    if quant is not None:
+        quant.retype(planned, spec, cfg)
 
     w = GGUFStreamWriter(out_tmp, arch)
     w.add_string("general.type", "model")
@@ -289,8 +294,8 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     if name:
         w.add_string("general.name", str(name))
     write_hparams(w, spec, cfg, arch, per_layer)
-    if outtype in FILE_TYPE:
-        w.add_u32("general.file_type", FILE_TYPE[outtype])
+    if outtype in FILE_TYPE or quant is not None:
+        w.add_u32("general.file_type", FILE_TYPE.get(outtype, LLAMA_FTYPES.get(outtype, 0)))
     w.add_u32("general.quantization_version", 2)
     write_vocab(w, vocab)
     w.add_string(PROVENANCE_KEY, provenance.dumps(prov))
@@ -298,7 +303,12 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
         w.add_tensor_info(p.gguf, p.shape, p.gtype)
     w.open()
     try:
-        it = progress(planned, desc="tensors") if progress else planned
+        it = progress(planned, desc="tensors") if progress and quant is None else planned
+        if quant is not None:
+            it = quant.tensors(planned, spec, cfg, lambda hf: load_float32(art.tensors[hf]))
+            for p, a in it:
+                w.write_tensor(p.gguf, a)
+            it = []
         for p in it:
             grid = grids[p.hf]() if p.hf in grids else None
             a = p.make() if p.make is not None else _convert(load_float32(art.tensors[p.hf]), p, spec, cfg, grid)
@@ -313,7 +323,7 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
 @EXPORTERS.register("gguf")
 def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log, progress=None,
                 outtype: str | None = None, imatrix: str | None = None, data: str | None = None,
-                vocab_pre: str | None = None, **_: Any) -> Path:
+                vocab_pre: str | None = None, method: str | None = None, **_: Any) -> Path:
     """One GGUF file that llama.cpp runs: f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 here, k-quants via llama.cpp."""
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file
@@ -329,8 +339,15 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
     recipe: dict[str, Any] = {"format": "gguf", "outtype": t}
     if imatrix or data:
         recipe["imatrix"] = str(imatrix) if imatrix else {"data": data}
-    if (imatrix or data) and t not in KQUANTS:
-        raise UsageError(f"--imatrix/--data only matter for k-quants, not {t}", hint="e.g. --outtype q4_k_m")
+    if (imatrix or data or method) and t in ("f32", "f16", "bf16"):
+        raise UsageError(f"--method/--imatrix/--data only matter for quantised types, not {t}", hint="e.g. --outtype q4_k_m")
+    if art.format in ("hf", "safetensors") and not (art.config or {}).get("quantization_config") \
+            and (t in KQUANTS or imatrix or data or method):
+        from .gguf_quant import to_gguf  # slmctl's own quantisers on llama.cpp's grids and type mixture
+
+        to_gguf(art, ref, out, t, method=method, data=data, imatrix=imatrix, force=force, vocab_pre=vocab_pre,
+                log=log, progress=progress, verb="export")
+        return out
     prov = provenance.build("export", recipe, [provenance.input_record(ref, art.path, art)])
     if art.format == "gguf":  # GGUF -> GGUF: requantise with llama.cpp
         if t not in LLAMA_FTYPES:

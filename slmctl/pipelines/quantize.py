@@ -91,6 +91,13 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
         return quantize_onnx_verb(model, out, bits=bits, qtype=qtype, report=report, eval_data=eval_data,
                                   eval_ctx=eval_ctx, eval_windows=eval_windows, force=force, log=log,
                                   progress=progress)
+    if fmt == "gguf":  # slmctl's own quantisers on llama.cpp's block grids and type mixture
+        from .gguf_quant import quantize_verb
+
+        return quantize_verb(art, model, path, out, qtype=qtype, method=method, data=data, field=field,
+                             samples=samples, seq_len=seq_len, seed=seed, damp=damp, act_order=act_order,
+                             report=report, eval_data=eval_data, eval_ctx=eval_ctx, eval_windows=eval_windows,
+                             force=force, trust_remote_code=trust_remote_code, log=log, progress=progress)
     if qtype:
         raise UsageError("--type names a GGUF/ONNX quant type; this model is an HF/safetensors model",
                          hint="use --bits/--group-size/--method, or export to GGUF with "

@@ -1,0 +1,211 @@
+"""slmctl's own GGUF quantisers against llama.cpp's: ggml's block maths byte for byte (with and without an
+importance matrix), gguf-py's dequantisers, llama-quantize's type mixture, GPTQ on the block grids."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmctl.methods.quantize import gguf_kquants as K
+
+KINDS = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+GGML_ID = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13,
+           "q6_k": 14}
+
+
+def _weights(rows: int = 24, cols: int = 512, seed: int = 0) -> np.ndarray:
+    """Gaussian rows with the awkward cases: zero blocks, constant and one-signed blocks, outliers, float16 values."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, cols)) * 0.03).astype(np.float32)
+    x[1, :256] = 0
+    x[2, :40] = 0.01
+    x[3] = np.abs(x[3])
+    x[4] = -np.abs(x[4])
+    x[5, 7] = 0.9
+    x[6, ::3] *= 40
+    x[7, 64:96] = 1e-9
+    return x.astype(np.float16).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    cands = sorted(lib_dir.glob("libggml-base.*")) + sorted(lib_dir.glob("libggml.*"))
+    if not cands:
+        pytest.skip("llama-cpp-python ships no libggml-base")
+    lib = ctypes.CDLL(str(cands[0]))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_void_p]
+
+    def quantize(kind, x, qw=None):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rows, cols = x.shape
+        nbytes, n = K.BLOCK[kind]
+        out = np.zeros((rows, cols // n * nbytes), dtype=np.uint8)
+        q = None if qw is None else np.ascontiguousarray(qw, dtype=np.float32)
+        lib.ggml_quantize_chunk(GGML_ID[kind], x.ctypes.data, out.ctypes.data, 0, rows, cols,
+                                None if q is None else q.ctypes.data)
+        return out
+
+    return quantize
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["ref", "imatrix"])
+def test_bytes_equal_ggml(ggml, kind, weighted):
+    x = _weights()
+    qw = None
+    if weighted:
+        qw = (np.random.default_rng(1).gamma(1.0, 1.0, x.shape[1]) + 1e-3).astype(np.float32)
+        qw[:5] = 0  # dead input channels
+    ours, theirs = K.quantize(kind, x, qw), ggml(kind, x, qw)
+    bad = np.flatnonzero((ours != theirs).any(axis=1))
+    assert not bad.size, f"{kind}: rows {bad.tolist()} differ from ggml"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dequantize_matches_gguf_py(kind):
+    gq = pytest.importorskip("gguf.quants")
+    import gguf
+
+    x = _weights(8, 256, seed=2)
+    data = K.quantize(kind, x)
+    ref = gq.dequantize(data, getattr(gguf.GGMLQuantizationType, kind.upper()))
+    ours = K.dequantize(kind, data, x.shape)
+    np.testing.assert_array_equal(ours, ref.reshape(x.shape).astype(np.float32))
+    # and the codes survive a round trip through the bytes
+    blk = K.unpack(kind, data)
+    np.testing.assert_array_equal(K.pack(blk), data.reshape(len(blk.codes), -1))
+
+
+def test_importance_moves_the_error_to_unimportant_columns():
+    x = _weights(64, 256, seed=3)
+    qw = np.ones(256, dtype=np.float32)
+    qw[:32] = 1e4
+    for kind in ("q4_0", "q4_k", "q3_k"):
+        plain = K.dequantize(kind, K.quantize(kind, x), x.shape)
+        weighted = K.dequantize(kind, K.quantize(kind, x, qw), x.shape)
+        e_plain = ((plain - x)[:, :32] ** 2).sum()
+        e_weighted = ((weighted - x)[:, :32] ** 2).sum()
+        assert e_weighted < e_plain, kind
+
+
+def test_gptq_on_the_grid_lowers_output_error():
+    from slmctl.methods.quantize.gguf_gptq import gptq_blocks, output_error
+
+    rng = np.random.default_rng(4)
+    cols, rows = 256, 48
+    # correlated inputs of lower rank plus noise, a few loud channels: what real activations look like
+    X = rng.standard_normal((2048, 96)) @ rng.standard_normal((96, cols)) + 0.3 * rng.standard_normal((2048, cols))
+    X[:, :8] *= 6
+    H = (2.0 / len(X)) * X.T @ X
+    W = _weights(rows, cols, seed=5)
+    for kind in ("q4_0", "q4_k", "q6_k"):
+        searched = K.search(kind, W, np.diag(H).astype(np.float32) / 2).values().reshape(W.shape)
+        blk = gptq_blocks(kind, W, H)
+        lo, hi = K.CODE_RANGE[kind]
+        assert lo <= blk.codes.min() and blk.codes.max() <= hi
+        g = blk.values().reshape(W.shape)
+        # same scales as the search; only the codes moved
+        np.testing.assert_array_equal(blk.grid()[0], K.search(kind, W, np.diag(H).astype(np.float32) / 2).grid()[0])
+        assert output_error(W, g, H) < 0.5 * output_error(W, searched, H), kind
+
+
+def test_mixture_rules():
+    from slmctl.methods.quantize.gguf_mixture import ModelInfo, tensor_types
+
+    names = [("token_embd.weight", (1000, 576))]
+    for b in range(8):
+        names += [(f"blk.{b}.attn_q.weight", (576, 576)), (f"blk.{b}.attn_v.weight", (192, 576)),
+                  (f"blk.{b}.ffn_down.weight", (576, 1536)), (f"blk.{b}.ffn_up.weight", (1536, 576))]
+    info = ModelInfo(n_layer=8, n_gqa=3)
+    t = tensor_types(names, "q4_k_m", info, has_imatrix=False)
+    assert t["token_embd.weight"] == ("q8_0", None)  # tied: the output's rule, 576 % 256 -> q8_0
+    assert t["blk.0.attn_q.weight"] == ("q5_0", "q4_k")  # 576 columns do not fill 256-blocks
+    assert t["blk.0.attn_v.weight"] == ("q8_0", "q6_k") and t["blk.1.attn_v.weight"] == ("q5_0", "q4_k")
+    assert t["blk.0.ffn_down.weight"] == ("q6_k", None) and t["blk.2.ffn_down.weight"] == ("q4_k", None)
+    assert t["blk.3.ffn_down.weight"] == ("q6_k", None)  # (3 - 1) % 3 == 2: a "more bits" layer
+    q40 = tensor_types(names, "q4_0", info, has_imatrix=True)
+    assert q40["blk.0.ffn_down.weight"] == ("q4_1", None) and q40["blk.1.ffn_down.weight"] == ("q4_0", None)
+    assert tensor_types(names, "q4_0", info, has_imatrix=False)["blk.0.ffn_down.weight"] == ("q4_0", None)
+    assert tensor_types(names, "q2_k", info, has_imatrix=False)["blk.0.attn_q.weight"] == ("q4_0", "q2_k")
+
+
+@pytest.fixture(scope="module")
+def wide_llama(tmp_path_factory):
+    """A llama whose rows fill 256-wide k-quant blocks (hidden 256, FFN 512), 4 layers, GQA 2."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import _tokenizer
+
+    folder = tmp_path_factory.mktemp("wide")
+    tok = _tokenizer(folder)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("ftype", ["q4_k_m", *(pytest.param(t, marks=pytest.mark.slow)
+                                               for t in ("q3_k_m", "q2_k", "q4_0", "q6_k", "q5_k_s", "q3_k_l"))])
+def test_file_equals_llama_quantize(wide_llama, tmp_path, ftype):
+    """Same tensor types and the same bytes as llama-quantize from the f16 GGUF, with and without a matrix."""
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("llama_cpp")
+    from slmctl import api
+    from slmctl.io.artifact import open_artifact
+    from slmctl.pipelines.export_gguf import quantize_gguf
+    from slmctl.pipelines.gguf_quant import to_gguf
+
+    f16 = api.export(str(wide_llama), tmp_path / "f16.gguf", "gguf", outtype="f16")
+    # slmctl quantises from the float16 values, as llama.cpp does from the f16 file
+    g16 = {t.name: t for t in gguf.GGUFReader(str(f16)).tensors}
+    rng = np.random.default_rng(0)
+    im = {n: (rng.gamma(1.0, 1.0, int(t.shape[0])) + 1e-3).astype(np.float32)
+          for n, t in g16.items() if n.startswith("blk.") and len(t.shape) == 2}
+    art = open_artifact(wide_llama)
+    path = tmp_path / "wide.imatrix"
+    from slmctl.io.imatrix import read_imatrix, write_imatrix
+
+    write_imatrix(path, {k: (v * 7, 7) for k, v in im.items()}, datasets=["t"], chunk_size=1, chunk_count=7)
+    art16 = _as_f16(art, tmp_path / "hf16")
+    for tag, matrix in (("plain", None), ("imatrix", read_imatrix(path))):
+        theirs = quantize_gguf(f16, tmp_path / f"llama-{tag}.gguf", ftype, imatrix=matrix)
+        ours = tmp_path / f"slmctl-{tag}.gguf"
+        if matrix is None:
+            to_gguf(art16, str(wide_llama), ours, ftype, method="rtn")
+        else:
+            to_gguf(art16, str(wide_llama), ours, ftype, method="imatrix", imatrix=path)
+        a = {t.name: t for t in gguf.GGUFReader(str(ours)).tensors}
+        b = {t.name: t for t in gguf.GGUFReader(str(theirs)).tensors}
+        assert a.keys() == b.keys()
+        types = {n: (a[n].tensor_type.name, b[n].tensor_type.name) for n in a}
+        assert all(x == y for x, y in types.values()), {n: v for n, v in types.items() if v[0] != v[1]}
+        differ = [n for n in a if np.asarray(a[n].data).tobytes() != np.asarray(b[n].data).tobytes()]
+        assert not differ, f"{ftype} {tag}: {differ}"
+        assert abs(ours.stat().st_size - theirs.stat().st_size) / theirs.stat().st_size < 0.005
+
+
+def _as_f16(art, folder):
+    """The HF model with its weights rounded to float16 (what llama.cpp reads from an f16 GGUF)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from slmctl.io.artifact import open_artifact
+
+    if not folder.exists():
+        shutil.copytree(art.path, folder)
+        for f in folder.glob("*.safetensors"):
+            sd = load_file(str(f))
+            save_file({k: v.to(torch.float16).to(v.dtype) for k, v in sd.items()}, str(f), metadata={"format": "pt"})
+    return open_artifact(folder)
