@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: its CPU build lies on this machine's disk; a loose pin fetches a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,gguf]'
+	# genai: onnxruntime-genai, which runs slmctl's ONNX exports (genai_config.json beside model.onnx)
+	$(PY) -m pip install -q -e '.[dev,gguf,genai]'
 	# the OpenVINO target plugin lives in plugins/ as its own package; CI installs and tests it
 	$(PY) -m pip install -q 'openvino>=2024,<2027'
 	$(PY) -m pip install -q --no-deps -e plugins/slmctl-openvino

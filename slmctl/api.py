@@ -277,3 +277,17 @@ def profile(*args: Any, **kwargs: Any):
     from .pipelines.profile import profile as _f
 
     return _f(*args, **kwargs)
+
+
+def card(*args: Any, **kwargs: Any):
+    """Write a Hugging Face model card for release artifacts. See slmctl.pipelines.card."""
+    from .pipelines.card import card as _f
+
+    return _f(*args, **kwargs)
+
+
+def check_card(*args: Any, **kwargs: Any):
+    """Compare a model card's hashes and figures with the files. See slmctl.pipelines.card."""
+    from .pipelines.card import check_card as _f
+
+    return _f(*args, **kwargs)

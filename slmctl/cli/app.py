@@ -64,6 +64,7 @@ COMMANDS = [
     ("merge", "cmd_merge", "merge"),
     ("distill", "cmd_distill", "distill"),
     ("profile", "cmd_profile", "profile"),
+    ("card", "cmd_card", "card"),
     ("plugins", "cmd_plugins", "plugins"),
 ]
 

@@ -19,6 +19,8 @@ def export(
     method: Annotated[Optional[str], typer.Option("--method", "-m", help="GGUF quantised types: gptq (error-correcting, "
                                                   "needs --data), imatrix (importance-weighted scales) or rtn (llama.cpp's "
                                                   "reference). Default: gptq with --data, imatrix with --imatrix, else rtn.")] = None,
+    modelfile: Annotated[bool, typer.Option("--modelfile", help="GGUF: also write an Ollama Modelfile beside it "
+                                                                "(chat template and stop tokens from the tokenizer).")] = False,
     max_shard_size: MaxShardOpt = None,
     force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -33,6 +35,12 @@ def export(
     if outtype is not None:
         opts["outtype"] = outtype
     opts.update({k: v for k, v in (("imatrix", imatrix), ("data", data), ("method", method)) if v is not None})
+    if modelfile:
+        if format != "gguf":
+            from ..errors import UsageError
+
+            raise UsageError("--modelfile goes with --format gguf (an Ollama Modelfile points at a GGUF)")
+        opts["modelfile"] = True
     path = api.export(model, output, format, dtype=dtype, max_shard_size=max_shard_size, force=force,
                       allow_pickle=allow_pickle, log=out.log, progress=lambda it, desc="": out.progress(it, desc=desc),
                       **opts)

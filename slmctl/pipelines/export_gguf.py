@@ -294,6 +294,7 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     if name:
         w.add_string("general.name", str(name))
     write_hparams(w, spec, cfg, arch, per_layer)
+    _add_general(w, prov, sum(int(np.prod(p.shape)) for p in planned), outtype not in ("f32", "f16", "bf16"))
     if outtype in FILE_TYPE or quant is not None:
         w.add_u32("general.file_type", FILE_TYPE.get(outtype, LLAMA_FTYPES.get(outtype, 0)))
     w.add_u32("general.quantization_version", 2)
@@ -320,10 +321,26 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     return {"arch": arch, "tensors": len(planned), "pre": vocab.pre}
 
 
+def _add_general(w, prov: dict, n_params: int, quantized: bool) -> None:
+    """general.* as llama.cpp's converter fills it (base model, license, size label, tags) from the provenance."""
+    from ..io.gguf_writer import STRING
+    from .lineage import gguf_general
+
+    for key, v in gguf_general(prov, n_params=n_params, quantized=quantized, has_name=w.has("general.name")):
+        if w.has(key):
+            continue
+        if isinstance(v, list):
+            w.add_array(key, v, STRING)
+        elif isinstance(v, int):
+            w.add_u32(key, v)
+        else:
+            w.add_string(key, v)
+
+
 @EXPORTERS.register("gguf")
 def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log, progress=None,
                 outtype: str | None = None, imatrix: str | None = None, data: str | None = None,
-                vocab_pre: str | None = None, method: str | None = None, **_: Any) -> Path:
+                vocab_pre: str | None = None, modelfile: bool = False, method: str | None = None, **_: Any) -> Path:
     """One GGUF file that llama.cpp runs: f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 here, k-quants via llama.cpp."""
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file
@@ -347,7 +364,7 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
 
         to_gguf(art, ref, out, t, method=method, data=data, imatrix=imatrix, force=force, vocab_pre=vocab_pre,
                 log=log, progress=progress, verb="export")
-        return out
+        return _with_modelfile(out, modelfile, force, log)
     prov = provenance.build("export", recipe, [provenance.input_record(ref, art.path, art)])
     if art.format == "gguf":  # GGUF -> GGUF: requantise with llama.cpp
         if t not in LLAMA_FTYPES:
@@ -358,7 +375,7 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
                 f"{t} loses quality twice. Export from the HF model when you have it.")
         quantize_gguf(art.path, out, t, imatrix=imatrix, force=force, log=log, allow_requantize=bool(quantized))
         write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
-        return out
+        return _with_modelfile(out, modelfile, force, log)
     if art.format not in ("hf", "safetensors"):
         raise UnsupportedError(f"{art.path}: {art.format} -> GGUF is not supported", hint="export from the HF folder")
     with atomic_path(out, force=force) as tmp:
@@ -373,6 +390,17 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
             info = write_gguf(art, tmp, t, prov, vocab_pre=vocab_pre, log=log, progress=progress)
             log(f"GGUF {info['arch']}, {info['tensors']} tensors, outtype {t}, tokenizer pre {info['pre']!r}")
     write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
+    return _with_modelfile(out, modelfile, force, log)
+
+
+def _with_modelfile(out: Path, modelfile: bool, force: bool, log: Log) -> Path:
+    """With --modelfile: an Ollama Modelfile beside the GGUF (template and stops from its tokenizer metadata)."""
+    if modelfile:
+        from ..io.modelfile import modelfile_path, write_modelfile
+
+        mf, style = write_modelfile(out, modelfile_path(out), force=force)
+        log(f"wrote {mf}" + (f" (chat template: {style.name})" if style else
+                              " (warning: no chat template recognised; Ollama will pass prompts as they are)"))
     return out
 
 

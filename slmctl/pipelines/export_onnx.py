@@ -534,6 +534,10 @@ def export_onnx(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
             check(rep, dt_name, out)
             log(f"max abs output diff {rep['max_abs_diff_all']:.3g}")
         copy_side_files(folder, tmp, [n for n in SIDE_FILES])
+        if kind == "decoder":  # onnxruntime-genai opens the folder with it (tokenizer files are the side files)
+            from ..io.genai_config import write_genai_config
+
+            write_genai_config(tmp, folder, art.config, tmp / "model.onnx")
         prov_file = dict(prov)
         prov_file["verification"] = rep
         prov_file["export_seconds"] = round(t_export, 2)

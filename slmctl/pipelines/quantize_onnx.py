@@ -271,7 +271,8 @@ def quantize_onnx(src_ref: str, out: str | Path | None = None, bits: int | None 
         ops = _count_ops(dst)
         log(f"quantised in {time.perf_counter() - t0:.1f} s: {ops}")
         if not single:
-            copy_side_files(src.parent, tmp, SIDE_FILES)
+            # genai_config.json too: the graph keeps its input/output names, so onnxruntime-genai runs the result
+            copy_side_files(src.parent, tmp, (*SIDE_FILES, "genai_config.json"))
             doc = dict(prov)
             doc["details"] = details
             doc["ops"] = ops
