@@ -127,10 +127,13 @@ def export_safetensors(art, ref: str, out: Path, *, dtype: str, max_shard_size, 
 
 
 # ---------------------------------------------------------------- inspect
-def inspect(ref: str, *, allow_pickle: bool = False, verify: bool = False, log: Log = _nolog) -> dict[str, Any]:
+def inspect(ref: str, *, allow_pickle: bool = False, verify: bool = False, check: bool = False,
+            log: Log = _nolog) -> dict[str, Any]:
     """What a model artifact holds: format, architecture, parameters, dtypes, size, tokenizer, provenance.
 
-    With ``verify``, every recorded input that still exists is hashed again and compared.
+    With ``verify``, every recorded input that still exists is hashed again and compared. With
+    ``check``, the artifact's own runtime loads it, generates from a short prompt and its logits are
+    compared with slmctl's reference (``info["check"]``, see slmctl.eval.check).
     """
     from collections import Counter
 
@@ -162,6 +165,10 @@ def inspect(ref: str, *, allow_pickle: bool = False, verify: bool = False, log: 
     ]
     if verify:
         info["verify"] = provenance.verify(prov)
+    if check:
+        from .eval.check import check as run_check
+
+        info["check"] = run_check(art, log=log)
     return info
 
 

@@ -308,7 +308,7 @@ def test_awq_compressed_tensors_json_report_and_gate(cli, tiny_models, tmp_path,
     # asymmetric compressed-tensors is refused: transformers cannot load it
     code, _, stderr = cli("quantize", str(tiny_models["llama"]), "--asym", "--format", "compressed-tensors",
                           "-o", str(tmp_path / "asym"), *calib_args)
-    assert code == 1 and "transformers cannot load" in stderr and "--format gptq" in stderr
+    assert code == 2 and "transformers cannot load" in stderr and "--format gptq" in stderr
     assert not (tmp_path / "asym").exists()
 
 

@@ -97,6 +97,41 @@ def test_gptq_layout_loads_in_gptqmodel(cli, tiny_llama, tmp_path, text_file, ex
     assert got["max_abs_diff"] <= 1e-3, got
 
 
+from conformance import QUANT_CASES, build_shape  # noqa: E402
+
+GPTQ_CASES = [c for c in QUANT_CASES if c.fmt == "gptq" and not c.refuse]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = build_shape(name, root / name)
+        return made[name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not READY, reason=f"GPTQModel environment missing ({PEER}; build it with `make peers`)")
+@pytest.mark.parametrize("case", GPTQ_CASES, ids=[c.id for c in GPTQ_CASES])
+def test_conformance_matrix_gptq_cases_load_in_gptqmodel(case, shapes, cli, tmp_path, text_file):
+    """Every GPTQ-layout combination slmctl accepts in the conformance matrix (widths 576/896/1536, the
+    pruned 1000-wide FFN, groups the width does not divide, linears kept float by --skip-incompatible)
+    loads in GPTQModel and gives slmctl's dequantised logits."""
+    out = tmp_path / "gptq"
+    method = [] if "--method" in case.extra else ["--method", "rtn"]
+    code, _, err = cli("quantize", str(shapes(case.shape)), "-o", str(out), "--no-report", "--data", str(text_file),
+                       "--samples", "4", "--seq-len", "32", *method, *case.args())
+    assert code == 0, err
+    got = compare(out, [[5, 17, 99, 3, 250, 41, 7, 8, 120, 64, 11, 200]])
+    assert got["kernels"], "GPTQModel loaded no quantised linear"
+    assert got["max_abs_diff"] <= 1e-3 * max(1.0, got["logit_scale"]), got
+
+
 def main(argv: list[str]) -> int:
     import argparse
 

@@ -12,6 +12,10 @@ def inspect(
     model: ModelArg,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash the recorded inputs that can be found; "
                                                           "exit 1 if any changed.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Load the artifact in its own runtime (transformers, "
+                                                        "GPTQModel, llama.cpp, onnxruntime), generate from a short prompt "
+                                                        "and compare its logits with slmctl's reference; exit 1 if any "
+                                                        "stage fails.")] = False,
     json: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
     quiet: QuietOpt = False,
@@ -22,8 +26,11 @@ def inspect(
     from .. import api
 
     out = Output(json, quiet)
-    info = api.inspect(model, allow_pickle=allow_pickle, verify=verify, log=out.log)
+    info = api.inspect(model, allow_pickle=allow_pickle, verify=verify, check=check, log=out.log)
     out.result(info, human=render(info))
+    if check and not info["check"]["ok"]:
+        print(f"error: {info['path']} did not pass the check in {info['check']['runtime']}", file=sys.stderr)
+        return 1
     if verify and not info["verify"]["ok"]:
         bad = [r for r in info["verify"]["inputs"] if r["status"] == "mismatch"]
         for r in bad:
@@ -58,6 +65,8 @@ def render(info: dict) -> str:
     q = info.get("quantization")
     if q:
         rows.append(("quantization", q.get("file_type") or q.get("quant_method") or str(q) if isinstance(q, dict) else str(q)))
+        if isinstance(q, dict) and q.get("tensor_counts"):  # a GGUF's type mixture: tensors per ggml type
+            rows.append(("tensor types", ", ".join(f"{k} x{v}" for k, v in q["tensor_counts"].items())))
     if info.get("config"):
         rows.append(("shape", ", ".join(f"{k}={v}" for k, v in info["config"].items())))
     tok = info.get("tokenizer")
@@ -71,6 +80,11 @@ def render(info: dict) -> str:
         lines.append(f"  {i}. {s.get('verb')}  {recipe}")
         for inp in s.get("inputs", []):
             lines.append(f"       <- {inp.get('ref')}  sha256:{str(inp.get('sha256'))[:16]}")
+    if info.get("check"):
+        from ..eval.check import render as render_check
+
+        lines.append("check")
+        lines.extend("  " + ln for ln in render_check(info["check"]).splitlines())
     v = info.get("verify")
     if v:
         lines.append(f"{'verify':<{width}}  " + ("all inputs found match" if v["ok"] else "INPUTS CHANGED")

@@ -35,6 +35,10 @@ def quantize(
     qtype: Annotated[Optional[str], typer.Option("--type", help="GGUF input or --format gguf: llama.cpp type (q4_k_m, q8_0, ...); "
                                                                "ONNX input: onnxruntime type.")] = None,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="GGUF: requantise an already quantised file.")] = False,
+    skip_incompatible: Annotated[bool, typer.Option("--skip-incompatible", help="Leave unquantised (float) the linears "
+                                                    "the format's runtime cannot load with this grid (e.g. input width "
+                                                    "not divisible by the group size for compressed-tensors), instead "
+                                                    "of refusing.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity before/after, KL and top-1.")] = True,
     eval_data: Annotated[str, typer.Option("--eval-data", help="Held-out text for the report (its eval region).")] = "sample:shakespeare",
     eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per report window.")] = 512,
@@ -63,7 +67,7 @@ def quantize(
                        act_order=act_order, static_groups=static_groups, true_sequential=true_sequential,
                        qtype=qtype, allow_requantize=allow_requantize, report=report, eval_data=eval_data,
                        eval_ctx=eval_ctx, eval_windows=eval_windows, force=force,
-                       trust_remote_code=trust_remote_code, log=out.log,
+                       trust_remote_code=trust_remote_code, skip_incompatible=skip_incompatible, log=out.log,
                        progress=lambda it=None, desc="", **kw: out.progress(it, desc=desc, **kw))
     failed = []
     rep = res.get("report")

@@ -180,7 +180,9 @@ def ct_config(cfg, *, method: str = "gptq", actorder: str | None = None) -> dict
             "version": "0.20.1", "slmctl": {"version": __version__, "method": method}}
 
 
-def ct_unpack(get, prefix: str, bits: int, sym: bool):
+def ct_unpack(get, prefix: str, bits: int, sym: bool, group: int | None = None):
+    """(q, scale, zero, g_idx) of a pack-quantized linear; ``group``: the config's group size (None or
+    -1: the groups split the row evenly, as a per-row grid or a divisible width does)."""
     import torch
 
     shape = get(f"{prefix}.weight_shape").tolist()
@@ -194,7 +196,8 @@ def ct_unpack(get, prefix: str, bits: int, sym: bool):
     else:
         zp = get(f"{prefix}.weight_zero_point")
         zero = unpack_rows(zp.T.contiguous(), bits, out_f)  # (G, out), offset-unsigned == our zero
-    g_idx = torch.arange(in_f, dtype=torch.int32) // -(-in_f // n_groups)
+    g = group if group and group > 0 else -(-in_f // n_groups)
+    g_idx = torch.arange(in_f, dtype=torch.int32) // g
     return q, scale.T.contiguous(), zero, g_idx
 
 
@@ -226,7 +229,7 @@ def dequantized_tensors(art) -> Iterator[tuple[str, Any]]:
         suffix, extra = ".qweight", (".qweight", ".qzeros", ".scales", ".g_idx")
     elif fmt == "compressed-tensors":
         w = next(iter(qc["config_groups"].values()))["weights"]
-        bits, sym = int(w["num_bits"]), bool(w["symmetric"])
+        bits, sym, group = int(w["num_bits"]), bool(w["symmetric"]), int(w.get("group_size") or -1)
         suffix, extra = ".weight_packed", (".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point")
     else:
         raise UnsupportedError(f"{art.path}: quantisation method {fmt!r} cannot be read by slmctl",
@@ -237,7 +240,7 @@ def dequantized_tensors(art) -> Iterator[tuple[str, Any]]:
         if fmt == "gptq":
             q, scale, zero, g_idx = gptq_unpack(get, p, bits, qc.get("checkpoint_format") == "gptq_v2")
         else:
-            q, scale, zero, g_idx = ct_unpack(get, p, bits, sym)
+            q, scale, zero, g_idx = ct_unpack(get, p, bits, sym, group)
         yield f"{p}.weight", dequantize(q, scale, zero, g_idx)
     for n, lt in tensors.items():
         if n not in skip:
@@ -321,7 +324,7 @@ def gguf_view(art, outtype: str | None, *, log=None):
     def unpack(p):
         if fmt == "gptq":
             return gptq_unpack(get, p, bits, art.config["quantization_config"].get("checkpoint_format") == "gptq_v2")
-        return ct_unpack(get, p, bits, sym)
+        return ct_unpack(get, p, bits, sym, group)
 
     exact = exact_block_types(bits, sym)
     target = outtype or (exact[0] if exact else "f16")

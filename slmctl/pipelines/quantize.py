@@ -73,8 +73,8 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
              act_order: bool = True, static_groups: bool = True, true_sequential: bool = True,
              qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
              eval_data: str = "sample:shakespeare", eval_ctx: int = 512, eval_windows: int = 16,
-             force: bool = False, trust_remote_code: bool = False, log: Log = _nolog,
-             progress=None) -> dict[str, Any]:
+             force: bool = False, trust_remote_code: bool = False, skip_incompatible: bool = False,
+             log: Log = _nolog, progress=None) -> dict[str, Any]:
     """Quantise ``model``'s linear weights; returns {"output", "method", ..., "report": {...}}."""
     from ..api import load_artifact
     from ..io.quantized_formats import FORMATS
@@ -124,7 +124,7 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
         # the layout is what llm-compressor writes and vLLM reads, but transformers (5.24, with
         # compressed-tensors 0.20.1) builds weight_zero_point unpacked on the meta device and then
         # rejects the packed tensor (size mismatch; vllm-project/llm-compressor#1618)
-        raise UnsupportedError("--asym with --format compressed-tensors: transformers cannot load asymmetric "
+        raise UsageError("--asym with --format compressed-tensors: transformers cannot load asymmetric "
                                "pack-quantized checkpoints (compressed-tensors 0.20 leaves weight_zero_point "
                                "unpacked when it builds the model, then rejects the packed zero points)",
                                hint="use --format gptq (asymmetric zero points as gptq_v2, loaded by GPTQModel "
@@ -132,8 +132,11 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
     if fmt == "compressed-tensors" and method == "gptq" and act_order and not static_groups:
         raise UsageError("compressed-tensors keeps groups in column order: act-order needs static groups here",
                          hint="drop --no-static-groups, or use --format gptq")
+    skip = runtime_check(art, fmt, cfg, skip=skip_incompatible, log=log)
     out = Path(out) if out else default_output(model, path, method, cfg)
     recipe: dict[str, Any] = {"method": method, "bits": bits, "group_size": group_size, "sym": sym, "format": fmt}
+    if skip:
+        recipe["unquantized"] = skip
     if method != "rtn":
         recipe.update({"data": data, "field": field, "samples": samples, "seq_len": seq_len, "seed": seed})
     if method == "gptq":
@@ -144,7 +147,9 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
     t0 = time.perf_counter()
     stats = _write(art, model, path, out, cfg, gcfg, method, fmt, recipe, data=data, field=field, samples=samples,
                    seq_len=seq_len, seed=seed, force=force, trust_remote_code=trust_remote_code, log=log,
-                   progress=progress)
+                   progress=progress, skip=set(skip))
+    if skip:
+        stats["unquantized_linears"] = len(skip)
     seconds = time.perf_counter() - t0
     log(f"wrote {out} in {seconds:.1f}s")
     result: dict[str, Any] = {"output": str(out), "method": method, "format": fmt, "bits": bits,
@@ -162,12 +167,28 @@ def _linear_prefixes(art, lm=None) -> list[str]:
             if n.endswith(".weight") and len(t.shape) == 2 and pat.search(n)]
 
 
+def runtime_check(art, fmt: str, cfg, *, skip: bool = False, log: Log = _nolog) -> list[str]:
+    """Refuse (exit 2) a grid the format's runtime cannot load, before any work (see io.runtimes);
+    with ``skip``, the linears to leave unquantised instead."""
+    from ..io import runtimes
+
+    if (art.config or {}).get("slmctl_per_layer"):
+        raise UsageError(f"{art.path}: per-layer widths (slmctl_per_layer) cannot be quantised to --format "
+                         f"{fmt}: {runtimes.RUNTIMES[fmt]} builds every layer from config.json's single "
+                         "width, so it could not load the result",
+                         hint="export it to GGUF (slmctl export MODEL --format gguf --outtype q4_0): "
+                              "llama.cpp's deci architecture runs per-layer widths")
+    linears = {p: tuple(art.tensors[p + ".weight"].shape) for p in _linear_prefixes(art)}
+    return runtimes.refuse_or_skip(fmt, cfg.bits, cfg.group_size, linears, skip=skip, log=log)
+
+
 def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, samples, seq_len, seed, force,
-           trust_remote_code, log, progress) -> dict[str, Any]:
+           trust_remote_code, log, progress, skip=frozenset()) -> dict[str, Any]:
     from ..io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file
     from ..io.quantized_formats import ct_config, ct_tensors, gptq_config, gptq_tensors
+    from ..io.runtimes import ignore_entries
     from ..io.safetensors import ShardedWriter
 
     # asymmetric GPTQ layout: gptq_v2 zero points (see io.quantized_formats), symmetric: v1
@@ -192,6 +213,11 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
                          method=method, v2=not cfg.sym)
              if fmt == "gptq" else ct_config(cfg, method=method,
                                               actorder="static" if method == "gptq" and gcfg.act_order else None))
+    if skip:  # kept float: compressed-tensors `ignore` names, GPTQModel negative `dynamic` rules
+        if fmt == "gptq":
+            qconf["dynamic"] = {k: {} for k in ignore_entries(fmt, sorted(skip))}
+        else:
+            qconf["ignore"] = [*qconf["ignore"], *ignore_entries(fmt, sorted(skip))]
     qc_json = json.loads(json.dumps(qconf))
 
     def add_packed(w, prefix, res):
@@ -215,9 +241,9 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
         w = ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
         try:
             if method == "rtn":
-                _rtn_stream(art, w, cfg, add_packed, progress)
+                _rtn_stream(art, w, cfg, add_packed, progress, skip)
             else:
-                _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress)
+                _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress, skip)
         except BaseException:
             w.abort()
             raise
@@ -228,11 +254,11 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
     return stats
 
 
-def _rtn_stream(art, w, cfg, add_packed, progress) -> None:
-    """RTN without building the model: one tensor in memory at a time."""
+def _rtn_stream(art, w, cfg, add_packed, progress, skip=frozenset()) -> None:
+    """RTN without building the model: one tensor in memory at a time (``skip``: prefixes kept float)."""
     from ..methods.quantize.common import rtn
 
-    prefixes = set(_linear_prefixes(art))
+    prefixes = set(_linear_prefixes(art)) - set(skip)
     names = list(art.tensors)
     for name in (progress(names, desc="tensors") if progress else names):
         prefix = name[: -len(".weight")] if name.endswith(".weight") else None
@@ -246,7 +272,7 @@ def _rtn_stream(art, w, cfg, add_packed, progress) -> None:
             w.add(name, art.tensors[name].load())
 
 
-def _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress) -> None:
+def _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress, skip=frozenset()) -> None:
     """GPTQ/AWQ one decoder layer at a time: the layer's tensors are written as soon as it is done."""
     from ..layerwise import iter_layers
     from ..methods.quantize.common import QUANTIZERS
@@ -260,9 +286,13 @@ def _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress
             w.add(name, art.tensors[name].load())
     for step in iter_layers(lm, windows, capture=False, progress=progress):
         names = lm.linear_names(step.idx)
-        t = time.perf_counter()
-        results = fn(step.layer, cfg, names=names, step=step, gptq=gcfg, log=log)
         mapping = lm.layer_tensor_names(step.idx)
+        # linears kept float: GPTQ leaves them out; AWQ still scales them with their group (the fold
+        # into the norm changes their input too) but does not quantise them
+        keep = {n for n in names if mapping[f"{n}.weight"][: -len(".weight")] in skip}
+        t = time.perf_counter()
+        results = fn(step.layer, cfg, names=[n for n in names if method == "awq" or n not in keep], step=step,
+                     gptq=gcfg, log=log, keep_float=keep)
         done = set()
         for lin, res in results.items():
             src = mapping[f"{lin}.weight"]

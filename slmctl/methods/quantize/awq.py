@@ -176,8 +176,12 @@ def _prev_for(layer, group: list[str]):
 
 @QUANTIZERS.register("awq", "AWQ: activation-aware channel scales and clipping search")
 def quantize_awq(layer, cfg: QuantConfig, *, names: list[str], step, awq: AWQConfig | None = None, log=None,
-                 **_) -> dict[str, QuantResult]:
-    """AWQ for the linears ``names`` of a decoder layer (a layerwise LayerStep gives the inputs)."""
+                 keep_float=(), **_) -> dict[str, QuantResult]:
+    """AWQ for the linears ``names`` of a decoder layer (a layerwise LayerStep gives the inputs).
+
+    ``keep_float``: linears of ``names`` that get their group's activation scales (the fold into the
+    previous norm/linear changes their input too) but stay float, unquantised.
+    """
     import torch
 
     from ...layerwise import run_layer
@@ -230,6 +234,8 @@ def quantize_awq(layer, cfg: QuantConfig, *, names: list[str], step, awq: AWQCon
             Xc = X[grp[0]]
             Xc = Xc[:: max(1, Xc.shape[0] // acfg.clip_tokens)][: acfg.clip_tokens]
             for n in grp:
+                if n in keep_float:
+                    continue
                 lin = layer.get_submodule(n)
                 w = lin.weight.data.float()
                 bias = lin.bias.data.clone() if lin.bias is not None else None
