@@ -126,6 +126,7 @@ def test_check_passes_then_fails_after_a_change(cli, release, tmp_path):
     code, out, err = cli(*args)
     assert code == 0, err
     assert "matches" in out
+    assert cli("card", "--check", str(card))[0] == 0  # without ARTIFACT: those the card names
     # a re-run eval with another figure: the card's quality row no longer matches
     ev_path = release / "eval-gguf.json"
     saved = ev_path.read_text()
@@ -224,3 +225,40 @@ def test_chat_styles():
 def test_modelfile_needs_gguf(cli, tiny_llama, tmp_path):
     code, _, err = cli("export", str(tiny_llama), "--format", "hf", "--modelfile", "-o", str(tmp_path / "x"))
     assert code == 2 and "--modelfile goes with --format gguf" in err
+
+
+def _step(verb, recipe, *inputs):
+    return {"verb": verb, "recipe": recipe, "inputs": list(inputs), "versions": {}}
+
+
+def _inp(ref, prov=None, role=None, sha=None):
+    d = {"ref": ref, "sha256": sha or ref}
+    if prov:
+        d["provenance"] = prov
+    if role:
+        d["role"] = role
+    return d
+
+
+@pytest.mark.parametrize("chain,relation", [
+    (lambda b: _step("export", {"format": "gguf", "outtype": "f16"}, b), None),  # a format conversion
+    (lambda b: _step("export", {"format": "gguf", "outtype": "q4_k_m"}, b), "quantized"),
+    (lambda b: _step("quantize", {"format": "onnx", "bits": 4}, _inp("x", _step("export", {"format": "onnx"}, b))),
+     "quantized"),
+    (lambda b: _step("export", {"format": "gguf", "outtype": "q4_k_m"},
+                     _inp("d", _step("distill", {}, _inp("t", None, "teacher", "teacher-sha"),
+                                     _inp("p", _step("prune", {"method": "depth"}, b), "student")))), "finetune"),
+    (lambda b: _step("merge", {"method": "slerp"}, b, _inp("other-org/other-model")), "merge"),
+])
+def test_relation_from_the_provenance(chain, relation):
+    from types import SimpleNamespace
+
+    from slmctl.pipelines import card, lineage
+
+    prov = chain(_inp("example-org/base-model"))
+    item = card.Item("x", Path("x.gguf"), "x.gguf", SimpleNamespace(format="hf", config={}, tensors={}), prov)
+    roots = lineage.roots([prov])
+    assert card.relation([item], roots) == relation
+    # the teacher of a distillation is not a base model
+    assert [r["ref"] for r in roots][0] == "example-org/base-model"
+    assert lineage.bases([prov])["hub_ids"][0] == "example-org/base-model"

@@ -21,19 +21,24 @@ pruned=$(slmctl prune "$base" --method depth --layers "$PRUNE_LAYERS" --data "$D
 gate() {
     # exit 3 here fails the job: the artifact lost more quality than the release allows.
     # Each artifact is gated as soon as it exists, so a bad step fails fast, before the next exports.
+    # The report is kept for the model card.
     slmctl eval "$1" --reference "$base" --data "$DATA/eval.txt" --ctx "$SEQ_LEN" --windows "$EVAL_WINDOWS" \
-        --max-ppl-increase "$MAX_PPL_INCREASE" --min-top1 "$MIN_TOP1" -q >&2
+        --max-ppl-increase "$MAX_PPL_INCREASE" --min-top1 "$MIN_TOP1" --json -q > "$OUT/eval-$2.json"
 }
 
 student=$(slmctl distill --teacher "$base" --student "$pruned" --data "$DATA/train.txt" --steps "$DISTILL_STEPS" \
     --seq-len "$SEQ_LEN" --no-report -o "$OUT/distilled" --force -q)
-gate "$student"
+gate "$student" distilled
 gguf=$(slmctl export "$student" --format gguf --outtype q4_k_m --data "$DATA/calib.txt" \
     --imatrix "$OUT/imatrix.gguf" -o "$OUT/model-Q4_K_M.gguf" --force -q)
-gate "$gguf"
+gate "$gguf" gguf
 onnx=$(slmctl quantize "$(slmctl export "$student" --format onnx -o "$OUT/onnx" --force -q)" --bits 4 --no-report \
     -o "$OUT/onnx-int4" --force -q)
-gate "$onnx"
+gate "$onnx" onnx
 
 slmctl inspect "$gguf" --verify >&2
+# the model card (README.md) from the provenance and the eval reports; --check exits 3 if it does not match
+slmctl card "$student" "$gguf" "$onnx" --eval "$OUT/eval-distilled.json" --eval "$OUT/eval-gguf.json" \
+    --eval "$OUT/eval-onnx.json" -o "$OUT/README.md" --force -q >&2
+slmctl card --check "$OUT/README.md" "$student" "$gguf" "$onnx" -q >&2
 echo "$gguf"

@@ -11,9 +11,10 @@ from .output import Output
 
 
 def card(
-    artifacts: Annotated[List[str], typer.Argument(help="Release artifacts: HF folders, .gguf files, ONNX folders "
-                                                        "(paths; the card names them relative to itself).",
-                                                   show_default=False)],
+    artifacts: Annotated[Optional[List[str]], typer.Argument(help="Release artifacts: HF folders, .gguf files, ONNX "
+                                                                  "folders (the card names them relative to itself). "
+                                                                  "With --check: default, those the card names.",
+                                                             show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The card to write (README.md).",
                                                    show_default=False)] = None,
     eval_: Annotated[Optional[List[Path]], typer.Option("--eval", help="A `slmctl eval --json` report (repeat).",
@@ -47,7 +48,7 @@ def card(
     if check is not None:
         if output is not None or base or license or name:
             raise UsageError("--check reads a card; -o/--base/--license/--name write one")
-        rep = api.check_card(check, artifacts, evals=[str(p) for p in eval_ or []] or None,
+        rep = api.check_card(check, artifacts or [], evals=[str(p) for p in eval_ or []] or None,
                                profiles=[str(p) for p in profile or []] or None, log=out.log)
         counts = ", ".join(f"{n} {k}" for k, n in rep["checked"].items() if n)
         out.result(rep, human=f"{check}: {'matches' if rep['ok'] else 'DOES NOT MATCH'} the files ({counts} rows)")
@@ -58,8 +59,8 @@ def card(
                   file=sys.stderr)
             return 3
         return 0
-    if output is None:
-        raise UsageError("card needs -o README.md (or --check README.md)")
+    if output is None or not artifacts:
+        raise UsageError("card needs ARTIFACT... and -o README.md (or --check README.md)")
     path = api.card(artifacts, output, evals=[str(p) for p in eval_ or []], profiles=[str(p) for p in profile or []],
                       base=base, license=license, name=name, force=force, log=out.log)
     out.result({"output": str(path)}, human=str(path))
