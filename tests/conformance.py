@@ -190,11 +190,15 @@ class O:
 # exports and quantises the tiny llama in the default suite)
 ONNX_CASES = [O("576", "fp32", fast=False), O("576", "int8", fast=False), O("576", "int4", fast=False),
               O("896", "int4", fast=False), O("1536", "int8", fast=False)]
+# the HF folder converted by the OpenVINO plugin (plugins/slmctl-openvino, its `export` then its CPU session);
+# the plugin's own default-suite test (tests/test_targets_openvino.py) installs it and profiles the tiny llama
+OPENVINO_CASES = [O("576", "fp32 IR", fast=False), O("896", "fp32 IR", fast=False)]
 
 
 # ---------------------------------------------------------------- the page
 RUNTIME = {"compressed-tensors": "transformers + compressed-tensors", "gptq": "GPTQModel (torch kernel, CPU)",
-           "gguf": "llama.cpp (llama-cpp-python)", "onnx": "onnxruntime (CPU)"}
+           "gguf": "llama.cpp (llama-cpp-python)", "onnx": "onnxruntime (CPU)",
+           "openvino": "OpenVINO CPU plugin, through slmctl-openvino"}
 VERIFIED = {
     "compressed-tensors": "`from_pretrained` + `generate`; logits equal slmctl's dequantised model (max diff <= 1e-3)",
     "gptq": "`GPTQModel.load` (peer test, `make test-peers`); logits equal slmctl's dequantised model "
@@ -202,6 +206,7 @@ VERIFIED = {
     "gguf": "`Llama` loads and evaluates; logits agree with transformers' dequantised import of the same "
             "file (per-layer `deci`: with the float model)",
     "onnx": "`InferenceSession` prefill + KV-cache decode; logits follow the float model",
+    "openvino": "the plugin's `export` (IR) and `load` (compiled CPU model) run; logits equal the float model",
 }
 
 
@@ -250,7 +255,7 @@ def render_doc() -> str:
                 lines.append(f"| {fmt} | {RUNTIME[fmt]} | {VERIFIED[fmt]} | {sh} | "
                              f"{_cell([c for c in cs if not c.refuse])} | "
                              f"{_cell([c for c in cs if c.refuse])} |")
-    for fmt, cases in (("gguf", GGUF_CASES), ("onnx", ONNX_CASES)):
+    for fmt, cases in (("gguf", GGUF_CASES), ("onnx", ONNX_CASES), ("openvino", OPENVINO_CASES)):
         for sh in shapes:
             cs = [c for c in cases if c.shape == sh]
             if cs:

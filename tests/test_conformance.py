@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conformance import GGUF_CASES, ONNX_CASES, QUANT_CASES, build_shape, render_doc
+from conformance import GGUF_CASES, ONNX_CASES, OPENVINO_CASES, QUANT_CASES, build_shape, render_doc
 
 IDS = [1, 5, 17, 99, 3, 250, 41, 7, 8, 120, 64, 11, 200, 33]
 CALIB = ("--samples", "4", "--seq-len", "32")
@@ -213,6 +213,30 @@ def test_onnx_runs_in_onnxruntime(case, shape_model, onnx_export, tmp_path, cli)
     want = _logits(AutoModelForCausalLM.from_pretrained(str(shape_model(case.shape)), dtype=torch.float32).eval())
     tol = {"fp32": 1e-4, "int8": 0.25, "int4": 0.35}[case.qtype]
     assert _rel(full[0], want) < tol, (case.id, _rel(full[0], want))
+    # inspect --check finds the HF folder through the provenance and runs the same comparison
+    code, stdout, err = cli("inspect", str(folder), "--check", "--json")
+    chk = json.loads(stdout)["check"]
+    assert code == 0 and chk["ok"] and chk["logits"]["reference"] == "the HF folder it was exported from", err
+
+
+# ---------------------------------------------------------------- OpenVINO (the plugin)
+@pytest.mark.parametrize("case", _param(OPENVINO_CASES))
+def test_openvino_plugin_runs_the_model(case, shape_model, tmp_path):
+    pytest.importorskip("openvino")
+    plugin = pytest.importorskip("slmctl_openvino")
+    from transformers import AutoModelForCausalLM
+
+    from slmctl.io.artifact import open_artifact
+
+    src = shape_model(case.shape)
+    art = open_artifact(src)
+    ir = plugin.OpenVINOTarget().export(art, tmp_path / "ir")
+    sess = plugin.OpenVINOSession(ir / plugin.IR_NAME, art.config)
+    got = sess.request.infer({0: np.asarray([IDS], dtype=np.int64)})[sess.compiled.output(0)][0]
+    want = _logits(AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval())
+    assert _rel(got, want) < 1e-3, _rel(got, want)
+    state = sess.prefill(np.asarray([IDS]))
+    assert int(state["next"][0]) == int(want[-1].argmax())
 
 
 # ---------------------------------------------------------------- inspect --check
