@@ -35,6 +35,25 @@ FAMILIES = {
     "gemma2": dict(model_type="gemma2", intermediate_size=64, num_key_value_heads=2, head_dim=8,
                    query_pre_attn_scalar=8, sliding_window=16),
     "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=128, n_inner=64),
+    # Gemma 3 (270M's shape, shrunk): one KV head, head_dim above hidden/heads, a sliding then a full layer with
+    # their own RoPE bases, QK norms; query_pre_attn_scalar = hidden/heads (the 27B's rule) so it differs from
+    # head_dim; SentencePiece-style tokenizer without a dummy prefix (SPM_FAMILIES)
+    "gemma3": dict(model_type="gemma3_text", intermediate_size=64, num_key_value_heads=1, head_dim=16,
+                   query_pre_attn_scalar=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                   rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                                    "full_attention": dict(rope_type="default", rope_theta=1000000.0)},
+                   hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
+    # SmolLM3: RoPE left out of every 4th layer, so 4 layers; tied, GQA
+    "smollm3": dict(model_type="smollm3", num_hidden_layers=4, intermediate_size=64, num_key_value_heads=2,
+                    no_rope_layer_interval=4, tie_word_embeddings=True, use_sliding_window=False, pad_token_id=0,
+                    rope_parameters=dict(rope_type="default", rope_theta=5000000.0)),
+    # Granite 3.x dense: the four multipliers with granite-3.3-2b's values (attention = 1/head_dim)
+    "granite": dict(model_type="granite", intermediate_size=64, num_key_value_heads=2, tie_word_embeddings=True,
+                    embedding_multiplier=12.0, attention_multiplier=0.125, residual_multiplier=0.22,
+                    logits_scaling=8.0, rope_parameters=dict(rope_type="default", rope_theta=10000000.0)),
+    # OLMo 2: post-norms, QK norms over whole projections, untied, MHA (as OLMo-2-1B)
+    "olmo2": dict(model_type="olmo2", intermediate_size=64, num_key_value_heads=4, tie_word_embeddings=False,
+                  rope_parameters=dict(rope_type="default", rope_theta=500000.0)),
 }
 
 
@@ -53,17 +72,45 @@ def _tokenizer(folder: Path):
     return fast
 
 
+SPM_FAMILIES = ("gemma3",)  # families whose tiny model gets a SentencePiece-style tokenizer
+
+
+def _spm_tokenizer(folder: Path):
+    """Gemma-style SentencePiece: BPE with byte fallback, digits split, no dummy prefix (spaces become "▁"
+    in place), turn markers as user-defined pieces; tokenizer.model plus the tokenizer.json transformers makes."""
+    import io
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXT.splitlines()), model_writer=buf, vocab_size=384,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, split_digits=True,
+                                   add_dummy_prefix=False, remove_extra_whitespaces=False,
+                                   normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+                                   unk_piece="<unk>", bos_piece="<bos>", eos_piece="<eos>", pad_piece="<pad>",
+                                   user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(buf.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>",
+         "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False}))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.save_pretrained(folder)
+    return tok
+
+
 def build_tiny(family: str, folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer(folder)
+    tok = (_spm_tokenizer if family in SPM_FAMILIES else _tokenizer)(folder)
     spec = dict(FAMILIES[family])
     model_type = spec.pop("model_type")
     common = {} if family == "gpt2" else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                 max_position_embeddings=128)
-    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=1, eos_token_id=2, **common, **spec)
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=1, eos_token_id=2, **{**common, **spec})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     # random init of norms too, so tests see more than ones and zeros

@@ -49,7 +49,7 @@ def _hf_greedy(folder: Path, ids: list[int], n: int) -> list[int]:
 
 def _llama(path: Path):
     return open_llama(path, n_ctx=64, n_batch=64, logits_all=True, n_threads=1,
-                           n_threads_batch=1, verbose=False, seed=0)
+                           n_threads_batch=1, verbose=False, seed=0, type_k=0, type_v=0)
 
 
 def _llama_logits(llm, ids):

@@ -63,6 +63,12 @@ class ArchSpec:
     transpose: tuple[str, ...] = ()  # HF suffixes stored transposed (Conv1D)
     skip: tuple[str, ...] = ()  # HF name regexes that llama.cpp does not use
     drop_output_when_tied: bool = True
+    # llama.cpp scales attention by 1/sqrt(head_dim); a different query scale (Gemma 3's
+    # query_pre_attn_scalar) is folded into the Q norm weights, which multiply Q just before RoPE
+    fold_query_scale: bool = False
+    # a layer pattern written as a per-layer array: "swa" (sliding layers from layer_types) or
+    # "no_rope" (SmolLM3's every-4th layer without RoPE, which llama.cpp hard-codes: checked, not written)
+    layer_pattern: str | None = None
     per_layer_arch: str | None = None  # GGUF arch that reads per-layer head/FFN arrays
 
     def gguf_name(self, hf_name: str) -> str | None:
@@ -140,6 +146,33 @@ _add(ArchSpec("gpt2", "gpt2", ("GPT2LMHeadModel",),
               rope=False, transpose=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
               skip=(r"\.attn\.bias$", r"\.attn\.masked_bias$")))
 
+# Gemma 3 text (gemma3_text): Gemma 2's four norms per block plus per-head Q/K norms, (1 + w) norms,
+# sliding and full layers with their own RoPE bases, the query scale folded into the Q norm
+_add(ArchSpec("gemma3", "gemma3", ("Gemma3ForCausalLM",), {**_LLAMA_TOP},
+              {**_LLAMA_BLOCK, "post_attention_layernorm.weight": "post_attention_norm.weight",
+               "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+               "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+               "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"},
+              hparams=_COMMON_HP, norm_plus_one=True, fold_query_scale=True, layer_pattern="swa",
+              skip=(r"^lm_head\.weight$", r"rotary_emb.*\.inv_freq$")))
+# SmolLM3: a llama with RoPE left out of every 4th layer (no_rope_layers)
+_add(ArchSpec("smollm3", "smollm3", ("SmolLM3ForCausalLM",), _LLAMA_TOP, _LLAMA_BLOCK, hparams=_COMMON_HP,
+              permute_qk=True, layer_pattern="no_rope", skip=(r"rotary_emb\.inv_freq$",)))
+# Granite 3.x dense: a llama with embedding, attention, residual and logits multipliers
+_add(ArchSpec("granite", "granite", ("GraniteForCausalLM",), _LLAMA_TOP, _LLAMA_BLOCK,
+              hparams={**_COMMON_HP, "embedding_scale": ("embedding_multiplier",),
+                       "attention.scale": ("attention_multiplier",), "residual_scale": ("residual_multiplier",),
+                       "logit_scale": ("logits_scaling",)},
+              permute_qk=True, skip=(r"rotary_emb\.inv_freq$",)))
+# OLMo 2: no pre-norms; norms after attention and MLP, RMSNorm over the whole Q and K projections;
+# llama.cpp always reads an output tensor (a tied one is written twice)
+_add(ArchSpec("olmo2", "olmo2", ("Olmo2ForCausalLM",), _LLAMA_TOP,
+              {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "input_layernorm.weight"},
+               "post_attention_layernorm.weight": "post_attention_norm.weight",
+               "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+               "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"},
+              hparams=_COMMON_HP, drop_output_when_tied=False, skip=(r"rotary_emb\.inv_freq$",)))
+
 
 def spec_for(config: dict[str, Any], where: str = "config.json") -> ArchSpec:
     """The spec of a model from its config.json (``architectures``, then ``model_type``)."""
@@ -178,6 +211,32 @@ def head_dim(config: dict[str, Any]) -> int:
     hidden = config.get("hidden_size") or config.get("n_embd")
     heads = config.get("num_attention_heads") or config.get("n_head")
     return int(hidden) // int(heads)
+
+
+def sliding_layers(config: dict[str, Any]) -> list[bool]:
+    """Which layers use sliding-window attention: ``layer_types``, else Gemma 3's older
+    ``sliding_window_pattern`` (every Nth layer full), else none."""
+    n = int(config["num_hidden_layers"])
+    lt = config.get("layer_types")
+    if isinstance(lt, list) and len(lt) == n:
+        return [t == "sliding_attention" for t in lt]
+    every = config.get("sliding_window_pattern") or config.get("_sliding_window_pattern")
+    if isinstance(every, int) and every > 0 and config.get("sliding_window"):
+        return [(i + 1) % every != 0 for i in range(n)]
+    return [False] * n
+
+
+def rope_layers(config: dict[str, Any]) -> list[bool]:
+    """Which layers apply RoPE: SmolLM3's ``no_rope_layers`` (1 = RoPE), else every
+    ``no_rope_layer_interval``-th layer without, else all."""
+    n = int(config["num_hidden_layers"])
+    nr = config.get("no_rope_layers")
+    if isinstance(nr, list) and len(nr) == n:
+        return [bool(x) for x in nr]
+    every = config.get("no_rope_layer_interval")
+    if isinstance(every, int) and every > 0:
+        return [(i + 1) % every != 0 for i in range(n)]
+    return [True] * n
 
 
 def permute_qk(w, n_head: int):

@@ -43,14 +43,9 @@ def load_tokenizer(artifact, trust_remote_code: bool = False):
     p = artifact.path
     try:
         if artifact.format == "gguf":
-            try:
-                return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-            except (ValueError, KeyError):
-                # an architecture transformers has no model for (llama.cpp's `deci`, which holds per-layer
-                # widths): the tokenizer metadata does not depend on it, so build the tokenizer alone
-                from transformers import PreTrainedTokenizerFast
+            from ..io.gguf_import import gguf_tokenizer
 
-                return PreTrainedTokenizerFast.from_pretrained(str(p.parent), gguf_file=p.name)
+            return gguf_tokenizer(p)
         folder = p if p.is_dir() else p.parent
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as exc:

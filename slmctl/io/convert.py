@@ -32,8 +32,14 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
     art = open_artifact(src)
     arch = art.metadata.get("general.architecture", "?")
     try:
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32, **qc)
+        from .gguf_import import OWN_IMPORT, import_gguf
+
+        if arch in OWN_IMPORT:  # families transformers' GGUF loader lacks or misreads
+            model, tok = import_gguf(art)
+        else:
+            tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+            model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32,
+                                                         **qc)
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise UnsupportedError(f"{src}: transformers cannot import GGUF architecture {arch!r} "
                                f"({str(exc).splitlines()[0]})",

@@ -90,15 +90,13 @@ def read_vocab(folder: Path, config: dict, vocab_size: int) -> Vocab:
     if not tok:
         raise UnsupportedError(f"{folder}: no tokenizer.json, so the GGUF would have no vocabulary",
                                hint="put the model's tokenizer.json (or SentencePiece tokenizer.model) next to config.json")
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return _sentencepiece_bpe(folder, tok, config, vocab_size)
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise UnsupportedError(f"{tj}: tokenizer model {model.get('type')!r}"
                                f"{' with byte fallback' if model.get('byte_fallback') else ''} is not supported",
                                hint="slmctl writes byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model) vocabularies")
-    vocab: dict[str, int] = dict(model.get("vocab") or {})
-    added = {t["id"]: t for t in tok.get("added_tokens", []) if isinstance(t, dict) and "id" in t}
-    for i, t in added.items():
-        vocab[t["content"]] = i
-    n = max(vocab_size, max(vocab.values(), default=-1) + 1)
+    vocab, added, n = _bpe_vocab(tok, vocab_size)
     tokens = [f"[PAD{i}]" for i in range(n)]
     types = [UNUSED] * n
     for s, i in vocab.items():
@@ -169,16 +167,75 @@ def _sentencepiece(folder: Path, tok: dict, config: dict, vocab_size: int) -> Vo
     vocab = {t: i for i, t in enumerate(tokens)}
     for t in tok.get("added_tokens", []) if tok else []:
         i = t.get("id")
-        if isinstance(i, int) and 0 <= i < n and tokens[i] != t.get("content"):
+        # a piece SentencePiece keeps as normal but tokenizer.json lists as added (Gemma's turn markers) is matched whole
+        if isinstance(i, int) and 0 <= i < n and (tokens[i] != t.get("content") or types[i] == NORMAL):
             tokens[i] = t["content"]
             types[i] = CONTROL if t.get("special") else USER_DEFINED
             vocab[t["content"]] = i
     v = Vocab("llama", "default", tokens, types, [], scores=scores)
-    norm = (tok or {}).get("normalizer") or {}
-    # HF's llama tokenizers prepend "▁" in the normalizer or a Metaspace pre-tokenizer; so does llama.cpp
-    v.add_space_prefix = not (tok and norm == {} and not tok.get("pre_tokenizer"))
+    v.add_space_prefix = _space_prefix(tok, sp)
     _specials(v, folder, tok or {}, config, vocab)
     return v
+
+
+def _bpe_vocab(tok: dict, vocab_size: int) -> tuple[dict[str, int], dict[int, dict], int]:
+    """(token -> id with the added tokens, added tokens by id, GGUF vocabulary size). Added tokens past the
+    model's vocabulary (transformers' GGUF tokenizer loader appends <|endoftext|>) are left out: llama.cpp
+    wants exactly one token per embedding row."""
+    vocab: dict[str, int] = dict(tok["model"].get("vocab") or {})
+    n = max(vocab_size, max(vocab.values(), default=-1) + 1)
+    added = {t["id"]: t for t in tok.get("added_tokens", []) if isinstance(t, dict) and "id" in t}
+    if not vocab_size:
+        n = max(n, max(added, default=-1) + 1)
+    added = {i: t for i, t in added.items() if 0 <= i < n}
+    for i, t in added.items():
+        vocab[t["content"]] = i
+    return vocab, added, n
+
+
+def _sentencepiece_bpe(folder: Path, tok: dict, config: dict, vocab_size: int) -> Vocab:
+    """A SentencePiece BPE kept only as tokenizer.json (byte-fallback BPE, as a Gemma folder imported from GGUF):
+    llama.cpp's SentencePiece tokenizer merges the pair whose result scores highest, so each token scores
+    minus the rank of the merge that makes it; ``<0xNN>`` pieces are byte tokens."""
+    model = tok["model"]
+    vocab, added, n = _bpe_vocab(tok, vocab_size)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    rank: dict[str, int] = {}
+    for r, m in enumerate(merges):
+        rank.setdefault(m.replace(" ", ""), r)
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    types = [UNUSED] * n
+    scores = [-1e9] * n
+    for s, i in vocab.items():
+        if not 0 <= i < n:
+            continue
+        tokens[i] = s
+        byte = len(s) == 6 and s.startswith("<0x") and s.endswith(">")
+        types[i] = UNKNOWN if s == model.get("unk_token") else BYTE if byte else NORMAL
+        scores[i] = -float(rank[s]) if s in rank else (0.0 if len(s) == 1 else -float(len(merges) + i))
+    for i, t in added.items():
+        if 0 <= i < n and types[i] != UNKNOWN:
+            types[i] = CONTROL if t.get("special") else USER_DEFINED
+    v = Vocab("llama", "default", tokens, types, [], scores=scores)
+    v.add_space_prefix = _space_prefix(tok, None)
+    _specials(v, folder, tok, config, vocab)
+    return v
+
+
+def _space_prefix(tok: dict, sp) -> bool:
+    """Whether "▁" is prepended to the text (llama.cpp's add_space_prefix), as the tokenizer transformers uses does:
+    HF's llama tokenizers prepend it in the normalizer or a Metaspace pre-tokenizer; Gemma's only replace
+    spaces. Without a tokenizer.json, SentencePiece itself is asked."""
+    if not tok:
+        pieces = sp.encode_as_pieces("a")
+        return bool(pieces) and pieces[0].startswith("\u2581")
+    norm = tok.get("normalizer") or {}
+    if any(n.get("type") == "Prepend" for n in (norm.get("normalizers") or [norm])):
+        return True
+    for p in _flatten(tok.get("pre_tokenizer")):
+        if p.get("type") == "Metaspace":
+            return p.get("prepend_scheme", "always") != "never" and p.get("add_prefix_space", True) is not False
+    return False
 
 
 def _flatten_post(p: dict) -> list[dict]:

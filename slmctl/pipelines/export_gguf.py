@@ -69,7 +69,7 @@ def _tensor_type(spec: ArchSpec, gguf_name: str, shape: tuple[int, ...], outtype
 
 def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
     cfg = art.config or {}
-    tied = bool(cfg.get("tie_word_embeddings", spec.name in ("gpt2", "gemma2")))
+    tied = bool(cfg.get("tie_word_embeddings", spec.name in ("gpt2", "gemma2", "gemma3")))
     out: list[_Planned] = []
     for name, lt in art.tensors.items():
         g = spec.gguf_name(name)
@@ -81,6 +81,9 @@ def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
         out.append(_Planned(name, g, shape, _tensor_type(spec, g, shape, outtype), spec.block_index(name)))
     if not any(p.gguf == "token_embd.weight" for p in out):
         raise InputError(f"{art.path}: no token embedding tensor found", hint="is this a complete causal LM?")
+    if tied and not spec.drop_output_when_tied and not any(p.gguf == "output.weight" for p in out):
+        emb = next(p for p in out if p.gguf == "token_embd.weight")  # llama.cpp reads its own output tensor
+        out.append(_Planned(emb.hf, "output.weight", emb.shape, emb.gtype, None))
     order = {"token_embd.weight": 0, "position_embd.weight": 1}
     rp = rope_params(cfg)
     if spec.rope and rp.get("rope_type") == "llama3":
@@ -127,6 +130,8 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -
         grid = tuple(permute_qk(g, g.shape[0] // head_dim(cfg)) for g in grid) if grid is not None else None
     if spec.norm_plus_one and p.hf.endswith("norm.weight"):
         a = a + np.float32(1)
+    if spec.fold_query_scale and p.hf.endswith("self_attn.q_norm.weight"):
+        a = a * np.float32(query_scale_fold(cfg))
     a = np.ascontiguousarray(a, dtype=np.float32)
     if tuple(a.shape) != p.shape:
         raise InputError(f"tensor {p.hf}: shape {tuple(a.shape)} after conversion, planned {p.shape}")
@@ -172,7 +177,7 @@ def write_hparams(w, spec: ArchSpec, cfg: dict, arch: str, per_layer: dict[str, 
             v = 4 * cfg["n_embd"]
         if v is None:
             continue
-        w.add(f"{arch}.{suffix}", v, F32 if isinstance(v, float) else U32)
+        w.add(f"{arch}.{suffix}", v, F32 if isinstance(v, float) or suffix in F32_KEYS else U32)
     if spec.name == "gpt2" and not w.has(f"{arch}.feed_forward_length"):
         w.add_u32(f"{arch}.feed_forward_length", cfg.get("n_inner") or 4 * cfg["n_embd"])
     if spec.name in ("llama", "mistral"):
@@ -208,6 +213,58 @@ def write_hparams(w, spec: ArchSpec, cfg: dict, arch: str, per_layer: dict[str, 
         w.add_f32(f"{arch}.final_logit_softcapping", cfg.get("final_logit_softcapping") or 0.0)
         if cfg.get("sliding_window"):
             w.add_u32(f"{arch}.attention.sliding_window", int(cfg["sliding_window"]))
+    if spec.layer_pattern:
+        _layer_pattern_hparams(w, spec, cfg, arch)
+    if spec.name == "olmo2" and head_dim(cfg) * int(cfg["num_attention_heads"]) != int(cfg["hidden_size"]):
+        raise UnsupportedError(f"OLMo 2 with {cfg['num_attention_heads']} heads of {head_dim(cfg)} and hidden size "
+                               f"{cfg['hidden_size']}: llama.cpp's olmo2 graph needs heads x head size = hidden size",
+                               hint="width-prune OLMo 2's MLP only (--mlp-ratio) for a GGUF; ONNX and HF keep any width")
+
+
+# GGUF keys that llama.cpp reads as floats even when config.json has a whole number (Granite's 12 or 8)
+F32_KEYS = {"embedding_scale", "attention.scale", "residual_scale", "logit_scale", "attention.layer_norm_rms_epsilon",
+            "attention.layer_norm_epsilon"}
+
+
+def query_scale_fold(cfg: dict) -> float:
+    """The factor folded into Gemma 3's Q norm: HF scales scores by ``query_pre_attn_scalar ** -0.5``,
+    llama.cpp's gemma3 by ``1/sqrt(head_dim)`` (``1/sqrt(hidden/heads)`` when it has 62 layers, the 27B)."""
+    qpas = cfg.get("query_pre_attn_scalar")
+    if not qpas:
+        return 1.0
+    ref = cfg["hidden_size"] / cfg["num_attention_heads"] if cfg.get("num_hidden_layers") == 62 else head_dim(cfg)
+    return float(np.sqrt(ref / float(qpas)))
+
+
+def _layer_pattern_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
+    """Per-layer patterns: Gemma 3's sliding layers as an explicit array (llama.cpp's default is 5 sliding,
+    1 full, which a pruned model no longer follows); SmolLM3's layers without RoPE, which llama.cpp fixes
+    at every 4th layer, checked."""
+    from ..arch import rope_layers, sliding_layers
+    from ..io.gguf_writer import BOOL
+
+    if spec.layer_pattern == "swa":
+        swa = sliding_layers(cfg)
+        if any(swa) and cfg.get("sliding_window"):
+            w.add_u32(f"{arch}.attention.sliding_window", int(cfg["sliding_window"]))
+            w.add_array(f"{arch}.attention.sliding_window_pattern", swa, BOOL)
+            local = dict((cfg.get("rope_parameters") or {}).get("sliding_attention") or {})
+            base = local.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0
+            w.add_f32(f"{arch}.rope.freq_base_swa", float(base))
+        if cfg.get("final_logit_softcapping"):
+            w.add_f32(f"{arch}.final_logit_softcapping", float(cfg["final_logit_softcapping"]))
+        if cfg.get("attn_logit_softcapping"):
+            raise UnsupportedError("Gemma 3 with attn_logit_softcapping: llama.cpp's gemma3 graph has no "
+                                   "attention soft-capping")
+    elif spec.layer_pattern == "no_rope":
+        use = rope_layers(cfg)
+        fixed = [(i + 1) % 4 != 0 for i in range(len(use))]
+        if use != fixed:
+            show = "".join("R" if u else "-" for u in use)
+            raise UnsupportedError(f"SmolLM3 layers with RoPE (R) and without (-): {show}; llama.cpp's smollm3 "
+                                   "leaves RoPE out of every 4th layer only, and GGUF has no key for another pattern",
+                                   hint="after depth pruning, drop whole groups of 4 layers (for example the last "
+                                        "ones: slmctl prune --method depth --metric last --layers 4) to keep the pattern")
 
 
 def write_vocab(w, vocab) -> None:

@@ -18,6 +18,10 @@ WIDTH_FAMILIES: dict[str, dict[str, Any]] = {
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
     # Gemma scales the embeddings by sqrt(hidden_size): a narrower hidden size changes that constant
     "gemma2": dict(_LLAMA, hidden=False),
+    "gemma3_text": dict(_LLAMA, hidden=False),  # its Q/K norms are per head: head pruning leaves them
+    "smollm3": _LLAMA, "granite": _LLAMA,
+    # OLMo 2 normalises the whole Q and K projections: their norm weights lose the pruned heads' channels too
+    "olmo2": dict(_LLAMA, qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
 }
 PER_LAYER_KEY = "slmctl_per_layer"
 
@@ -83,6 +87,9 @@ def shrink(state: dict[str, Any], config: dict[str, Any], plan: dict[str, Any]) 
                 sel(f"{p}{fam['k']}.{t}", 0, kvi)
                 sel(f"{p}{fam['v']}.{t}", 0, kvi)
             sel(f"{p}{fam['o']}.weight", 1, qi)
+            if fam.get("qk_norm"):
+                sel(f"{p}{fam['qk_norm'][0]}.weight", 0, qi)
+                sel(f"{p}{fam['qk_norm'][1]}.weight", 0, kvi)
             heads[i], kvs[i] = len(q_keep), len(kv_keep)
         if i in plan.get("mlp", {}):
             idx = torch.tensor(plan["mlp"][i], dtype=torch.long)
@@ -153,6 +160,8 @@ def apply_per_layer(model, config: dict[str, Any]) -> None:
         attn.v_proj = lin(attn.v_proj, hidden, kv * hd)
         attn.o_proj = lin(attn.o_proj, h * hd, hidden)
         attn.num_key_value_groups = h // kv
+        for name, size in zip(fam.get("qk_norm", ()), (h * hd, kv * hd)):
+            layer.get_submodule(name).weight = torch.nn.Parameter(torch.ones(size))
         for attr in ("num_heads", "num_attention_heads"):
             if hasattr(attn, attr):
                 setattr(attn, attr, h)
