@@ -281,7 +281,8 @@ def render(res: dict[str, Any]) -> str:
         rows[-1] += f"  ({len(res['run']['generated'])} tokens generated from a {res.get('prompt_tokens')}-token prompt)"
     lg = res.get("logits")
     if lg is None:
-        rows.append("logits   no reference to compare with")
+        rows.append("logits   not compared (" + ("no reference for this format)" if res["run"].get("ok")
+                                                  else "the runtime did not run)"))
     elif "max_abs_diff" in lg:
         rows.append(f"logits   {'ok' if lg['ok'] else 'DISAGREE'}  vs {lg['reference']}: max |diff| "
                     f"{lg['max_abs_diff']:.3g} (scale {lg['logit_scale']:.3g}), top-1 agreement "
