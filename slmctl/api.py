@@ -183,7 +183,10 @@ def _quantization(art, dtypes) -> Any:
             ft = LlamaFileType(ft).name.removeprefix("MOSTLY_") if ft is not None else None
         except (ValueError, ImportError):
             pass
-        return {"file_type": ft, "tensor_types": dict(dtypes)}
+        from collections import Counter
+
+        counts = Counter(t.dtype for t in art.tensors.values())
+        return {"file_type": ft, "tensor_types": dict(dtypes), "tensor_counts": dict(counts.most_common())}
     return None
 
 

@@ -209,3 +209,73 @@ def _as_f16(art, folder):
             sd = load_file(str(f))
             save_file({k: v.to(torch.float16).to(v.dtype) for k, v in sd.items()}, str(f), metadata={"format": "pt"})
     return open_artifact(folder)
+
+
+# ---------------------------------------------------------------- the verbs, bad input, every family in llama.cpp
+def test_quantize_format_gguf_gptq(tiny_llama, text_file, tmp_path, cli):
+    gguf = pytest.importorskip("gguf")
+    dst = tmp_path / "q.gguf"
+    code, out, err = cli("quantize", str(tiny_llama), "--format", "gguf", "--type", "q4_k_m", "--data", str(text_file),
+                         "--samples", "4", "--seq-len", "64", "--no-report", "-o", str(dst))
+    assert code == 0, err
+    assert out.strip() == str(dst)
+    # rows of 32 cannot hold Q4_K: llama.cpp's fallback, said once per (type -> fallback)
+    assert err.count("as llama.cpp does") == 2 and "Q5_0" in err and "Q8_0" in err
+    r = gguf.GGUFReader(str(dst))
+    assert r.fields["general.file_type"].contents() == 15
+    kinds = {t.tensor_type.name for t in r.tensors}
+    assert {"Q5_0", "Q8_0"} <= kinds
+    code, out, err = cli("inspect", str(dst))
+    assert code == 0 and "tensor types" in out and "Q5_0 x" in out
+
+
+def test_imatrix_of_another_model_names_the_mismatch(tiny_llama, tmp_path, cli):
+    from slmctl.io.imatrix import write_imatrix
+
+    im = tmp_path / "other.imatrix"
+    write_imatrix(im, {"blk.0.attn_q.weight": (np.ones(48, dtype=np.float32), 1)}, datasets=["x"], chunk_size=1,
+                  chunk_count=1)
+    code, out, err = cli("export", str(tiny_llama), "--format", "gguf", "--outtype", "q4_0", "--imatrix", str(im),
+                         "-o", str(tmp_path / "x.gguf"))
+    assert code == 1 and "blk.0.attn_q.weight has 48 values" in err and not out
+
+
+def test_gptq_needs_calibration_text(tiny_llama, tmp_path, cli):
+    code, _, err = cli("export", str(tiny_llama), "--format", "gguf", "--outtype", "q4_0", "--method", "gptq",
+                       "-o", str(tmp_path / "x.gguf"))
+    assert code == 2 and "--data" in err
+
+
+FAMS = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "mistral"]
+
+
+@pytest.mark.parametrize("family", [f if f == "llama" else pytest.param(f, marks=pytest.mark.slow) for f in FAMS])
+def test_family_gptq_gguf_runs_its_own_weights(family, tiny_models, text_file, tmp_path):
+    """llama.cpp's logits on slmctl's GPTQ file equal torch's on the file's dequantised weights (read back to HF)."""
+    pytest.importorskip("llama_cpp")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slmctl import api
+    from slmctl.io.artifact import open_artifact
+    from slmctl.llamacpp import open_llama
+    from slmctl.pipelines.gguf_quant import to_gguf
+
+    src = tiny_models[family]
+    dst = tmp_path / f"{family}.gguf"
+    to_gguf(open_artifact(src), str(src), dst, "q4_0", method="gptq", data=str(text_file), samples=4, seq_len=64)
+    back = api.export(str(dst), tmp_path / "back", "hf")
+    ids = [5, 17, 42, 7, 99, 3, 64, 12]
+    with torch.no_grad():
+        deq = AutoModelForCausalLM.from_pretrained(str(back), dtype=torch.float32).eval()(torch.tensor([ids])).logits[0]
+        fp = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()(torch.tensor([ids])).logits[0]
+    llm = open_llama(dst, n_ctx=64, n_batch=64, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False,
+                     type_k=0, type_v=0)
+    try:
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    gap = np.abs(got - deq.numpy()).max()
+    quant_err = np.abs(deq.numpy() - fp.numpy()).max()
+    assert gap < 2e-2 and gap < 0.5 * quant_err, (family, gap, quant_err)

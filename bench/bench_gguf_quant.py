@@ -1,0 +1,151 @@
+"""GGUF quantisation quality: slmctl's GPTQ on llama.cpp's block grids vs llama.cpp's own quantiser, without
+and with an importance matrix, side by side on the sample (issue 20).
+
+Every tool gets the same calibration windows (BENCH_GQ_SAMPLES windows of BENCH_GQ_SEQLEN tokens drawn with
+seed 0 from the calibration region of sample:shakespeare) and every output is evaluated by the same
+`slmctl eval OUT --reference sample:smollm2-135m` on the held-out evaluation region (BENCH_GQ_WINDOWS windows of
+BENCH_GQ_CTX tokens), GGUFs in llama.cpp: perplexity, mean KL(fp32 || quant), top-1 agreement, file size, wall
+time. Rows:
+
+* llama.cpp: llama_model_quantize (llama.cpp's quantiser, from llama-cpp-python) on slmctl's f16 GGUF;
+* llama.cpp + imatrix: the same with an importance matrix over the same windows, handed to
+  llama_model_quantize (the matrix is slmctl's, computed in one layer-by-layer pass; the time of computing it
+  is in the row);
+* slmctl gptq: `slmctl quantize MODEL --format gguf --type T --method gptq` on the same windows.
+
+Writes bench/results/gguf_quant.{json,md}. Types: BENCH_GQ_TYPES (q4_0,q4_k_m,q3_k_m,q2_k).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from timing import heavy, measure, write_results  # noqa: E402  (bench/ is on sys.path)
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = os.environ.get("BENCH_GQ_MODEL", "sample:smollm2-135m")
+DATA = os.environ.get("BENCH_GQ_DATA", "sample:shakespeare")
+SAMPLES = int(os.environ.get("BENCH_GQ_SAMPLES", "32"))
+SEQLEN = int(os.environ.get("BENCH_GQ_SEQLEN", "512"))
+WINDOWS = int(os.environ.get("BENCH_GQ_WINDOWS", "16"))
+CTX = int(os.environ.get("BENCH_GQ_CTX", "512"))
+TYPES = os.environ.get("BENCH_GQ_TYPES", "q4_0,q4_k_m,q3_k_m,q2_k").split(",")
+LOCK = os.environ.get("BENCH_LOCK")  # run each command under this flock (the shared heavy-job lock)
+PY = sys.executable
+
+# the importance matrix over the calibration windows slmctl draws, written in llama.cpp's GGUF imatrix format
+IMATRIX = r'''
+import sys
+from pathlib import Path
+from slmctl.api import load_artifact
+from slmctl.layerwise import LayerwiseModel
+from slmctl.pipelines.quantize import calibration_windows
+from slmctl.pipelines.gguf_quant import layerwise_imatrix
+from slmctl.io.imatrix import write_imatrix
+art, _ = load_artifact(sys.argv[1])
+lm = LayerwiseModel(art)
+wins, info = calibration_windows(lm.tokenizer(), data=sys.argv[3], field="text", samples=int(sys.argv[4]),
+                                 seq_len=int(sys.argv[5]), seed=0)
+im = layerwise_imatrix(lm, wins)
+n = sum(len(w) for w in wins)
+write_imatrix(Path(sys.argv[2]), {k: (v * n, n) for k, v in im.items()}, datasets=[sys.argv[3]],
+              chunk_size=int(sys.argv[5]), chunk_count=len(wins), force=True)
+'''
+# llama.cpp's own quantiser (llama_model_quantize), from slmctl's f16 GGUF
+LLAMA_Q = r'''
+import sys
+from slmctl.pipelines.export_gguf import quantize_gguf
+quantize_gguf(sys.argv[1], sys.argv[2], sys.argv[3], imatrix=sys.argv[4] if len(sys.argv) > 4 else None, force=True)
+'''
+
+
+def run(cmd: list[str]) -> dict:
+    with heavy(LOCK):
+        m = measure(cmd, cwd=ROOT)
+    if m["rc"]:
+        raise RuntimeError(f"failed ({m['rc']}): {' '.join(map(str, cmd))}\n{m['stderr'][-3000:]}")
+    return m
+
+
+def evaluate(path: Path) -> dict:
+    m = run([PY, "-m", "slmctl", "eval", str(path), "--reference", MODEL, "--ctx", str(CTX), "--windows",
+             str(WINDOWS), "--json", "--quiet"])
+    r = json.loads(m["stdout"])
+    r = r["domains"][0] if "domains" in r else r
+    return {"ppl": r["ppl"], "ref_ppl": r["reference_ppl"], "kld": r["kld"]["mean"], "top1": r["top1_agreement_pct"]}
+
+
+def main() -> int:
+    out = Path(os.environ.get("BENCH_GQ_OUT", tempfile.mkdtemp(prefix="bench-gguf-quant-")))
+    out.mkdir(parents=True, exist_ok=True)
+    f16 = out / "f16.gguf"
+    t_f16 = run([PY, "-m", "slmctl", "export", MODEL, "--format", "gguf", "--outtype", "f16", "-o", str(f16),
+                 "--force", "--quiet"])
+    im = out / "calib.imatrix"
+    t_im = run([PY, "-c", IMATRIX, MODEL, str(im), DATA, str(SAMPLES), str(SEQLEN)])
+    print(f"f16 {t_f16['wall_s']:.1f}s, imatrix {t_im['wall_s']:.1f}s", file=sys.stderr)
+    rows: list[dict] = []
+    prev = Path(os.environ.get("SLMCTL_BENCH_RESULTS", ROOT / "bench" / "results")) / "gguf_quant.json"
+    if os.environ.get("BENCH_GQ_APPEND") and prev.is_file():  # add types to the previous run's rows
+        rows = [r for r in json.loads(prev.read_text())["rows"] if r["type"] not in TYPES]
+    for t in TYPES:
+        tools = ["llama.cpp", "llama.cpp + imatrix", "slmctl gptq"] + (["slmctl gptq, no act-order"]
+                                                                        if t == "q4_0" else [])
+        for tool in tools:
+            path = out / f"{tool.replace(' ', '').replace('+', '-').replace('.', '').replace(',', '')}-{t}.gguf"
+            if tool == "llama.cpp":
+                m = run([PY, "-c", LLAMA_Q, str(f16), str(path), t])
+                wall = m["wall_s"] + t_f16["wall_s"]
+            elif tool == "llama.cpp + imatrix":
+                m = run([PY, "-c", LLAMA_Q, str(f16), str(path), t, str(im)])
+                wall = m["wall_s"] + t_f16["wall_s"] + t_im["wall_s"]
+            else:
+                m = run([PY, "-m", "slmctl", "quantize", MODEL, "--format", "gguf", "--type", t, "--method", "gptq",
+                         "--data", DATA, "--samples", str(SAMPLES), "--seq-len", str(SEQLEN), "--no-report", "-o",
+                         str(path), "--force", "--quiet"] + (["--no-act-order"] if "no act-order" in tool else []))
+                wall = m["wall_s"]
+            ev = evaluate(path)
+            row = {"type": t, "tool": tool, "bytes": path.stat().st_size, "wall_s": round(wall, 1),
+                   "peak_rss_mib": m["peak_rss_mib"], "load_before": m["load_before"], "contended": m["contended"], **ev}
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+        report(rows, t_f16, t_im)
+    return 0
+
+
+def report(rows: list[dict], t_f16: dict, t_im: dict) -> None:
+    """bench/results/gguf_quant.{json,md} from the rows measured so far."""
+    fp32 = rows[0]["ref_ppl"]
+    lines = ["## gguf_quant: GGUF quantisation vs llama.cpp's quantiser (issue 20)", "",
+             f"`{MODEL}`, calibration: {SAMPLES} windows of {SEQLEN} tokens drawn (seed 0) from the calibration "
+             f"region of `{DATA}`, the same windows for every tool; evaluation: `slmctl eval OUT --reference {MODEL} "
+             f"--windows {WINDOWS} --ctx {CTX}` on the held-out evaluation region (GGUFs run in llama.cpp). fp32 "
+             f"perplexity {fp32:.3f}. llama.cpp = `llama_model_quantize` from llama-cpp-python on slmctl's f16 GGUF; "
+             "its importance matrix is slmctl's over the same windows (llama-imatrix is not in the package). "
+             f"Wall time includes the f16 export ({t_f16['wall_s']:.0f} s) and the matrix ({t_im['wall_s']:.0f} s) "
+             "where the row needs them. Ratios: this row over llama.cpp + imatrix of the same type.", "",
+             "| type | tool | size MB | ppl | ppl rise | mean KL | top-1 % | wall s | KL ratio | rise ratio | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ref = next(x for x in rows if x["type"] == r["type"] and x["tool"] == "llama.cpp + imatrix")
+        rise, rrise = r["ppl"] - fp32, ref["ppl"] - fp32
+        lines.append(f"| {r['type'].upper()} | {r['tool']} | {r['bytes'] / 1e6:.2f} | {r['ppl']:.3f} | {rise:+.3f} | "
+                     f"{r['kld']:.5f} | {r['top1']:.1f} | {r['wall_s']:.0f} | {r['kld'] / ref['kld']:.2f} | "
+                     f"{rise / rrise if rrise else float('nan'):.2f} | {r['load_before'][0]:.1f} |")
+    types = ",".join(dict.fromkeys(r["type"] for r in rows))
+    lines += ["", f"Command: `python bench/bench_gguf_quant.py` (under the shared heavy-job lock) with BENCH_GQ_TYPES={types}, "
+              f"BENCH_GQ_SAMPLES={SAMPLES}, BENCH_GQ_WINDOWS={WINDOWS}; load = 1-minute load average before the "
+              "quantisation run (2-core machine shared with other jobs)."]
+    md = "\n".join(lines)
+    write_results("gguf_quant", {"rows": rows, "fp32_ppl": fp32, "samples": SAMPLES, "seq_len": SEQLEN,
+                                 "windows": WINDOWS, "ctx": CTX, "types": types}, md,
+                  packages=("llama-cpp-python", "numpy"))
+    print(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
