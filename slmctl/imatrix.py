@@ -19,9 +19,13 @@ from .errors import InputError
 CTX, CHUNKS = 512, 32  # llama-imatrix's default chunk size; 16k tokens
 
 
-def compute_imatrix(art, text: str, *, ctx: int = CTX, chunks: int | None = CHUNKS, progress: Callable | None = None,
-                    trust_remote_code: bool = False) -> tuple[dict[str, tuple[np.ndarray, int]], int]:
-    """({GGUF tensor name: (per-input-channel sum of squared activations, tokens)}, windows used)."""
+def compute_imatrix(art, text: str | None = None, *, data=None, ctx: int = CTX, chunks: int | None = CHUNKS,
+                    progress: Callable | None = None, trust_remote_code: bool = False,
+                    field: str = "text") -> tuple[dict[str, tuple[np.ndarray, int]], int]:
+    """({GGUF tensor name: (per-input-channel sum of squared activations, tokens)}, windows used).
+
+    The windows are the first ``chunks`` of ``text``, or ``chunks`` drawn (seed 0) from ``data``'s calibration
+    region (sources as slmctl.calib reads them: several, weighted; chat through the chat template)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
@@ -36,7 +40,12 @@ def compute_imatrix(art, text: str, *, ctx: int = CTX, chunks: int | None = CHUN
     spec = spec_for(art.config)
     folder = art.path if art.path.is_dir() else art.path.parent
     tok = load_tokenizer(art, trust_remote_code)
-    wins = token_windows(lambda t: tok(t, add_special_tokens=False)["input_ids"], text, ctx, chunks)
+    if text is None:
+        from .calib import draw_windows
+
+        wins, _ = draw_windows(tok, data, n=chunks, ctx=ctx, seed=0, purpose="calib", field=field)
+    else:
+        wins = token_windows(lambda t: tok(t, add_special_tokens=False)["input_ids"], text, ctx, chunks)
     if not wins:
         raise InputError("the calibration text is shorter than one window", hint="pass more text with --data")
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,

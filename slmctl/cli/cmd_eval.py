@@ -10,7 +10,7 @@ from .output import Output
 
 def eval_(
     model: ModelArg,
-    data: DataOpt = "sample:shakespeare",
+    data: DataOpt = None,
     field: FieldOpt = "text",
     reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference model for KL divergence, "
                                                      "top-1 agreement and the perplexity ratio.")] = None,
@@ -28,14 +28,24 @@ def eval_(
     """Perplexity, and KL divergence / top-1 agreement against a reference; gates exit 3.
 
     Every backend (torch for HF/safetensors, llama.cpp for GGUF, onnxruntime for ONNX) sees the same
-    token windows. The default data is the evaluation region of the Shakespeare sample.
+    token windows. The default data is the evaluation region of the Shakespeare sample. Several --data
+    give one row per domain (a robustness table; gates apply to every domain), e.g.
+    --data sample:mix --data sample:unseen:code --data sample:unseen:readme --data sample:unseen:licenses.
     """
     from .. import api
+    from ..calib import split_weight
+    from ..errors import UsageError
 
     out = Output(json, quiet)
-    rep = api.evaluate(model, data=data, field=field, reference=reference, ctx=ctx, windows=windows or None,
-                       backend=backend, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log,
-                       progress=out.progress)
+    domains = data or ["sample:shakespeare"]
+    if any(split_weight(d)[1] is not None for d in domains):
+        raise UsageError("eval measures each --data as its own domain; weights (SOURCE:WEIGHT) apply to calibration",
+                         hint="drop the :WEIGHT suffix")
+    kw = dict(field=field, reference=reference, ctx=ctx, windows=windows or None, backend=backend,
+              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log, progress=out.progress)
+    if len(domains) > 1:
+        return _domains(api.evaluate_domains(model, domains, **kw), out, max_ppl_increase, max_kld, min_top1)
+    rep = api.evaluate(model, data=domains[0], **kw)
     from ..eval.run import gates
 
     failed = gates(rep, max_ppl_increase=max_ppl_increase, max_kld=max_kld, min_top1=min_top1)
@@ -67,3 +77,39 @@ def render(rep: dict) -> str:
         rows.append(("gates", "passed" if g["passed"] else "FAILED: " + "; ".join(g["failed"])))
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def _domains(res: dict, out: Output, max_ppl_increase, max_kld, min_top1) -> int:
+    """One row per domain; gates on every domain."""
+    import sys
+
+    from ..eval.run import gates
+
+    failed = []
+    for rep in res["domains"]:
+        failed += [f"{rep['data']}: {f}" for f in gates(rep, max_ppl_increase=max_ppl_increase, max_kld=max_kld,
+                                                      min_top1=min_top1)]
+    res["gates"] = {"passed": not failed, "failed": failed}
+    out.result(res, human=render_domains(res))
+    for f in failed:
+        print(f"gate failed: {f}", file=sys.stderr)
+    return 3 if failed else 0
+
+
+def render_domains(res: dict) -> str:
+    """The robustness table: perplexity (and with a reference KL, top-1, the rise) per domain."""
+    reps = res["domains"]
+    ref = "kld" in reps[0]
+    head = ["domain", "windows", "ppl"] + (["ref ppl", "rise %", "KL mean", "top-1 %"] if ref else [])
+    rows = [[r["data"], f"{r['windows']}x{r['ctx']}", f"{r['ppl']:.4f}"]
+            + ([f"{r['reference_ppl']:.4f}", f"{r['ppl_increase_pct']:+.3f}", f"{r['kld']['mean']:.6f}",
+                f"{r['top1_agreement_pct']:.2f}"] if ref else []) for r in reps]
+    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = [f"model {res['model']} ({res['format']}, {res['backend']})"
+             + (f", reference {res['reference']}" if res.get("reference") else "")]
+    lines += ["  ".join(str(x).ljust(n) if i == 0 else str(x).rjust(n) for i, (x, n) in enumerate(zip(r, w)))
+              for r in [head, *rows]]
+    g = res.get("gates")
+    if g and g["failed"]:
+        lines.append("gates FAILED: " + "; ".join(g["failed"]))
+    return "\n".join(lines)

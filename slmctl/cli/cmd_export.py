@@ -15,7 +15,7 @@ def export(
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, float16 or bfloat16 (hf/safetensors; onnx: float32/float16).")] = "auto",
     outtype: Annotated[Optional[str], typer.Option("--outtype", help="GGUF tensor type: f32, f16, bf16, q8_0, q4_0, q4_k_m, ...")] = None,
     imatrix: Annotated[Optional[str], typer.Option("--imatrix", help="GGUF k-quants: importance matrix file (llama.cpp GGUF or .dat); with --data it is computed and written there.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="GGUF k-quants: calibration text for slmctl's importance matrix (e.g. sample:shakespeare).")] = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="GGUF k-quants: calibration text for slmctl's importance matrix, repeatable and weighted like quantize's --data (e.g. sample:mix, the offline calibration mix).", show_default=False)] = None,
     method: Annotated[Optional[str], typer.Option("--method", "-m", help="GGUF quantised types: gptq (error-correcting, "
                                                   "needs --data), imatrix (importance-weighted scales) or rtn (llama.cpp's "
                                                   "reference). Default: gptq with --data, imatrix with --imatrix, else rtn.")] = None,

@@ -30,13 +30,16 @@ def prune(
     mlp_ratio: Annotated[float, typer.Option("--mlp-ratio", help="Width: share of MLP channels to remove.")] = 0.0,
     hidden_ratio: Annotated[float, typer.Option("--hidden-ratio", help="Width: share of hidden/embedding channels "
                                                                        "to remove.")] = 0.0,
-    data: DataOpt = "sample:shakespeare",
+    data: DataOpt = None,
     field: FieldOpt = "text",
     samples: Annotated[int, typer.Option("--samples", help="Calibration windows.")] = 32,
     seqlen: Annotated[int, typer.Option("--seqlen", help="Tokens per calibration window.")] = 256,
     seed: Annotated[int, typer.Option("--seed", help="Seed for drawing calibration windows.")] = 0,
-    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Text for perplexity before/after (default: "
-                                                     "--data; the sample's evaluation region never overlaps calibration).")] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Domains for perplexity before/after, "
+                                                           "repeatable (default: the calibration domain, whose "
+                                                           "sample evaluation region never overlaps calibration, and "
+                                                           "one it did not see, sample:unseen:readme).",
+                                                           show_default=False)] = None,
     eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per evaluation window.")] = 256,
     eval_windows: Annotated[int, typer.Option("--eval-windows", help="Evaluation windows for perplexity before/after "
                                                                      "(0: skip).")] = 8,
@@ -50,8 +53,9 @@ def prune(
 ) -> int:
     """Prune a model: unstructured or N:M sparsity, whole layers (depth) or heads/channels (width).
 
-    Calibration text defaults to the calibration region of the Shakespeare sample (seeded); the
-    perplexity before and after is measured on the held-out evaluation region. Writes an HF folder
+    Calibration text defaults to the calibration region of the offline mix sample:mix (seeded); the
+    perplexity before and after is measured on its held-out evaluation region and on a domain it never
+    saw (sample:unseen:readme). Writes an HF folder
     and prints its path (or the full report with --json).
     """
     import sys
@@ -62,7 +66,7 @@ def prune(
     rep = api.prune(model, output, method=method, sparsity=sparsity, pattern=pattern, adaptive=adaptive,
                     adaptive_metric=adaptive_metric, adaptive_lambda=adaptive_lambda, layers=layers, ratio=ratio,
                     depth_metric=depth_metric, heads_ratio=heads_ratio, mlp_ratio=mlp_ratio, hidden_ratio=hidden_ratio,
-                    data=data, field=field, samples=samples, seqlen=seqlen, seed=seed, eval_data=eval_data or data, eval_ctx=eval_ctx,
+                    data=data or "sample:mix", field=field, samples=samples, seqlen=seqlen, seed=seed, eval_data=eval_data, eval_ctx=eval_ctx,
                     eval_windows=eval_windows, max_ppl_increase=max_ppl_increase, max_shard_size=max_shard_size,
                     force=force, trust_remote_code=trust_remote_code, log=out.log,
                     progress=lambda it, desc="": out.progress(it, desc=desc))
@@ -92,7 +96,11 @@ def summary(rep: dict) -> list[str]:
                          f"mlp {r['intermediate_size']}")
     q = rep.get("quality")
     if q:
+        from ..pipelines.quantize import domain_lines
+
         lines.append(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%) "
                      f"on {q['windows']} x {q['ctx']} tokens of {q['data']}"
                      + (" (evaluation region)" if q["data"].startswith("sample:") else ""))
+        if len(q.get("domains") or ()) > 1:
+            lines += ["per domain (perplexity before -> after, KL, top-1):", *domain_lines(q["domains"])]
     return lines

@@ -23,7 +23,7 @@ def quantize(
                                                               "compressed-tensors (pack-quantized, symmetric only) or "
                                                               "gguf (one llama.cpp file of --type T; --method gptq, "
                                                               "imatrix or rtn).")] = "gptq",
-    data: DataOpt = "sample:shakespeare",
+    data: DataOpt = None,
     field: FieldOpt = "text",
     samples: Annotated[int, typer.Option("--samples", help="Calibration windows (gptq, awq).")] = 64,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per calibration window.")] = 512,
@@ -40,7 +40,10 @@ def quantize(
                                                     "not divisible by the group size for compressed-tensors), instead "
                                                     "of refusing.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity before/after, KL and top-1.")] = True,
-    eval_data: Annotated[str, typer.Option("--eval-data", help="Held-out text for the report (its eval region).")] = "sample:shakespeare",
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Report domains, repeatable (a "
+                                                          "sample's eval region). Default: the calibration domain "
+                                                          "and one it did not see (sample:unseen:readme).",
+                                                          show_default=False)] = None,
     eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per report window.")] = 512,
     eval_windows: Annotated[int, typer.Option("--eval-windows", help="Report windows.")] = 16,
     max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity rise in % (exit 3).")] = None,
@@ -63,7 +66,7 @@ def quantize(
     if max_ppl_increase is not None and not report:
         raise UsageError("--max-ppl-increase needs the quality report", hint="drop --no-report")
     res = api.quantize(model, output, bits=bits, method=method, group_size=group_size, sym=sym, fmt=format,
-                       data=data, field=field, samples=samples, seq_len=seq_len, seed=seed, damp=damp,
+                       data=data or "sample:mix", field=field, samples=samples, seq_len=seq_len, seed=seed, damp=damp,
                        act_order=act_order, static_groups=static_groups, true_sequential=true_sequential,
                        qtype=qtype, allow_requantize=allow_requantize, report=report, eval_data=eval_data,
                        eval_ctx=eval_ctx, eval_windows=eval_windows, force=force,

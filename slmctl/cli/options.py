@@ -18,7 +18,11 @@ AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load pickl
                                                                       "torch.load(weights_only=True). Off by default.")]
 TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model's "
                                                                                 "repository to run. Off by default.")]
-DataOpt = Annotated[str, typer.Option("--data", help="Text source: a .txt/.md file, .jsonl (see --field), .parquet, "
-                                                     "or sample:shakespeare.")]
+DataOpt = Annotated[Optional[list[str]], typer.Option(
+    "--data", help="Text source; repeat for several, each optionally weighted SOURCE:WEIGHT (e.g. --data code.jsonl:0.5 "
+                   "--data docs/:0.5): a text file, a folder of text files, .jsonl (--field, or chat 'messages'), "
+                   ".parquet, a hub dataset id hf:org/name[:split] (needs the network), sample:mix (the default "
+                   "calibration mix), sample:shakespeare[:REGION] or sample:unseen:{code,readme,licenses}.",
+    show_default=False)]
 FieldOpt = Annotated[str, typer.Option("--field", help="Text field of JSONL/parquet records.")]
 MaxShardOpt = Annotated[Optional[str], typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 2GB.")]

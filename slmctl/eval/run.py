@@ -38,18 +38,30 @@ def check_same_tokenizer(tok_a, tok_b, where_a: str, where_b: str, sample: str) 
                          hint="KL divergence is only defined between models with the same vocabulary")
 
 
-def evaluate(model_art, *, text: str, ctx: int = 512, windows: int | None = 40, reference_art=None,
+def evaluate(model_art, *, text: str | None = None, ctx: int = 512, windows: int | None = 40, reference_art=None,
              backend: str | None = None, reference_backend: str | None = None, trust_remote_code: bool = False,
-             progress: Callable | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Perplexity of ``model_art`` on ``text``; with a reference, KL(ref || model) and top-1 agreement."""
+             progress: Callable | None = None, log: Callable[[str], None] = lambda m: None, data=None,
+             field: str = "text") -> dict:
+    """Perplexity of ``model_art`` on ``text`` (or on ``data``: sources as slmctl.calib reads them, chat
+    rendered through the tokenizer's template, each part its weight's share of the windows); with a
+    reference, KL(ref || model) and top-1 agreement."""
     if windows is not None and windows < 1:
         raise UsageError("--windows must be at least 1")
     tok_art = reference_art or model_art
     tok = load_tokenizer(tok_art, trust_remote_code)
+    parts = None
+    if text is None:
+        from ..calib import draw_windows
+
+        wins, parts = draw_windows(tok, data, n=windows, ctx=ctx, purpose="eval", field=field)
+        sample = tok.decode(wins[0][:500])
+    else:
+        wins, sample = None, text[:2000]
     if reference_art is not None:
         check_same_tokenizer(tok, load_tokenizer(model_art, trust_remote_code), str(reference_art.path),
-                             str(model_art.path), text[:2000])
-    wins = token_windows_for(tok, text, ctx, windows)
+                             str(model_art.path), sample)
+    if wins is None:
+        wins = token_windows_for(tok, text, ctx, windows)
     log(f"{len(wins)} window(s) of {ctx} tokens")
     m = open_backend(model_art, ctx, backend, trust_remote_code)
     r = open_backend(reference_art, ctx, reference_backend, trust_remote_code) if reference_art is not None else None
@@ -80,6 +92,8 @@ def evaluate(model_art, *, text: str, ctx: int = 512, windows: int | None = 40, 
                 "tokens_per_s": len(wins) * ctx / t_model if t_model else None})
     if reference_art is not None:
         rep.update({"reference": str(reference_art.path), "reference_backend": r.name})
+    if parts is not None:
+        rep["text"] = {k: parts[k] for k in ("data", "parts", "chat_template", "sha256")}
     return rep
 
 

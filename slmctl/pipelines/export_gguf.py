@@ -469,13 +469,13 @@ def _imatrix_for(art, imatrix, data, *, log, progress=None):
     if imatrix and (not data or Path(imatrix).is_file()):
         return read_imatrix(Path(imatrix))
     if data:
-        from ..calib import load_text
+        from ..calib import as_list, label
         from ..imatrix import CHUNKS, CTX, compute_imatrix
 
-        log(f"computing the importance matrix on {data} (calib region, {CHUNKS} x {CTX} tokens)")
-        sums, n = compute_imatrix(art, load_text(data, purpose="calib"), ctx=CTX, chunks=CHUNKS, progress=progress)
+        log(f"computing the importance matrix on {label(data)} (calib region, {CHUNKS} x {CTX} tokens)")
+        sums, n = compute_imatrix(art, data=data, ctx=CTX, chunks=CHUNKS, progress=progress)
         if imatrix:  # --imatrix FILE with --data: keep what was computed
-            write_imatrix(Path(imatrix), sums, datasets=[data], chunk_size=CTX, chunk_count=n)
+            write_imatrix(Path(imatrix), sums, datasets=as_list(data), chunk_size=CTX, chunk_count=n)
             log(f"importance matrix written to {imatrix}")
         return {k: s / max(c, 1) for k, (s, c) in sums.items()}
     return None

@@ -6,7 +6,6 @@ then perplexity before/after on held-out text and an optional gate.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -55,19 +54,20 @@ def load_model(art, path: Path, trust_remote_code: bool = False):
     return model.eval()
 
 
-def calibration_ids(tok, *, data: str, field: str, samples: int, seqlen: int, seed: int):
-    """``samples`` windows of ``seqlen`` tokens, drawn (seeded) from the calibration region of ``data``."""
+def calibration_ids(tok, *, data, field: str, samples: int, seqlen: int, seed: int, info: dict | None = None):
+    """``samples`` windows of ``seqlen`` tokens, drawn (seeded) from the calibration region of ``data`` (one
+    source or several, weighted; chat through ``tok``'s template; see slmctl.calib); ``info`` gets the
+    calibration set's provenance."""
     import torch
 
-    from ..calib import load_text, token_windows
+    from ..calib import draw_windows
 
     if samples < 1 or seqlen < 2:
         raise UsageError("--samples must be at least 1 and --seqlen at least 2")
-    text = load_text(data, purpose="calib", field=field)
-    fn = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    pool = token_windows(fn, text, seqlen, samples * 4)
-    pick = sorted(random.Random(seed).sample(range(len(pool)), min(samples, len(pool))))
-    return torch.tensor([pool[i] for i in pick], dtype=torch.long)
+    wins, prov = draw_windows(tok, data, n=samples, ctx=seqlen, seed=seed, purpose="calib", field=field)
+    if info is not None:
+        info.update(prov)
+    return torch.tensor(wins, dtype=torch.long)
 
 
 def _torch_dtype(st_dtype: str):
@@ -82,8 +82,8 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
           adaptive: bool = False, adaptive_metric: str | None = None, adaptive_lambda: float = 0.08,
           layers: int | None = None, ratio: float | None = None, depth_metric: str = "bi",
           heads_ratio: float = 0.0, mlp_ratio: float = 0.0, hidden_ratio: float = 0.0,
-          data: str = "sample:shakespeare", field: str = "text", samples: int = 32, seqlen: int = 256, seed: int = 0,
-          eval_data: str = "sample:shakespeare", eval_ctx: int = 256, eval_windows: int = 8,
+          data: str | list[str] = "sample:mix", field: str = "text", samples: int = 32, seqlen: int = 256,
+          seed: int = 0, eval_data: str | list | None = None, eval_ctx: int = 256, eval_windows: int = 8,
           max_ppl_increase: float | None = None, max_shard_size: str | int | None = None, force: bool = False,
           trust_remote_code: bool = False, log: Log = _nolog, progress=None) -> dict[str, Any]:
     """Prune ``model`` into an HF folder at ``out``; returns the report (per-layer sizes, parameters, quality)."""
@@ -135,7 +135,12 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
                                                                metric=adaptive_metric, lam=adaptive_lambda)
     calibrated = recipe.pop("_calibrated", True)
     recipe = {"method": method, **recipe, "calibration": calib if calibrated else None}
-    prov = provenance.build("prune", recipe, [provenance.input_record(model, path, art)])
+    inputs = [provenance.input_record(model, path, art)]
+    info = ctx.get("calib_info")
+    if calibrated and info:
+        inputs.append({"ref": info["data"], "role": "calibration", "sha256": info["sha256"],
+                       "windows": samples, "seq_len": seqlen, "calibration": info})
+    prov = provenance.build("prune", recipe, inputs)
     from ..io.hf_folder import write_hf_folder
 
     params_before = sum(t.numel for t in art.tensors.values())
@@ -163,8 +168,10 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
     if config.get("slmctl_per_layer"):
         rep["formats_note"] = PER_LAYER_NOTE
     rep["prune_seconds"] = time.perf_counter() - t0
-    rep["quality"] = _quality(out, path, config, data=eval_data, field=field, ctx=eval_ctx, windows=eval_windows,
-                              log=log) if eval_windows else None
+    from ..calib import report_domains
+
+    rep["quality"] = _quality(out, path, config, data=report_domains(data, eval_data), calib=data, field=field,
+                              ctx=eval_ctx, windows=eval_windows, log=log) if eval_windows else None
     failed = []
     q = rep["quality"]
     if max_ppl_increase is not None:
@@ -185,8 +192,8 @@ def _model_and_ids(ctx):
     tok = load_tokenizer(ctx["art"], ctx["trust_remote_code"])
     c = ctx["calib"]
     ids = calibration_ids(tok, data=c["data"], field=ctx["field"], samples=c["samples"], seqlen=c["seqlen"],
-                          seed=c["seed"])
-    ctx["log"](f"calibration: {ids.shape[0]} window(s) of {ids.shape[1]} tokens from {c['data']}")
+                          seed=c["seed"], info=ctx.setdefault("calib_info", {}))
+    ctx["log"](f"calibration: {ids.shape[0]} window(s) of {ids.shape[1]} tokens from {ctx['calib_info']['data']}")
     return model, ids
 
 
@@ -323,8 +330,9 @@ def _calib_hidden(ctx, lm, chunk: int = 8) -> list:
 
     c = ctx["calib"]
     windows = calibration_ids(load_tokenizer(lm.art, ctx["trust_remote_code"]), data=c["data"], field=ctx["field"],
-                              samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"]).tolist()
-    ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {c['data']}")
+                              samples=c["samples"], seqlen=c["seqlen"], seed=c["seed"],
+                              info=ctx.setdefault("calib_info", {})).tolist()
+    ctx["log"](f"calibration: {len(windows)} window(s) of {len(windows[0])} tokens from {ctx['calib_info']['data']}")
     hidden = lm.embed(windows)
     return [torch.cat(hidden[i:i + chunk]) for i in range(0, len(hidden), chunk)]
 
@@ -634,17 +642,23 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
 
 
 # ---------------------------------------------------------------- quality
-def _quality(out: Path, src: Path, config: dict, *, data, field, ctx, windows, log) -> dict[str, Any] | None:
-    """Perplexity of input and output on held-out text (the eval region), KL and top-1 against the input.
-
-    ``slmctl eval`` loads per-layer widths too (slmctl.surgery.width.load_per_layer_model).
+def _quality(out: Path, src: Path, config: dict, *, data, calib, field, ctx, windows, log) -> dict[str, Any] | None:
+    """Perplexity of input and output on held-out text of each domain in ``data`` (the calibration domain's
+    eval region and one it did not see, by default), KL and top-1 against the input; the first domain fills
+    the top-level figures. ``slmctl eval`` loads per-layer widths too (slmctl.surgery.width.load_per_layer_model).
     """
     from ..api import evaluate
+    from ..calib import domain_role, label
 
-    rep = evaluate(str(out), data=data, field=field, reference=str(src), ctx=ctx, windows=windows, log=log)
-    q = {"ppl_before": rep["reference_ppl"], "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"],
-         "kld_mean": rep["kld"]["mean"], "top1_agreement_pct": rep["top1_agreement_pct"], "ctx": ctx,
-         "windows": rep["windows"], "data": data}
-    log(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%), "
-        f"KL {q['kld_mean']:.4f}, top-1 {q['top1_agreement_pct']:.1f}%")
+    rows = []
+    for d in data:
+        rep = evaluate(str(out), data=d, field=field, reference=str(src), ctx=ctx, windows=windows, log=log)
+        rows.append({"data": label(d), "role": domain_role(d, calib), "ppl_before": rep["reference_ppl"],
+                     "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"], "kld_mean": rep["kld"]["mean"],
+                     "top1_agreement_pct": rep["top1_agreement_pct"], "ctx": ctx, "windows": rep["windows"]})
+        log(f"{rows[-1]['data']}: perplexity {rows[-1]['ppl_before']:.4f} -> {rows[-1]['ppl_after']:.4f} "
+            f"({rows[-1]['ppl_increase_pct']:+.2f}%), KL {rows[-1]['kld_mean']:.4f}, "
+            f"top-1 {rows[-1]['top1_agreement_pct']:.1f}%")
+    q = {k: v for k, v in rows[0].items() if k != "role"}
+    q["domains"] = rows
     return q

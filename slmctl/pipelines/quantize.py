@@ -10,9 +10,7 @@ ONNX inputs to onnxruntime (slmctl.pipelines.quantize_onnx.quantize_onnx).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import random
 import re
 import shutil
 import time
@@ -42,17 +40,14 @@ def default_output(ref: str, path: Path, method: str, cfg) -> Path:
     return Path.cwd() / f"{stem}-{name}"
 
 
-def calibration_windows(tokenize, *, data: str, field: str, samples: int, seq_len: int, seed: int):
-    """(windows, sha256 of the calibration text): ``samples`` windows of ``seq_len`` tokens, drawn seeded."""
-    from ..calib import load_text, token_windows
+def calibration_windows(tok, *, data, field: str, samples: int, seq_len: int, seed: int, log: Log = _nolog):
+    """(windows, provenance of the calibration set): ``samples`` windows of ``seq_len`` tokens drawn seeded from
+    ``data`` (one source or several, weighted; chat rendered through ``tok``'s template), see slmctl.calib."""
+    from ..calib import draw_windows
 
     if samples < 1 or seq_len < 2:
         raise UsageError("--samples must be at least 1 and --seq-len at least 2")
-    text = load_text(data, purpose="calib", field=field)
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    pool = token_windows(tokenize, text, seq_len, samples * 4)
-    pick = sorted(random.Random(seed).sample(range(len(pool)), min(samples, len(pool))))
-    return [pool[i] for i in pick], digest
+    return draw_windows(tok, data, n=samples, ctx=seq_len, seed=seed, purpose="calib", field=field, log=log)
 
 
 def _quantize_gguf(art, out, *, qtype, allow_requantize, force, log):
@@ -68,11 +63,11 @@ def _quantize_gguf(art, out, *, qtype, allow_requantize, force, log):
 
 
 def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method: str = "gptq",
-             group_size: int = 128, sym: bool = True, fmt: str = "gptq", data: str = "sample:shakespeare",
+             group_size: int = 128, sym: bool = True, fmt: str = "gptq", data: str | list[str] = "sample:mix",
              field: str = "text", samples: int = 64, seq_len: int = 512, seed: int = 0, damp: float = 0.01,
              act_order: bool = True, static_groups: bool = True, true_sequential: bool = True,
              qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
-             eval_data: str = "sample:shakespeare", eval_ctx: int = 512, eval_windows: int = 16,
+             eval_data: str | list | None = None, eval_ctx: int = 512, eval_windows: int = 16,
              force: bool = False, trust_remote_code: bool = False, skip_incompatible: bool = False,
              log: Log = _nolog, progress=None) -> dict[str, Any]:
     """Quantise ``model``'s linear weights; returns {"output", "method", ..., "report": {...}}."""
@@ -88,7 +83,8 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
     if art.format == "onnx":  # onnxruntime's quantisers, then the same quality report
         from .quantize_onnx import quantize_onnx_verb
 
-        return quantize_onnx_verb(model, out, bits=bits, qtype=qtype, report=report, eval_data=eval_data,
+        return quantize_onnx_verb(model, out, bits=bits, qtype=qtype, report=report,
+                                  eval_data=eval_data or "sample:shakespeare",
                                   eval_ctx=eval_ctx, eval_windows=eval_windows, force=force, log=log,
                                   progress=progress)
     if fmt == "gguf":  # slmctl's own quantisers on llama.cpp's block grids and type mixture
@@ -155,7 +151,10 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
     result: dict[str, Any] = {"output": str(out), "method": method, "format": fmt, "bits": bits,
                               "group_size": group_size, "sym": sym, "seconds": round(seconds, 2), **stats}
     if report:
-        result["report"] = quality_report(str(out), model, data=eval_data, ctx=eval_ctx, windows=eval_windows,
+        from ..calib import report_domains
+
+        result["report"] = quality_report(str(out), model, data=report_domains(data, eval_data), calib=data,
+                                          ctx=eval_ctx, windows=eval_windows,
                                           stats=stats, log=log, progress=progress)
     return result
 
@@ -202,11 +201,12 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
 
         lm = LayerwiseModel(art, trust_remote_code=trust_remote_code)
         tok = lm.tokenizer()
-        windows, digest = calibration_windows(lambda s: tok(s, add_special_tokens=False)["input_ids"], data=data,
-                                              field=field, samples=samples, seq_len=seq_len, seed=seed)
-        inputs.append({"ref": data, "role": "calibration", "sha256": digest, "windows": len(windows),
-                       "seq_len": seq_len})
-        log(f"calibration: {len(windows)} window(s) of {seq_len} tokens from {data}")
+        windows, info = calibration_windows(tok, data=data, field=field, samples=samples, seq_len=seq_len,
+                                            seed=seed, log=log)
+        inputs.append({"ref": info["data"], "role": "calibration", "sha256": info["sha256"], "windows": len(windows),
+                       "seq_len": seq_len, "calibration": info})
+        log(f"calibration: {len(windows)} window(s) of {seq_len} tokens from {info['data']}"
+            + (" (chat rendered through the tokenizer's template)" if info["chat_template"] else ""))
     prov = provenance.build("quantize", recipe, inputs)
     qconf = (gptq_config(cfg, desc_act=gcfg.act_order and not gcfg.static_groups and method == "gptq",
                          static_groups=gcfg.static_groups, true_sequential=gcfg.true_sequential, damp=gcfg.damp,
@@ -314,22 +314,42 @@ def _dtype(st_dtype: str):
     return getattr(torch, DTYPES[st_dtype][1]) if st_dtype in DTYPES else torch.float32
 
 
-def quality_report(out: str, ref: str, *, data: str, ctx: int, windows: int, stats: dict, log: Log = _nolog,
-                   progress=None) -> dict[str, Any]:
-    """Perplexity before/after on held-out text, KL, top-1 agreement, size and bits per weight."""
+def quality_report(out: str, ref: str, *, data, ctx: int, windows: int, stats: dict, calib=None,
+                   log: Log = _nolog, progress=None) -> dict[str, Any]:
+    """Perplexity before/after, KL and top-1 agreement on each domain of ``data`` (a source, or a list of
+    domains: the first fills the top-level figures), size and bits per weight. ``calib``: the calibration
+    data, to mark each domain as the calibration domain or one it did not see."""
     from ..api import evaluate, load_artifact
+    from ..calib import domain_role, label
 
-    log(f"quality report: {windows} window(s) of {ctx} tokens of {data} (held-out region)")
-    rep = evaluate(out, data=data, reference=ref, ctx=ctx, windows=windows, log=log, progress=progress)
+    domains = [data] if isinstance(data, str) else list(data)
+    rows, first = [], None
+    for d in domains:
+        log(f"quality report: {windows} window(s) of {ctx} tokens of {label(d)} (held-out region)")
+        rep = evaluate(out, data=d, reference=ref, ctx=ctx, windows=windows, log=log, progress=progress)
+        first = first or rep
+        rows.append({"data": label(d), "role": domain_role(d, calib) if calib is not None else None,
+                     "windows": rep["windows"], "ppl_before": rep["reference_ppl"], "ppl_after": rep["ppl"],
+                     "ppl_increase_pct": rep["ppl_increase_pct"], "kld_mean": rep["kld"]["mean"],
+                     "top1_agreement_pct": rep["top1_agreement_pct"]})
+    rep = first
     before = load_artifact(ref)[0].size_on_disk()
     after = load_artifact(out)[0].size_on_disk()
     params = stats.get("quantized_params") or 0
-    r = {"data": data, "ctx": ctx, "windows": rep["windows"], "ppl_before": rep["reference_ppl"],
+    r = {"data": label(domains[0]), "ctx": ctx, "windows": rep["windows"], "ppl_before": rep["reference_ppl"],
          "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"], "kld_mean": rep["kld"]["mean"],
          "top1_agreement_pct": rep["top1_agreement_pct"], "size_before": before, "size_after": after,
          "bits_per_weight": (8 * stats["quantized_bytes"] / params) if params else None,
-         "eval": rep}
+         "domains": rows, "eval": rep}
     return r
+
+
+def domain_lines(rows: list[dict]) -> list[str]:
+    """The per-domain part of a quality report (quantize and prune): one line per domain."""
+    w = max(len(x["data"]) for x in rows)
+    return [f"  {x['data']:<{w}}  {x['ppl_before']:.4f} -> {x['ppl_after']:.4f} ({x['ppl_increase_pct']:+.3f}%)  "
+            f"KL {x['kld_mean']:.6f}  top-1 {x['top1_agreement_pct']:.2f}%"
+            + (f"  [{x['role']}]" if x.get("role") else "") for x in rows]
 
 
 def render_report(r: dict[str, Any]) -> str:
@@ -341,4 +361,7 @@ def render_report(r: dict[str, Any]) -> str:
         rows.append(("bits per weight", f"{r['bits_per_weight']:.3f} (quantised linears, with scales and zeros)"))
     rows.append(("measured on", f"{r['windows']} x {r['ctx']} tokens of {r['data']}"))
     w = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+    lines = [f"{k:<{w}}  {v}" for k, v in rows]
+    if len(r.get("domains") or ()) > 1:
+        lines += ["per domain (perplexity before -> after, KL, top-1):", *domain_lines(r["domains"])]
+    return "\n".join(lines)

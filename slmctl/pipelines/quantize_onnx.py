@@ -95,15 +95,14 @@ def _calib_reader(src: Path, calib: str | None, ctx: int, samples: int):
     """GPTQ's calibration data: windows of the calibration text, fed with an empty KV cache."""
     import numpy as np
 
-    from ..calib import load_text, token_windows
+    from ..calib import DEFAULT_CALIB, draw_windows
     from ..eval.backend_onnx import OrtCausalLM
     from ..eval.backends import load_tokenizer
     from ..io.artifact import open_artifact
 
     art = open_artifact(src.parent)
     tok = load_tokenizer(art)
-    text = load_text(calib or "sample:shakespeare", purpose="calib")
-    wins = token_windows(lambda t: tok(t, add_special_tokens=False)["input_ids"], text, ctx, samples)
+    wins, _ = draw_windows(tok, calib or DEFAULT_CALIB, n=samples, ctx=ctx, seed=0, purpose="calib")
     lm = OrtCausalLM(src)
     feeds = []
     for w in wins:
@@ -241,7 +240,7 @@ def quantize_onnx(src_ref: str, out: str | Path | None = None, bits: int | None 
     if bits == 4:
         recipe.update(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level)
         if algo == "gptq":
-            recipe.update(calib=calib or "sample:shakespeare", calib_ctx=calib_ctx, calib_samples=calib_samples)
+            recipe.update(calib=calib or "sample:mix", calib_ctx=calib_ctx, calib_samples=calib_samples)
     else:
         recipe.update(per_channel=per_channel, keep_down_proj=keep_down_proj)
     prov = provenance.build("quantize", recipe, [provenance.input_record(src_ref, path, art)])
