@@ -319,6 +319,7 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     from ..io.gguf_writer import GGUFStreamWriter
     from ..io.hf_vocab import read_vocab
     from ..io.np_tensors import load_float32
+    from ..io.prefetch import ordered_map
 
     cfg = art.config
     if cfg is None:
@@ -367,9 +368,12 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
             for p, a in it:
                 w.write_tensor(p.gguf, a)
             it = []
-        for p in it:
+        def convert(p: _Planned) -> np.ndarray:
             grid = grids[p.hf]() if p.hf in grids else None
-            a = p.make() if p.make is not None else _convert(load_float32(art.tensors[p.hf]), p, spec, cfg, grid)
+            return p.make() if p.make is not None else _convert(load_float32(art.tensors[p.hf]), p, spec, cfg, grid)
+
+        # the next tensors are read and converted on the other cores while this one is written
+        for p, a in ordered_map(convert, it):
             w.write_tensor(p.gguf, a)
         w.close()
     except BaseException:
