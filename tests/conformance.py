@@ -43,10 +43,15 @@ def build_shape(name: str, folder: Path, seed: int = 0) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(folder)
+    # a pad token inside the vocabulary, as real tokenizers have: GPTQModel's tokenizer fix-up otherwise
+    # appends one past the embedding rows of a qwen2 model and fails to build it
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.save_pretrained(folder)
     spec = dict(SHAPES["576" if name == "per-layer" else name])
     model_type = spec.pop("model_type")
     layers = 2 if name == "per-layer" else 1
     cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=1, eos_token_id=2,
+                               pad_token_id=tok.pad_token_id,
                                num_hidden_layers=layers, max_position_embeddings=128, rms_norm_eps=1e-5, **spec)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).eval()
