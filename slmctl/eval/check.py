@@ -33,13 +33,19 @@ TOP1_MIN = 90.0
 
 
 def _stage(fn):
+    """(status, value) of one stage; the runtime's own progress bars and prints stay off stderr."""
+    import contextlib
+    import io
+    import os
+
     t = time.perf_counter()
+    quiet = (contextlib.nullcontext() if os.environ.get("SLMCTL_DEBUG") == "1"
+             else contextlib.redirect_stderr(io.StringIO()))
     try:
-        value = fn()
+        with quiet:
+            value = fn()
         return {"ok": True, "seconds": round(time.perf_counter() - t, 3)}, value
     except Exception as exc:  # noqa: BLE001 - a runtime's failure is the result being reported
-        import os
-
         msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         if os.environ.get("SLMCTL_DEBUG") == "1":
             traceback.print_exc()
