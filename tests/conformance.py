@@ -166,7 +166,9 @@ GGUF_CASES = [
     G("576", "f16", fast=False), G("576", "q4_0"), G("576", "q4_k_m"), G("576", "q8_0", fast=False),
     G("576", "q2_k", fast=False), G("576", "q3_k_m", fast=False), G("576", "q5_k_m", fast=False),
     G("576", "q6_k", fast=False), G("576", "q4_1", fast=False), G("576", "q5_0", fast=False),
-    G("576", "q5_1", fast=False), G("576", "bf16", fast=False),
+    G("576", "q5_1", fast=False), G("576", "bf16", fast=False), G("576", "f32", fast=False),
+    G("576", "q3_k_s", fast=False), G("576", "q3_k_l", fast=False), G("576", "q4_k_s", fast=False),
+    G("576", "q5_k_s", fast=False),
     G("896", "q8_0", fast=False), G("896", "q6_k"), G("896", "q4_k_m", fast=False), G("896", "q5_1", fast=False),
     G("1536", "q5_0"), G("1536", "q3_k_m", fast=False), G("1536", "q4_k_m", fast=False), G("1536", "q4_1", fast=False),
     G("pruned", "q4_0"), G("pruned", "q4_k_m", fast=False), G("pruned", "q8_0", fast=False),
@@ -210,7 +212,8 @@ VERIFIED = {
             "(<= 1e-3); default suite: slmctl reads its own output back",
     "gguf": "`Llama` loads and evaluates; logits agree with transformers' dequantised import of the same "
             "file (per-layer `deci`: with the float model)",
-    "onnx": "`InferenceSession` prefill + KV-cache decode; logits follow the float model",
+    "onnx": "`InferenceSession` prefill + KV-cache decode; logits follow the float model; onnxruntime-genai "
+            "(from `genai_config.json`) generates the same greedy tokens",
     "openvino": "the plugin's `export` (IR) and `load` (compiled CPU model) run; logits equal the float model",
 }
 
