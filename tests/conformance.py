@@ -136,6 +136,7 @@ QUANT_CASES = [
     Q("576", "gptq", 4, 96, refuse="not one GPTQModel's kernels take"),
     Q("576", "gptq", 4, 128, sym=False, extra=GPTQ_DESC, fast=False),
     Q("576", "gptq", 8, -1, fast=False),
+    Q("576", "gptq", 3, 64, sym=False, fast=False),
     Q("896", "gptq", 2, 64, sym=False, fast=False),
     Q("1536", "gptq", 3, 128, fast=False),
     Q("pruned", "gptq", 3, 128, refuse="partial word"),
