@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import FAMILIES, run_cli
 
 
 def test_help_is_fast_and_lists_commands(cli):
@@ -24,9 +24,9 @@ def test_inspect_json(cli, tiny_models):
         assert code == 0, err
         info = json.loads(out)
         assert info["format"] == "hf"
-        assert info["model_type"] == fam
+        assert info["model_type"] == FAMILIES[fam]["model_type"]  # e.g. gemma3 is gemma3_text
         assert info["parameters"] > 1000
-        assert info["tokenizer"]["vocab_size"] == 320
+        assert info["tokenizer"]["vocab_size"] == json.loads((path / "config.json").read_text())["vocab_size"]
 
 
 def test_export_hf_roundtrip_and_provenance(cli, tiny_llama, tmp_path):

@@ -239,6 +239,16 @@ def rope_layers(config: dict[str, Any]) -> list[bool]:
     return [True] * n
 
 
+def rope_pattern_problem(config: dict[str, Any]) -> str | None:
+    """Why llama.cpp cannot run this SmolLM3's RoPE layers (it leaves RoPE out of every 4th layer by a fixed
+    rule, and GGUF has no key for another pattern), or None when it can; the layers drawn as R (RoPE) / -."""
+    use = rope_layers(config)
+    if use == [(i + 1) % 4 != 0 for i in range(len(use))]:
+        return None
+    return (f"SmolLM3 layers with RoPE (R) and without (-): {''.join('R' if u else '-' for u in use)}; llama.cpp's "
+            "smollm3 leaves RoPE out of every 4th layer only, and GGUF has no key for another pattern")
+
+
 def permute_qk(w, n_head: int):
     """HF rotate-half row order -> llama.cpp interleaved pairs (rows grouped per head)."""
     shape = w.shape

@@ -53,8 +53,6 @@ def gguf_config(meta: dict[str, Any], tensor_names, arch: str) -> dict[str, Any]
     cfg.setdefault("num_key_value_heads", heads)
     if key("attention.key_length"):
         cfg["head_dim"] = int(key("attention.key_length"))
-    tokens = meta.get("tokenizer.ggml.tokens")
-    cfg["vocab_size"] = len(tokens) if tokens is not None else None
     cfg["tie_word_embeddings"] = "output.weight" not in tensor_names
     for kind, gkey in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id")):
         if meta.get(f"tokenizer.ggml.{gkey}") is not None:
@@ -142,6 +140,9 @@ def import_gguf(art):
     arch = art.metadata.get("general.architecture")
     spec = ARCHS.get(OWN_IMPORT[arch][0])
     cfg = gguf_config(art.metadata, set(art.tensors), arch)
+    if "token_embd.weight" not in art.tensors:
+        raise FormatError(f"{art.path}: no token_embd.weight", hint="the GGUF is incomplete")
+    cfg["vocab_size"] = int(art.tensors["token_embd.weight"].shape[0])
     c = dict(cfg)
     hf_cfg = AutoConfig.for_model(c.pop("model_type"), **c)
     model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)

@@ -240,7 +240,7 @@ def _layer_pattern_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
     """Per-layer patterns: Gemma 3's sliding layers as an explicit array (llama.cpp's default is 5 sliding,
     1 full, which a pruned model no longer follows); SmolLM3's layers without RoPE, which llama.cpp fixes
     at every 4th layer, checked."""
-    from ..arch import rope_layers, sliding_layers
+    from ..arch import rope_pattern_problem, sliding_layers
     from ..io.gguf_writer import BOOL
 
     if spec.layer_pattern == "swa":
@@ -256,15 +256,10 @@ def _layer_pattern_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
         if cfg.get("attn_logit_softcapping"):
             raise UnsupportedError("Gemma 3 with attn_logit_softcapping: llama.cpp's gemma3 graph has no "
                                    "attention soft-capping")
-    elif spec.layer_pattern == "no_rope":
-        use = rope_layers(cfg)
-        fixed = [(i + 1) % 4 != 0 for i in range(len(use))]
-        if use != fixed:
-            show = "".join("R" if u else "-" for u in use)
-            raise UnsupportedError(f"SmolLM3 layers with RoPE (R) and without (-): {show}; llama.cpp's smollm3 "
-                                   "leaves RoPE out of every 4th layer only, and GGUF has no key for another pattern",
-                                   hint="after depth pruning, drop whole groups of 4 layers (for example the last "
-                                        "ones: slmctl prune --method depth --metric last --layers 4) to keep the pattern")
+    elif spec.layer_pattern == "no_rope" and rope_pattern_problem(cfg):
+        raise UnsupportedError(rope_pattern_problem(cfg),
+                               hint="after depth pruning, drop whole groups of 4 layers (for example the last ones: "
+                                    "slmctl prune --method depth --depth-metric last --layers 4) to keep the pattern")
 
 
 def write_vocab(w, vocab) -> None:

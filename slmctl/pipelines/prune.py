@@ -514,6 +514,12 @@ def _depth(ctx, *, layers, ratio, metric):
     ctx["log"](f"dropping layer(s) {drop} of {n} ({metric})")
     rename = drop_layers(list(art.tensors), drop, n)
     config = renamed_config(art.config, drop)
+    if config.get("model_type") == "smollm3":
+        from ..arch import rope_pattern_problem
+
+        if rope_pattern_problem(config):
+            ctx["log"](f"warning: {rope_pattern_problem(config)}: the output will not export to GGUF; drop whole "
+                       "groups of 4 layers (e.g. --depth-metric last --layers 4) to keep it exportable")
     rows = []
     bi = stats.block_influence() if stats else None
     ang = stats.angular() if stats else None

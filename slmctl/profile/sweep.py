@@ -146,8 +146,11 @@ def candidates(base: dict, params: int, depths: Sequence[int] = DEFAULT_DEPTHS, 
 
 def _fix_family(cfg: dict) -> None:
     """Keys some families tie to the width."""
-    if cfg.get("model_type") == "gemma2" and "query_pre_attn_scalar" in cfg:
+    if cfg.get("model_type") in ("gemma2", "gemma3_text") and "query_pre_attn_scalar" in cfg:
         cfg["query_pre_attn_scalar"] = cfg["head_dim"]
+    if isinstance(cfg.get("no_rope_layers"), list):  # SmolLM3: every no_rope_layer_interval-th layer, at any depth
+        every = int(cfg.get("no_rope_layer_interval") or 4)
+        cfg["no_rope_layers"] = [int((i + 1) % every != 0) for i in range(cfg["num_hidden_layers"])]
     if "layer_types" in cfg and isinstance(cfg["layer_types"], list):
         lt = cfg["layer_types"]
         cfg["layer_types"] = [lt[i % len(lt)] for i in range(cfg["num_hidden_layers"])]
