@@ -104,7 +104,8 @@ class LayerwiseModel:
         out = {}
         for name, _ in self.model.named_parameters():
             for cand in (name, name.removeprefix("model."), "model." + name,
-                         name.removeprefix("transformer."), "transformer." + name):
+                         name.removeprefix("transformer."), "transformer." + name,
+                         "backbone." + name.removeprefix("model.")):  # Nemotron-H / Mamba checkpoints
                 if cand in have:
                     out[name] = cand
                     break
@@ -202,6 +203,10 @@ class LayerwiseModel:
                 super().__init__()
                 self.idx = idx
                 self.attention_type = getattr(originals[idx], "attention_type", None)
+                # what the model's forward reads off each layer to pick its mask (Nemotron-H's block_type)
+                for k in ("block_type", "layer_type", "is_attention_layer"):
+                    if hasattr(originals[idx], k):
+                        setattr(self, k, getattr(originals[idx], k))
 
             def forward(self, hidden_states, *args, **kwargs):
                 if self.idx == 0:

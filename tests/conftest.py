@@ -54,6 +54,29 @@ FAMILIES = {
     # OLMo 2: post-norms, QK norms over whole projections, untied, MHA (as OLMo-2-1B)
     "olmo2": dict(model_type="olmo2", intermediate_size=64, num_key_value_heads=4, tie_word_embeddings=False,
                   rope_parameters=dict(rope_type="default", rope_theta=500000.0)),
+    # Llama 3.2: llama3 frequency-dependent RoPE (factor 32 as 1B/3B); the original context is scaled down with the
+    # head so that one frequency is kept, one interpolated and two slowed
+    "llama32": dict(model_type="llama", intermediate_size=64, num_key_value_heads=2, tie_word_embeddings=True,
+                    max_position_embeddings=1024,
+                    rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                                         high_freq_factor=4.0, original_max_position_embeddings=256)),
+    # Phi-4-mini: phi3 with 3/4 of each head rotated, LongRoPE short/long factors, tied embeddings
+    "phi4mini": dict(model_type="phi3", intermediate_size=64, num_key_value_heads=2, tie_word_embeddings=True,
+                     pad_token_id=0, partial_rotary_factor=0.75, sliding_window=262144, max_position_embeddings=1024,
+                     original_max_position_embeddings=256,  # llama.cpp rounds its context up to 256
+                     rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
+                                          short_factor=[1.0, 1.2, 1.9], long_factor=[1.1, 3.5, 9.0],
+                                          original_max_position_embeddings=256)),
+    # LFM2: gated short-convolution blocks and GQA attention blocks with QK norms (LFM2-350M's 2:1, shrunk)
+    "lfm2": dict(model_type="lfm2", num_hidden_layers=4, layer_types=["conv", "conv", "full_attention", "conv"],
+                 num_key_value_heads=2, intermediate_size=96, block_multiple_of=32, block_auto_adjust_ff_dim=True,
+                 block_ffn_dim_multiplier=1.0, conv_L_cache=3, norm_eps=1e-5, tie_word_embeddings=True,
+                 rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+    # Nemotron-H: Mamba-2 (M), attention (*) and ReLU^2 MLP (-) blocks, as nvidia/Nemotron-H-*'s pattern
+    "nemotron_h": dict(model_type="nemotron_h", num_hidden_layers=5, hybrid_override_pattern="M-M*-",
+                       num_key_value_heads=2, head_dim=8, intermediate_size=64, mamba_num_heads=8, mamba_head_dim=8,
+                       n_groups=2, ssm_state_size=16, conv_kernel=4, chunk_size=16, layer_norm_epsilon=1e-5,
+                       mlp_hidden_act="relu2", use_mamba_kernels=False, tie_word_embeddings=False),
 }
 
 

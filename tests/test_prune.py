@@ -354,8 +354,8 @@ def test_width_adaptive_writes_per_layer_sizes_and_slmctl_loads_them(tiny_llama,
 def test_width_rejects_unsupported_family(tiny_models, text_file, tmp_path):
     from slmctl.errors import UnsupportedError
 
-    with pytest.raises(UnsupportedError, match="phi3"):
-        _prune(tiny_models["phi3"], tmp_path / "x", text_file, method="width", mlp_ratio=0.25)
+    with pytest.raises(UnsupportedError, match="lfm2"):  # phi3's fused projections are supported since issue 22
+        _prune(tiny_models["lfm2"], tmp_path / "x", text_file, method="width", mlp_ratio=0.25)
     with pytest.raises(UnsupportedError, match="hidden"):
         _prune(tiny_models["gemma2"], tmp_path / "y", text_file, method="width", hidden_ratio=0.25)
 

@@ -70,11 +70,25 @@ class ArchSpec:
     # "no_rope" (SmolLM3's every-4th layer without RoPE, which llama.cpp hard-codes: checked, not written)
     layer_pattern: str | None = None
     per_layer_arch: str | None = None  # GGUF arch that reads per-layer head/FFN arrays
+    # HF suffix -> reshaping op applied on the way to GGUF (see export_gguf.TENSOR_OPS): Mamba2's A_log is
+    # stored as -exp(A_log), depthwise conv kernels lose their singleton axis, the gated norm is split per group
+    tensor_ops: dict[str, str] = field(default_factory=dict)
+    # regexes of HF module names inside the state-space / convolution mixers: their linears feed a recurrence,
+    # so pruning and quantisation leave them in full precision (and say so)
+    mixers: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()  # (other HF prefix, the prefix the tables use), e.g. backbone. -> model.
+
+    def _canon(self, hf_name: str) -> str:
+        for other, ours in self.aliases:
+            if hf_name.startswith(other):
+                return ours + hf_name[len(other):]
+        return hf_name
 
     def gguf_name(self, hf_name: str) -> str | None:
         """The GGUF name of an HF tensor; None if llama.cpp does not use it; raises if unknown."""
         if any(re.search(p, hf_name) for p in self.skip):
             return None
+        hf_name = self._canon(hf_name)
         if hf_name in self.top:
             return self.top[hf_name]
         if hf_name.startswith(self.block_prefix):
@@ -87,6 +101,7 @@ class ArchSpec:
                                     "open an issue with `slmctl inspect MODEL --json`")
 
     def block_index(self, hf_name: str) -> int | None:
+        hf_name = self._canon(hf_name)
         if hf_name.startswith(self.block_prefix):
             bid = hf_name[len(self.block_prefix):].split(".", 1)[0]
             return int(bid) if bid.isdigit() else None
@@ -173,6 +188,46 @@ _add(ArchSpec("olmo2", "olmo2", ("Olmo2ForCausalLM",), _LLAMA_TOP,
                "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"},
               hparams=_COMMON_HP, drop_output_when_tied=False, skip=(r"rotary_emb\.inv_freq$",)))
 
+# LFM2 (Liquid): gated short convolutions in most blocks, GQA attention with QK norms in the rest; the final
+# norm is called embedding_norm in HF and token_embd_norm in llama.cpp
+_add(ArchSpec("lfm2", "lfm2", ("Lfm2ForCausalLM", "LFM2ForCausalLM"),
+              {"model.embed_tokens.weight": "token_embd.weight", "model.embedding_norm.weight": "token_embd_norm.weight",
+               "lm_head.weight": "output.weight"},
+              {"operator_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight",
+               "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+               "self_attn.v_proj.weight": "attn_v.weight", "self_attn.out_proj.weight": "attn_output.weight",
+               "self_attn.q_layernorm.weight": "attn_q_norm.weight", "self_attn.k_layernorm.weight": "attn_k_norm.weight",
+               "conv.conv.weight": "shortconv.conv.weight", "conv.conv.bias": "shortconv.conv.bias",
+               "conv.in_proj.weight": "shortconv.in_proj.weight", "conv.in_proj.bias": "shortconv.in_proj.bias",
+               "conv.out_proj.weight": "shortconv.out_proj.weight", "conv.out_proj.bias": "shortconv.out_proj.bias",
+               "feed_forward.w1.weight": "ffn_gate.weight", "feed_forward.w3.weight": "ffn_up.weight",
+               "feed_forward.w2.weight": "ffn_down.weight"},
+              hparams={**{k: v for k, v in _COMMON_HP.items() if k not in ("feed_forward_length", "attention.head_count_kv")},
+                       "attention.layer_norm_rms_epsilon": ("norm_eps", "rms_norm_eps")},
+              tensor_ops={"conv.conv.weight": "squeeze"}, mixers=(r"\.conv\.",)))
+# Nemotron-H (NVIDIA): Mamba-2 / attention / ReLU^2-MLP blocks, one mixer per block, no RoPE at all
+_NEMOTRON_H_BLOCK = {
+    "norm.weight": "attn_norm.weight",
+    "mixer.in_proj.weight": "ssm_in.weight", "mixer.conv1d.weight": "ssm_conv1d.weight",
+    "mixer.conv1d.bias": "ssm_conv1d.bias", "mixer.dt_bias": "ssm_dt.bias", "mixer.A_log": "ssm_a",
+    "mixer.D": "ssm_d", "mixer.norm.weight": "ssm_norm.weight", "mixer.out_proj.weight": "ssm_out.weight",
+    "mixer.q_proj.weight": "attn_q.weight", "mixer.k_proj.weight": "attn_k.weight",
+    "mixer.v_proj.weight": "attn_v.weight", "mixer.o_proj.weight": "attn_output.weight",
+    "mixer.up_proj.weight": "ffn_up.weight", "mixer.down_proj.weight": "ffn_down.weight",
+}
+_add(ArchSpec("nemotron_h", "nemotron_h", ("NemotronHForCausalLM",),
+              {"model.embeddings.weight": "token_embd.weight", "model.norm_f.weight": "output_norm.weight",
+               "lm_head.weight": "output.weight"},
+              _NEMOTRON_H_BLOCK, aliases=(("backbone.", "model."),),
+              hparams={"context_length": ("max_position_embeddings",), "embedding_length": ("hidden_size",),
+                       "attention.head_count": ("num_attention_heads",),
+                       "attention.layer_norm_epsilon": ("layer_norm_epsilon",),
+                       "attention.layer_norm_rms_epsilon": ("layer_norm_epsilon",)},
+              rope=False,
+              tensor_ops={"mixer.conv1d.weight": "squeeze", "mixer.A_log": "neg_exp_col", "mixer.D": "col",
+                          "mixer.norm.weight": "per_group"},
+              mixers=(r"\.mixer\.(in_proj|out_proj|conv1d)$",)))
+
 
 def spec_for(config: dict[str, Any], where: str = "config.json") -> ArchSpec:
     """The spec of a model from its config.json (``architectures``, then ``model_type``)."""
@@ -213,6 +268,54 @@ def head_dim(config: dict[str, Any]) -> int:
     return int(hidden) // int(heads)
 
 
+# Nemotron-H's pattern letters (hybrid_override_pattern) and its newer list names -> one vocabulary
+_NEMOTRON_KINDS = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe", "mamba": "mamba",
+                   "linear_attention": "mamba", "attention": "attention", "full_attention": "attention",
+                   "mlp": "mlp", "moe": "moe"}
+
+
+def layer_kinds(config: dict[str, Any]) -> list[str] | None:
+    """What mixes tokens in each block of a hybrid: 'attention', 'conv' (LFM2), 'mamba', 'mlp' (Nemotron-H);
+    None for a plain transformer (every block is attention + MLP)."""
+    mt = config.get("model_type")
+    if mt == "lfm2":
+        lt = config.get("layer_types")
+        if not lt:
+            idx = set(config.get("full_attn_idxs") or range(config["num_hidden_layers"]))
+            lt = ["full_attention" if i in idx else "conv" for i in range(config["num_hidden_layers"])]
+        return ["attention" if t == "full_attention" else "conv" for t in lt]
+    if mt == "nemotron_h":
+        lt = config.get("layers_block_type") or config.get("hybrid_override_pattern")
+        if not lt:
+            raise UnsupportedError("config.json: Nemotron-H without layers_block_type or hybrid_override_pattern")
+        return [_NEMOTRON_KINDS[t] for t in lt]
+    return None
+
+
+def mixer_filter(config: dict[str, Any]):
+    """``in_mixer(name) -> bool`` for a model's linear (module) names: True inside a convolution / state-space
+    mixer (ArchSpec.mixers), which pruning and quantisation leave alone; always False for other families."""
+    try:
+        pats = spec_for(config).mixers
+    except UnsupportedError:
+        pats = ()
+    rx = [re.compile(p) for p in pats]
+    return lambda name: any(r.search(name if name.startswith(".") else "." + name) for r in rx)
+
+
+def lfm2_ffn_size(config: dict[str, Any]) -> int:
+    """LFM2's MLP width: ``block_ff_dim`` shrunk to 2/3, scaled and rounded up to ``block_multiple_of``."""
+    ff = int(config.get("block_ff_dim") or config["intermediate_size"])
+    if config.get("block_auto_adjust_ff_dim", True):
+        ff = int(2 * ff / 3)
+        mult = config.get("block_ffn_dim_multiplier", 1.0)
+        if mult is not None:
+            ff = int(mult * ff)
+            m = int(config.get("block_multiple_of", 256))
+            ff = m * ((ff + m - 1) // m)
+    return ff
+
+
 def sliding_layers(config: dict[str, Any]) -> list[bool]:
     """Which layers use sliding-window attention: ``layer_types``, else Gemma 3's older
     ``sliding_window_pattern`` (every Nth layer full), else none."""
@@ -237,6 +340,85 @@ def rope_layers(config: dict[str, Any]) -> list[bool]:
     if isinstance(every, int) and every > 0:
         return [(i + 1) % every != 0 for i in range(n)]
     return [True] * n
+
+
+def _llama3_fit(freqs, theta: float, dim: int) -> dict[str, Any] | None:
+    """llama3 RoPE parameters that reproduce llama.cpp's ``rope_freqs`` divisors, or None.
+
+    The long-wavelength divisor is ``factor``; inside the band each divisor gives the smoothing weight,
+    which is linear in 1/wavelength: with Meta's low_freq_factor 1 that fixes high_freq_factor and the
+    original context. The result is checked by recomputing every divisor.
+    """
+    import math
+
+    r = [float(x) for x in freqs]
+    factor = max(r)
+    if factor <= 1.0:
+        return None
+    wl = [2 * math.pi * theta ** (2 * i / dim) for i in range(len(r))]
+    band = [(1 / w, (1 / x - 1 / factor) / (1 - 1 / factor)) for x, w in zip(r, wl) if 1.0 + 1e-6 < x < factor - 1e-6]
+    low, high, orig = 1.0, 4.0, None  # Meta's low/high_freq_factor where the divisors cannot tell
+    if len(band) >= 2:  # s = orig/(high-low) * (1/wl) - low/(high-low)
+        (x1, s1), (x2, s2) = band[0], band[-1]
+        a = (s1 - s2) / (x1 - x2)
+        b = a * x1 - s1
+        if b > 0:
+            high = low + low / b
+            orig = a * (high - low)
+    elif band:
+        x1, s1 = band[0]
+        orig = (s1 * (high - low) + low) / x1
+    else:  # only the boundaries: any context between them gives these divisors; prefer a power of two
+        kept = [w for x, w in zip(r, wl) if x <= 1.0 + 1e-6]
+        slowed = [w for x, w in zip(r, wl) if x >= factor - 1e-6]
+        lo_b, hi_b = (max(kept) * high if kept else 1.0), (min(slowed) * low if slowed else 2.0 ** 20)
+        pow2 = [2 ** k for k in range(4, 21) if lo_b < 2 ** k < hi_b]
+        orig = pow2[-1] if pow2 else (lo_b + hi_b) / 2
+    if not orig or not high:
+        return None
+    cand = {"rope_type": "llama3", "rope_theta": theta, "factor": factor, "low_freq_factor": low,
+            "high_freq_factor": round(high, 4), "original_max_position_embeddings": int(round(orig))}
+    for x, w in zip(r, wl):
+        o = cand["original_max_position_embeddings"]
+        hi, lo = cand["high_freq_factor"], cand["low_freq_factor"]
+        sm = (o / w - lo) / (hi - lo)
+        want = 1.0 if w < o / hi else factor if w > o / lo else 1.0 / ((1 - sm) / factor + sm)
+        if abs(want - x) > 1e-3 * x:
+            return None
+    return cand
+
+
+def rope_from_gguf(arch: str, meta: dict[str, Any], tensors: dict[str, Any], hf_config: dict[str, Any]) -> dict[str, Any]:
+    """Config keys transformers' GGUF loader drops, read back from llama.cpp's RoPE metadata and tensors:
+    Phi-3/Phi-4's LongRoPE factors and partial rotation, Llama 3.1/3.2's frequency divisors.
+
+    ``tensors``: {"rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight": array}.
+    Returns the keys to set on the HF config (empty when nothing was lost)."""
+    hd = int(hf_config.get("head_dim") or hf_config["hidden_size"] // hf_config["num_attention_heads"])
+    theta = float(meta.get(f"{arch}.rope.freq_base", hf_config.get("rope_theta") or 10000.0))
+    rot = int(meta.get(f"{arch}.rope.dimension_count", hd))
+    out: dict[str, Any] = {}
+    rp: dict[str, Any] = {"rope_type": "default", "rope_theta": theta}
+    if rot != hd:
+        out["partial_rotary_factor"] = rot / hd
+        rp["partial_rotary_factor"] = rot / hd
+    if "rope_factors_long.weight" in tensors and "rope_factors_short.weight" in tensors:
+        orig = int(meta.get(f"{arch}.rope.scaling.original_context_length") or hf_config["max_position_embeddings"])
+        rp.update(rope_type="longrope", original_max_position_embeddings=orig,
+                  long_factor=[float(x) for x in tensors["rope_factors_long.weight"]],
+                  short_factor=[float(x) for x in tensors["rope_factors_short.weight"]])
+        if f"{arch}.rope.scaling.attn_factor" in meta:
+            rp["attention_factor"] = float(meta[f"{arch}.rope.scaling.attn_factor"])
+        out["original_max_position_embeddings"] = orig
+    elif "rope_freqs.weight" in tensors:
+        fit = _llama3_fit(tensors["rope_freqs.weight"], theta, rot)
+        if fit is None:
+            raise UnsupportedError(f"the GGUF's rope_freqs divisors are not a llama3 RoPE schedule slmctl can "
+                                   "express in config.json", hint="import from the original HF model instead")
+        rp.update(fit)
+    if rp["rope_type"] != "default" or "partial_rotary_factor" in rp:
+        out["rope_parameters"] = rp
+    return out
 
 
 def rope_pattern_problem(config: dict[str, Any]) -> str | None:

@@ -31,6 +31,7 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
     _quiet_gguf_loader()
     art = open_artifact(src)
     arch = art.metadata.get("general.architecture", "?")
+    _byte_bpe_tokenizer_for(arch, art.metadata)
     try:
         from .gguf_import import OWN_IMPORT, import_gguf
 
@@ -47,6 +48,7 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
     prov = provenance.build("export", {"format": "hf", "dtype": dtype or "float32", **(extra_recipe or {})},
                             [provenance.input_record(ref or str(src), src, art)])
     target = getattr(torch, dtype) if dtype else torch.float32
+    _restore_rope(model.config, art, arch)
     with atomic_path(out, force=force, is_dir=True) as tmp:
         model.config.dtype = target
         model.config.architectures = [type(model).__name__]  # save_pretrained sets it; config alone does not
@@ -60,6 +62,33 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
         w.close()
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     return out
+
+
+def _byte_bpe_tokenizer_for(arch: str, meta: dict) -> None:
+    """transformers' GGUF tokenizer table lists architectures, not tokenizer kinds: an architecture it loads
+    weights for (LFM2) but has no entry for gets the byte-level BPE converter its GGUF's vocab ('gpt2') needs."""
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        return
+    try:
+        from transformers.integrations.ggml import GGUF_TO_FAST_CONVERTERS, GGUFGPTConverter
+    except ImportError:  # pragma: no cover
+        return
+    if arch == "lfm2":
+        GGUF_TO_FAST_CONVERTERS.setdefault(arch, GGUFGPTConverter)
+
+
+def _restore_rope(config, art, arch: str) -> None:
+    """Put back the RoPE settings transformers' GGUF loader drops (LongRoPE, partial rotation, llama3
+    divisors): without them the imported model computes different logits (see arch.rope_from_gguf)."""
+    from ..arch import rope_from_gguf
+
+    names = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+    tensors = {n: art.tensors[n].load().float().numpy() for n in names if n in art.tensors}
+    if arch not in ("llama", "phi3") and not tensors:
+        return
+    fix = rope_from_gguf(arch, art.metadata, tensors, config.to_dict())
+    for k, v in fix.items():
+        setattr(config, k, v)
 
 
 def _quiet_gguf_loader() -> None:

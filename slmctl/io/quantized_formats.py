@@ -267,6 +267,10 @@ def load_dequantized_model(art, *, dtype=None, trust_remote_code: bool = False):
     own.update(dict(model.named_buffers()))
     for n in list(sd):
         if n not in own:
+            alt = "model." + n[len("backbone."):] if n.startswith("backbone.") else None  # Nemotron-H / Mamba names
+            if alt in own:
+                sd[alt] = sd.pop(n)
+                continue
             unexpected.append(n)
     model.load_state_dict(sd, strict=False, assign=True)
     if getattr(model.config, "tie_word_embeddings", False):

@@ -57,10 +57,38 @@ class _Planned:
     make: Callable[[], np.ndarray] | None = None  # a tensor slmctl computes (not in the HF model)
 
 
+# convolution kernels of the recurrent mixers: llama.cpp's ssm_conv reads them as f32 only
+F32_TENSORS = (".ssm_conv1d.weight", ".shortconv.conv.weight")
+
+
+def _mamba_groups(cfg: dict) -> int:
+    return int(cfg.get("n_groups") or cfg.get("mamba_n_groups") or 1)
+
+
+# ArchSpec.tensor_ops: name -> (GGUF shape from the HF shape, array transform)
+TENSOR_OPS: dict[str, tuple[Callable[[tuple, dict], tuple], Callable[[np.ndarray, dict], np.ndarray]]] = {
+    # depthwise Conv1d kernel (channels, 1, width) -> (channels, width)
+    "squeeze": (lambda s, c: (s[0], s[-1]), lambda a, c: a.reshape(a.shape[0], a.shape[-1])),
+    # Mamba-2 stores log(-A); llama.cpp wants A itself, one per head, as a column
+    "neg_exp_col": (lambda s, c: (s[0], 1), lambda a, c: -np.exp(a.astype(np.float64)).astype(np.float32).reshape(-1, 1)),
+    "col": (lambda s, c: (s[0], 1), lambda a, c: a.reshape(-1, 1)),
+    # the gated RMSNorm normalises each of n_groups slices separately
+    "per_group": (lambda s, c: (_mamba_groups(c), s[0] // _mamba_groups(c)),
+                  lambda a, c: a.reshape(_mamba_groups(c), -1)),
+}
+
+
+def _tensor_op(spec: ArchSpec, hf_name: str):
+    for suffix, op in spec.tensor_ops.items():
+        if hf_name.endswith("." + suffix):
+            return TENSOR_OPS[op]
+    return None
+
+
 def _tensor_type(spec: ArchSpec, gguf_name: str, shape: tuple[int, ...], outtype: str) -> str:
-    """convert_hf_to_gguf.py's rule: 1-D, norms, biases and position embeddings stay f32."""
+    """convert_hf_to_gguf.py's rule: 1-D, norms, biases, position embeddings and conv kernels stay f32."""
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight") \
-            or gguf_name.startswith("position_embd."):
+            or gguf_name.startswith("position_embd.") or gguf_name.endswith(F32_TENSORS):
         return "f32"
     if outtype in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") and shape[-1] % 32:
         return "f16"  # rows that do not fill whole blocks
@@ -78,6 +106,9 @@ def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
         shape = tuple(lt.shape)
         if any(name.endswith("." + s) for s in spec.transpose):
             shape = tuple(reversed(shape))
+        op = _tensor_op(spec, name)
+        if op is not None:
+            shape = tuple(op[0](shape, cfg))
         out.append(_Planned(name, g, shape, _tensor_type(spec, g, shape, outtype), spec.block_index(name)))
     if not any(p.gguf == "token_embd.weight" for p in out):
         raise InputError(f"{art.path}: no token embedding tensor found", hint="is this a complete causal LM?")
@@ -89,6 +120,9 @@ def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
     if spec.rope and rp.get("rope_type") == "llama3":
         factors = llama3_rope_factors(cfg, rp)
         out.append(_Planned("", "rope_freqs.weight", factors.shape, "f32", None, make=lambda: factors))
+    if spec.rope and rp.get("rope_type") in ("longrope", "su"):
+        for kind, arr in longrope_factors(cfg, rp).items():
+            out.append(_Planned("", f"rope_factors_{kind}.weight", arr.shape, "f32", None, make=lambda a=arr: a))
     out.sort(key=lambda p: (p.bid if p.bid is not None else (-1 if p.gguf in order else 1 << 30),
                             order.get(p.gguf, 2), p.gguf))
     return out
@@ -113,6 +147,41 @@ def llama3_rope_factors(cfg: dict, rp: dict) -> np.ndarray:
     return scale.astype(np.float32)
 
 
+def longrope_factors(cfg: dict, rp: dict) -> dict[str, np.ndarray]:
+    """Phi-3/Phi-4's LongRoPE per-frequency divisors: llama.cpp's rope_factors_short and rope_factors_long.
+
+    One value per rotated pair (``rope.dimension_count / 2``); llama.cpp uses the long ones when the context
+    it is given exceeds ``rope.scaling.original_context_length`` (transformers: when the sequence does).
+    """
+    n = rope_dim(cfg) // 2
+    out = {}
+    for kind in ("long", "short"):
+        v = rp.get(f"{kind}_factor")
+        if not isinstance(v, (list, tuple)) or len(v) != n:
+            raise InputError(f"config.json: rope {kind}_factor must list {n} numbers (rotary dims / 2), "
+                             f"not {len(v) if isinstance(v, (list, tuple)) else v!r}",
+                             hint="LongRoPE needs both short_factor and long_factor, one per rotated pair")
+        out[kind] = np.asarray(v, dtype=np.float32)
+    return out
+
+
+def longrope_attn_factor(cfg: dict, rp: dict) -> float:
+    """The cos/sin scale LongRoPE applies (transformers' rule: given, or from the context extension ratio)."""
+    import math
+
+    if rp.get("attention_factor") is not None:
+        return float(rp["attention_factor"])
+    orig = float(rp.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+                 or cfg["max_position_embeddings"])
+    factor = float(rp.get("factor") or cfg["max_position_embeddings"] / orig)
+    return math.sqrt(1 + math.log(factor) / math.log(orig)) if factor > 1.0 else 1.0
+
+
+def rope_dim(cfg: dict) -> int:
+    """Rotated dimensions per head (``partial_rotary_factor`` of the head, as Phi-4-mini's 96 of 128)."""
+    return int(head_dim(cfg) * float(rope_params(cfg).get("partial_rotary_factor", 1.0)))
+
+
 def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -> np.ndarray:
     """One HF tensor (float32 numpy) -> the bytes GGUF stores for it (family quirks, then the type).
 
@@ -132,6 +201,9 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -
         a = a + np.float32(1)
     if spec.fold_query_scale and p.hf.endswith("self_attn.q_norm.weight"):
         a = a * np.float32(query_scale_fold(cfg))
+    op = _tensor_op(spec, p.hf)
+    if op is not None:
+        a = op[1](a, cfg)
     a = np.ascontiguousarray(a, dtype=np.float32)
     if tuple(a.shape) != p.shape:
         raise InputError(f"tensor {p.hf}: shape {tuple(a.shape)} after conversion, planned {p.shape}")
@@ -187,8 +259,7 @@ def write_hparams(w, spec: ArchSpec, cfg: dict, arch: str, per_layer: dict[str, 
         w.add_u32(f"{arch}.attention.value_length", head_dim(cfg))
     if spec.rope:
         rp = rope_params(cfg)
-        rot = int(head_dim(cfg) * float(rp.get("partial_rotary_factor", 1.0)))
-        w.add_u32(f"{arch}.rope.dimension_count", rot)
+        w.add_u32(f"{arch}.rope.dimension_count", rope_dim(cfg))
         if rp.get("rope_theta") is not None:
             w.add_f32(f"{arch}.rope.freq_base", rp["rope_theta"])
         rtype = rp.get("rope_type", "default")
@@ -201,13 +272,19 @@ def write_hparams(w, spec: ArchSpec, cfg: dict, arch: str, per_layer: dict[str, 
             w.add_u32(f"{arch}.rope.scaling.original_context_length", rp["original_max_position_embeddings"])
         elif rtype == "llama3":
             pass  # frequency factors go into the rope_freqs tensor (see plan)
+        elif rtype in ("longrope", "su"):  # short/long factors are tensors (see plan); the cos/sin scale a key
+            w.add_f32(f"{arch}.rope.scaling.attn_factor", longrope_attn_factor(cfg, rp))
         elif rtype not in ("default", None):
             raise UnsupportedError(f"RoPE type {rtype!r} is not supported by slmctl's GGUF exporter yet",
-                                   hint="supported: default, linear, yarn")
+                                   hint="supported: default, linear, yarn, llama3, longrope")
     if spec.name == "phi3":
+        rp = rope_params(cfg)
         w.add_u32(f"{arch}.rope.scaling.original_context_length",
-                  int(cfg.get("original_max_position_embeddings") or cfg.get("max_position_embeddings")))
+                  int(rp.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+                      or cfg.get("max_position_embeddings")))
         w.add_u32(f"{arch}.attention.sliding_window", int(cfg.get("sliding_window") or 0))
+    if spec.name in ("lfm2", "nemotron_h"):
+        _hybrid_hparams(w, spec, cfg, arch)
     if spec.name == "gemma2":
         w.add_f32(f"{arch}.attn_logit_softcapping", cfg.get("attn_logit_softcapping") or 0.0)
         w.add_f32(f"{arch}.final_logit_softcapping", cfg.get("final_logit_softcapping") or 0.0)
@@ -260,6 +337,33 @@ def _layer_pattern_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
         raise UnsupportedError(rope_pattern_problem(cfg),
                                hint="after depth pruning, drop whole groups of 4 layers (for example the last ones: "
                                     "slmctl prune --method depth --depth-metric last --layers 4) to keep the pattern")
+
+
+def _hybrid_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
+    """Hybrids: llama.cpp tells a recurrent block by head_count_kv 0 (and, for Nemotron-H, feed_forward_length 0)."""
+    from ..arch import layer_kinds, lfm2_ffn_size
+    from ..io.gguf_writer import U32
+
+    kinds = layer_kinds(cfg)
+    kv = int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+    w.add_array(f"{arch}.attention.head_count_kv", [kv if k == "attention" else 0 for k in kinds], U32)
+    if spec.name == "lfm2":
+        w.add_u32(f"{arch}.feed_forward_length", lfm2_ffn_size(cfg))
+        w.add_u32(f"{arch}.shortconv.l_cache", int(cfg.get("conv_L_cache", 3)))
+        w.add_u32(f"{arch}.vocab_size", int(cfg["vocab_size"]))
+        return
+    if "moe" in kinds:
+        raise UnsupportedError("Nemotron-H with mixture-of-experts blocks is not supported by slmctl's GGUF "
+                               "exporter yet", hint="dense Nemotron-H (Mamba-2, attention and MLP blocks) exports")
+    w.add_u32(f"{arch}.block_count", len(kinds))
+    w.add_array(f"{arch}.feed_forward_length",
+                [int(cfg["intermediate_size"]) if k == "mlp" else 0 for k in kinds], U32)
+    heads, hdim = int(cfg["mamba_num_heads"]), int(cfg["mamba_head_dim"])
+    w.add_u32(f"{arch}.ssm.conv_kernel", int(cfg.get("conv_kernel") or cfg.get("mamba_d_conv") or 4))
+    w.add_u32(f"{arch}.ssm.state_size", int(cfg["ssm_state_size"]))
+    w.add_u32(f"{arch}.ssm.group_count", int(cfg.get("n_groups") or cfg.get("mamba_n_groups") or 1))
+    w.add_u32(f"{arch}.ssm.inner_size", heads * hdim)
+    w.add_u32(f"{arch}.ssm.time_step_rank", heads)
 
 
 def write_vocab(w, vocab) -> None:

@@ -130,6 +130,40 @@ def _onnx_attention_for(model):
         model.set_attn_implementation(previous)
 
 
+@contextlib.contextmanager
+def _longrope_in_graph(model):
+    """LongRoPE (Phi-3/Phi-4-mini) switches from the short to the long factors once the positions pass
+    ``original_max_position_embeddings``; transformers decides that in Python, which torch.export cannot
+    trace. While exporting, the rotary modules compute both frequency sets and pick one with ``where`` on
+    the largest position, as transformers does at run time."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    patched = []
+    for mod in model.modules():
+        if getattr(mod, "rope_type", None) != "longrope" or not hasattr(mod, "original_inv_freq"):
+            continue
+        cfg = mod.config
+        orig = int(cfg.rope_parameters["original_max_position_embeddings"])
+        short = mod.original_inv_freq.float().clone()
+        long, _ = ROPE_INIT_FUNCTIONS["longrope"](cfg, short.device, seq_len=orig + 1)
+        scale = mod.attention_scaling
+
+        def forward(x, position_ids, short=short, long=long.float(), orig=orig, scale=scale):
+            inv = torch.where(position_ids.max() + 1 > orig, long, short)
+            freqs = (inv[None, :, None].expand(position_ids.shape[0], -1, 1) @ position_ids[:, None, :].float())
+            emb = torch.cat((freqs.transpose(1, 2),) * 2, dim=-1)
+            return (emb.cos() * scale).to(x.dtype), (emb.sin() * scale).to(x.dtype)
+
+        mod.forward = forward
+        patched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in patched:
+            del mod.forward  # back to the class's method
+
+
 def _decoder_wrapper(model, n_layers: int):
     """A module with flat tensor inputs/outputs around an HF causal LM and its DynamicCache."""
     import torch
@@ -186,7 +220,7 @@ def export_decoder(model, path: Path, *, dtype, opset: int, external_data: bool,
     in_names = ["input_ids", "attention_mask", "position_ids"] + [
         f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
     out_names = ["logits"] + [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
-    with _quiet_torch_onnx(), torch.no_grad(), _onnx_attention_for(model):
+    with _quiet_torch_onnx(), torch.no_grad(), _onnx_attention_for(model), _longrope_in_graph(model):
         try:
             prog = torch.onnx.export(wrap, (ids, mask, pos, *past), dynamo=True, opset_version=opset,
                                      input_names=in_names, output_names=out_names, dynamic_shapes=shapes,
@@ -441,6 +475,20 @@ def compare_encoder(onnx_file: Path, ref: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the exporter
+def _refuse_recurrent(config: dict, folder: Path) -> None:
+    """Hybrids carry convolution / state-space states between steps, which the past_key_values layout
+    (and onnxruntime-genai's config) has no place for: say so before loading anything."""
+    from ..arch import layer_kinds
+
+    kinds = set(layer_kinds(config) or ()) - {"attention", "mlp"}
+    if kinds:
+        arch = (config.get("architectures") or [config.get("model_type")])[0]
+        raise UnsupportedError(f"{folder}: {arch} ({' + '.join(sorted(kinds))} blocks beside attention) is not "
+                               "supported for ONNX yet: its recurrent states do not fit the KV-cache layout "
+                               "onnxruntime-genai and Optimum read",
+                               hint="export it to GGUF instead (slmctl export MODEL --format gguf): llama.cpp runs it")
+
+
 def _load_model(folder: Path, kind: str, config: dict):
     import torch
     import transformers
@@ -499,6 +547,7 @@ def export_onnx(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
                          hint="point at the model folder rather than a bare .safetensors file")
     folder = art.path
     kind = model_kind(art.config)
+    _refuse_recurrent(art.config, folder)
     dt_name = "float32" if dtype == "auto" else dtype
     target = getattr(torch, dt_name)
     t0 = time.perf_counter()

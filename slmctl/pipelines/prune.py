@@ -311,6 +311,17 @@ def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam)
     return _stream_state(ctx["art"], state), config, recipe, rows
 
 
+def _mixer_note(config: dict, log):
+    """``in_mixer(name)`` for the model's convolution / state-space mixers (left unpruned), logged once."""
+    from ..arch import layer_kinds, mixer_filter
+
+    kinds = sorted(set(layer_kinds(config) or ()) - {"attention", "mlp"})
+    if kinds:
+        log(f"leaving the {' and '.join(kinds)} mixers' linears dense: they feed a recurrence, which "
+            "unstructured sparsity is not calibrated for; attention and MLP linears are pruned")
+    return mixer_filter(config)
+
+
 def _streaming_ok(config: dict) -> bool:
     """Whether slmctl.layerwise can run this model one layer at a time (nn.Linear layers, uniform widths)."""
     from ..surgery.width import PER_LAYER_KEY
@@ -382,6 +393,7 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
 
     art = ctx["art"]
     n = n_layers(art.config)
+    in_mixer = _mixer_note(art.config, ctx["log"])
     ratios = [target] * n
     per_layer = {i: [0, 0] for i in range(n)}  # zeros, params
     sparsity = {"kind": pattern if pat else "unstructured", "target": target}
@@ -405,7 +417,7 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
             for name, lazy in art.tensors.items():
                 t = lazy.load()
                 i = layer_index(name)
-                if i is not None and t.dim() == 2 and name.endswith(".weight"):
+                if i is not None and t.dim() == 2 and name.endswith(".weight") and not in_mixer(name[:-7]):
                     new = pruner(t.float(), None, sparsity=ratios[i], pattern=pat)
                     per_layer[i][0] += int((new == 0).sum())
                     per_layer[i][1] += new.numel()
@@ -420,7 +432,7 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
     hidden = _calib_hidden(ctx, lm)
 
     def lin_of(layer):
-        return {nm: m for nm, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+        return {nm: m for nm, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and not in_mixer(nm)}
 
     if adaptive:
         scores: list[float] = []

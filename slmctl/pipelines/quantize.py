@@ -129,6 +129,7 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
         raise UsageError("compressed-tensors keeps groups in column order: act-order needs static groups here",
                          hint="drop --no-static-groups, or use --format gptq")
     skip = runtime_check(art, fmt, cfg, skip=skip_incompatible, log=log)
+    skip = sorted(set(skip) | set(_mixer_linears(art, log)))
     out = Path(out) if out else default_output(model, path, method, cfg)
     recipe: dict[str, Any] = {"method": method, "bits": bits, "group_size": group_size, "sym": sym, "format": fmt}
     if skip:
@@ -164,6 +165,19 @@ def _linear_prefixes(art, lm=None) -> list[str]:
     pat = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.")
     return [n[: -len(".weight")] for n, t in art.tensors.items()
             if n.endswith(".weight") and len(t.shape) == 2 and pat.search(n)]
+
+
+def _mixer_linears(art, log: Log = _nolog) -> list[str]:
+    """Linears of convolution / state-space mixers (LFM2's short convs, Nemotron-H's Mamba-2): kept float."""
+    from ..arch import layer_kinds, mixer_filter
+
+    in_mixer = mixer_filter(art.config)
+    out = [p for p in _linear_prefixes(art) if in_mixer(p)]
+    if out:
+        kinds = " and ".join(sorted(set(layer_kinds(art.config) or ()) - {"attention", "mlp"}))
+        log(f"leaving {len(out)} linear(s) of the {kinds} mixers unquantised: their outputs feed a recurrence "
+            "that GPTQ/AWQ's per-layer error model does not see; attention and MLP linears are quantised")
+    return out
 
 
 def runtime_check(art, fmt: str, cfg, *, skip: bool = False, log: Log = _nolog) -> list[str]:

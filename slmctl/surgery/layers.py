@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import UsageError
 
 # tensor names of decoder layers across families: model.layers.N., transformer.h.N., ...
-LAYER_RE = re.compile(r"^((?:model\.|transformer\.|gpt_neox\.|model\.decoder\.)?(?:layers|h|blocks))\.(\d+)\.")
+LAYER_RE = re.compile(r"^((?:model\.|transformer\.|gpt_neox\.|model\.decoder\.|backbone\.)?(?:layers|h|blocks))\.(\d+)\.")
 DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 # config keys that are not per-layer even when their length happens to equal the layer count
 NOT_PER_LAYER = {"architectures", "eos_token_id", "bos_token_id", "pad_token_id", "bad_words_ids", "suppress_tokens",
@@ -24,6 +24,8 @@ def n_layers(config: dict[str, Any]) -> int:
     for k in DEPTH_KEYS:
         if isinstance(config.get(k), int):
             return config[k]
+    if isinstance(config.get("layers_block_type"), list):  # Nemotron-H saves its pattern, not a count
+        return len(config["layers_block_type"])
     tc = config.get("text_config")
     if isinstance(tc, dict):
         return n_layers(tc)
@@ -73,6 +75,12 @@ def renamed_config(config: dict[str, Any], drop: list[int]) -> dict[str, Any]:
     per = cfg.get("slmctl_per_layer")
     if isinstance(per, dict):
         cfg["slmctl_per_layer"] = {k: _cut(v, keep) for k, v in per.items()}
+    # per-layer patterns kept as strings or index lists: Nemotron-H's "M-M*-", LFM2's attention layer indices
+    pat = cfg.get("hybrid_override_pattern")
+    if isinstance(pat, str) and len(pat) == n:
+        cfg["hybrid_override_pattern"] = "".join(_cut(list(pat), keep))
+    if isinstance(cfg.get("full_attn_idxs"), list):
+        cfg["full_attn_idxs"] = [j for j, i in enumerate(keep) if i in set(config["full_attn_idxs"])]
     # max_window_layers (qwen2): the first N layers use full attention; keep it within the new depth
     if isinstance(cfg.get("max_window_layers"), int):
         cfg["max_window_layers"] = sum(1 for i in keep if i < config["max_window_layers"])

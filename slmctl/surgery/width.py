@@ -22,6 +22,9 @@ WIDTH_FAMILIES: dict[str, dict[str, Any]] = {
     "smollm3": _LLAMA, "granite": _LLAMA,
     # OLMo 2 normalises the whole Q and K projections: their norm weights lose the pruned heads' channels too
     "olmo2": dict(_LLAMA, qk_norm=("self_attn.q_norm", "self_attn.k_norm")),
+    # Phi-3 / Phi-4-mini store Q, K, V as one qkv_proj (q rows, then k, then v) and gate/up as one gate_up_proj
+    "phi3": dict(_LLAMA, q=None, k=None, v=None, gate=None, up=None, qkv="self_attn.qkv_proj",
+                 gate_up="mlp.gate_up_proj", uniform=True),
 }
 PER_LAYER_KEY = "slmctl_per_layer"
 
@@ -59,6 +62,11 @@ def shrink(state: dict[str, Any], config: dict[str, Any], plan: dict[str, Any]) 
     import torch
 
     fam = family(config, hidden=plan.get("hidden") is not None)
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if fam.get("qkv") and rope.get("rope_type", rope.get("type")) == "longrope" and (plan.get("heads") or plan.get("hidden") is not None):
+        raise UnsupportedError(f"{config.get('model_type')} with LongRoPE: transformers checks the short/long factors "
+                               "against hidden_size / num_attention_heads, so a model with fewer heads or a narrower "
+                               "hidden size would not load", hint="prune MLP channels only (--mlp-ratio)")
     st = dict(state)
     cfg = dict(config)
     n = cfg["num_hidden_layers"]
@@ -86,6 +94,8 @@ def shrink(state: dict[str, Any], config: dict[str, Any], plan: dict[str, Any]) 
                 sel(f"{p}{fam['q']}.{t}", 0, qi)
                 sel(f"{p}{fam['k']}.{t}", 0, kvi)
                 sel(f"{p}{fam['v']}.{t}", 0, kvi)
+                if fam.get("qkv"):
+                    sel(f"{p}{fam['qkv']}.{t}", 0, torch.cat([qi, H * hd + kvi, (H + KV) * hd + kvi]))
             sel(f"{p}{fam['o']}.weight", 1, qi)
             if fam.get("qk_norm"):
                 sel(f"{p}{fam['qk_norm'][0]}.weight", 0, qi)
@@ -96,6 +106,8 @@ def shrink(state: dict[str, Any], config: dict[str, Any], plan: dict[str, Any]) 
             for t in ("weight", "bias"):
                 sel(f"{p}{fam['gate']}.{t}", 0, idx)
                 sel(f"{p}{fam['up']}.{t}", 0, idx)
+                if fam.get("gate_up"):
+                    sel(f"{p}{fam['gate_up']}.{t}", 0, torch.cat([idx, inter + idx]))
             sel(f"{p}{fam['down']}.weight", 1, idx)
             inters[i] = len(idx)
     hidden = plan.get("hidden")
@@ -107,8 +119,9 @@ def shrink(state: dict[str, Any], config: dict[str, Any], plan: dict[str, Any]) 
         sel(f"{fam['final_norm']}.bias", 0, h)
         for i in range(n):
             p = fam["prefix"].format(i=i)
-            for role in ("q", "k", "v", "gate", "up"):
-                sel(f"{p}{fam[role]}.weight", 1, h)
+            for role in ("q", "k", "v", "gate", "up", "qkv", "gate_up"):
+                if fam.get(role):
+                    sel(f"{p}{fam[role]}.weight", 1, h)
             for role in ("o", "down"):
                 sel(f"{p}{fam[role]}.weight", 0, h)
                 sel(f"{p}{fam[role]}.bias", 0, h)
@@ -122,6 +135,10 @@ def shrink(state: dict[str, Any], config: dict[str, Any], plan: dict[str, Any]) 
         cfg[key] = max(vals)
         if len(set(vals)) > 1:
             new_per[key] = vals
+    if new_per and fam.get("uniform"):
+        raise UnsupportedError(f"{config.get('model_type')}: per-layer widths do not load in transformers for this "
+                               "family (its fused projections are sized from config.json)",
+                               hint="use the same ratio for every layer (no --adaptive)")
     if new_per:
         cfg[PER_LAYER_KEY] = new_per
     else:
