@@ -119,8 +119,8 @@ class GGUFQuant:
 
         from ..layerwise import iter_layers
         from ..methods.quantize.gguf_gptq import gptq_blocks, prepare
+        from ..methods.quantize.gguf_kquants import pack
         from ..methods.quantize.gptq import HessianAccumulator
-        from .export_gguf import _convert
 
         lm = self.lm
         for step in iter_layers(lm, self.windows, capture=False, progress=self.progress):
@@ -145,8 +145,6 @@ class GGUFQuant:
                     with torch.no_grad():
                         lin.weight.data = torch.from_numpy(deq).to(lin.weight.dtype)
                     # the HF layout's rows -> GGUF's (q/k row permutation): whole rows of blocks move
-                    from ..methods.quantize.gguf_kquants import pack
-
                     packed = pack(blk).reshape(W.shape[0], -1)
                     out[hf] = _convert_rows(packed, p, spec, cfg)
             self.stats["seconds_layers"] += time.perf_counter() - t0
@@ -224,7 +222,7 @@ def layerwise_imatrix(lm, windows, progress=None) -> dict[str, np.ndarray]:
     return result
 
 
-def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, field: str = "text", samples: int = 128,
+def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, field: str = "text", samples: int = 64,
             seq_len: int = 512, seed: int = 0, imatrix=None, damp: float = 0.01, act_order: bool = True,
             force: bool = False, vocab_pre: str | None = None, trust_remote_code: bool = False, log: Log = lambda m: None,
             progress=None, verb: str = "quantize") -> dict[str, Any]:

@@ -113,27 +113,38 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     w = x * x
     wx = w * x
     lf = L.astype(F)
-    sumlx, suml2 = seqsum(wx * lf), seqsum(w * lf * lf)
+    sumlx, suml2 = _descend(x, w, L, seqsum(wx * lf), seqsum(w * lf * lf),
+                            lambda v: np.clip(v, -nmax, nmax - 1), lambda v: v, weights_first=False)
+    scale = np.where(suml2 > 0, _div(sumlx, suml2), F(0))
+    return np.where(zero, F(0), scale), np.where(zero[:, None], 0, L + nmax)
+
+
+def _descend(x, w, L, sumlx, suml2, clamp, store, *, weights_first: bool):
+    """ggml's coordinate descent on the codes (make_q3_quants, make_qp_quants): up to 5 sweeps, each code
+    moved to its best value with the others fixed when that raises sumlx^2 / suml2. ``L`` changes in place.
+
+    ``weights_first``: make_qp_quants' test (the other codes' suml2 must be positive first) rather than
+    make_q3_quants' (the new suml2 must be)."""
     with np.errstate(all="ignore"):
         for _ in range(5):
             changed = np.zeros(len(x), dtype=bool)
             for i in range(x.shape[1]):
-                li = L[:, i].astype(F)
-                slx = sumlx - wx[:, i] * li
-                sl2 = suml2 - w[:, i] * li * li
-                new = np.clip(nearest_int(x[:, i] * sl2 / slx), -nmax, nmax - 1)
+                wi, xi, li = w[:, i], x[:, i], L[:, i].astype(F)
+                slx = sumlx - wi * xi * li
+                sl2 = suml2 - wi * li * li
+                new = clamp(nearest_int(xi * sl2 / slx))
                 nf = new.astype(F)
-                slx2 = slx + wx[:, i] * nf
-                sl22 = sl2 + w[:, i] * nf * nf
-                acc = (slx > 0) & (new != L[:, i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                L[:, i] = np.where(acc, new, L[:, i])
+                slx2 = slx + wi * xi * nf
+                sl22 = sl2 + wi * nf * nf
+                ok = (sl2 > 0) if weights_first else (sl22 > 0)
+                acc = (slx > 0) & ok & (new != L[:, i]) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[:, i] = np.where(acc, store(new), L[:, i])
                 sumlx = np.where(acc, slx2, sumlx)
                 suml2 = np.where(acc, sl22, suml2)
                 changed |= acc
             if not changed.any():
                 break
-    scale = np.where(suml2 > 0, _div(sumlx, suml2), F(0))
-    return np.where(zero, F(0), scale), np.where(zero[:, None], 0, L + nmax)
+    return sumlx, suml2
 
 
 def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
@@ -206,23 +217,8 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
         lf = lo.astype(F)
         sumlx, suml2 = seqsum(qw * x * lf), seqsum(qw * lf * lf)
         L = lo & 0xFF
-        for _ in range(5):
-            changed = np.zeros(len(x), dtype=bool)
-            for i in range(x.shape[1]):
-                wi, xi, li = qw[:, i], x[:, i], L[:, i].astype(F)
-                slx = sumlx - wi * xi * li
-                sl2 = suml2 - wi * li * li
-                new = np.minimum(nearest_int(xi * sl2 / slx), nmax)
-                nf = new.astype(F)
-                slx2 = slx + wi * xi * nf
-                sl22 = sl2 + wi * nf * nf
-                acc = (slx > 0) & (sl2 > 0) & (new != L[:, i]) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                L[:, i] = np.where(acc, new & 0xFF, L[:, i])
-                sumlx = np.where(acc, slx2, sumlx)
-                suml2 = np.where(acc, sl22, suml2)
-                changed |= acc
-            if not changed.any():
-                break
+        sumlx, suml2 = _descend(x, qw, L, sumlx, suml2, lambda v: np.minimum(v, nmax), lambda v: v & 0xFF,
+                                weights_first=True)
         scale = np.where(suml2 > 0, _div(sumlx, suml2), F(0))
     return np.where(zero, F(0), scale).astype(F), np.where(zero[:, None], 0, L)
 
