@@ -303,20 +303,25 @@ def test_gptq_compressed_tensors_loads_in_transformers(family, tiny_models, text
         assert (theirs(torch.tensor([IDS])).logits - ours(torch.tensor([IDS])).logits).abs().max() <= 1e-3
 
 
-@pytest.mark.parametrize("family", HYBRIDS)
-def test_rtn_gptq_layout_skips_mixers_and_evaluates(family, tiny_models, text_file, tmp_path, cli):
-    out = tmp_path / "rtn"
-    code, _, err = cli("quantize", str(tiny_models[family]), "--method", "rtn", "-g", "32", "--data", str(text_file),
-                       "-o", str(out), *TINY_Q)
-    assert code == 0, err
+@pytest.mark.parametrize("family,method", [(f, "rtn") for f in MINE] + [(f, "awq") for f in ("phi4mini", *HYBRIDS)])
+def test_rtn_awq_gptq_layout_evaluates(family, method, tiny_models, text_file, tmp_path, cli):
+    """RTN (streamed) and AWQ (layer by layer) to the GPTQ layout; the hybrids' mixer linears stay float."""
     from safetensors.torch import load_file
 
-    st = load_file(str(out / "model.safetensors"))
-    mixer = "conv.in_proj" if family == "lfm2" else "mixer.in_proj"
-    assert any(n.endswith(f"{mixer}.weight") for n in st) and not any(mixer in n and "qweight" in n for n in st)
-    assert any(n.endswith("qweight") for n in st)
-    code, _, err = cli("eval", str(out), "--data", str(text_file), *EVAL, "--json")
+    out = tmp_path / method
+    code, _, err = cli("quantize", str(tiny_models[family]), "--method", method, "-g", "32", "--data", str(text_file),
+                       "-o", str(out), *TINY_Q)
     assert code == 0, err
+    st = load_file(str(out / "model.safetensors"))
+    assert any(n.endswith("qweight") for n in st)
+    if family in HYBRIDS:
+        mixer = "conv.in_proj" if family == "lfm2" else "mixer.in_proj"
+        assert any(n.endswith(f"{mixer}.weight") for n in st) and not any(mixer in n and "qweight" in n for n in st)
+        dyn = json.loads((out / "config.json").read_text())["quantization_config"]["dynamic"]
+        assert any(mixer.replace(".", "\\.") in k and k.startswith("-:") for k in dyn)
+    code, out_json, err = cli("eval", str(out), "--data", str(text_file), *EVAL, "--json")
+    assert code == 0, err
+    assert np.isfinite(json.loads(out_json)["ppl"])
 
 
 # ---------------------------------------------------------------- merge, eval, profile
