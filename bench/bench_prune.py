@@ -137,7 +137,7 @@ def src_path() -> str:
 def run_slmctl(name: str) -> dict:
     out = OUT / name.replace(":", "-").replace("%", "")
     cmd = [*SLMCTL, "prune", MODEL, "-o", str(out), *SLM_RUNS[name], "--samples", SAMPLES, "--seqlen", SEQLEN,
-           "--eval-windows", "0", "--force", "--json", "-q"]
+           "--data", "sample:shakespeare", "--eval-windows", "0", "--force", "--json", "-q"]
     r, wall, rss = run(cmd)
     rep = json.loads(r.stdout)
     res = {"cmd": show(cmd), "wall_s": wall, "rss_mib": rss, "prune_s": rep["prune_seconds"],

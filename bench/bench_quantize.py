@@ -100,7 +100,8 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
     for m in METHODS:
         out = OUT / m
         r, wall, rss = timed(slm("quantize", MODEL, "--method", m, "-g", str(GROUP), "--sym", "-o", str(out),
-                                 "--samples", SAMPLES, "--seq-len", SEQLEN, "--no-report", "--quiet"))
+                                 "--data", "sample:shakespeare", "--samples", SAMPLES, "--seq-len", SEQLEN,
+                                 "--no-report", "--quiet"))
         if r.returncode:
             print(f"slmctl {m} failed: {r.stderr.strip()[-600:]}", file=sys.stderr)
             continue
@@ -116,8 +117,7 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
 
         art, path = load_artifact(MODEL)
         tok = load_tokenizer(art)
-        wins, _ = calibration_windows(lambda s: tok(s, add_special_tokens=False)["input_ids"],
-                                      data="sample:shakespeare", field="text", samples=int(SAMPLES),
+        wins, _ = calibration_windows(tok, data="sample:shakespeare", field="text", samples=int(SAMPLES),
                                       seq_len=int(SEQLEN), seed=0)
         (OUT / "ids.json").write_text(json.dumps(wins))
         (OUT / "peer.py").write_text(PEER_SCRIPT)
