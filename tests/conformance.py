@@ -151,7 +151,8 @@ QUANT_CASES = [
 @dataclass(frozen=True)
 class G:
     """slmctl export SHAPE --format gguf --outtype TYPE (or SOURCE quantised first): llama.cpp loads it,
-    and its logits match transformers' dequantised import of the same file (per-layer: the float model)."""
+    and its logits match transformers' dequantised import of the same file (per-layer: slmctl's per-layer
+    model with the GGUF's weights dequantised by gguf-py)."""
 
     shape: str
     outtype: str
@@ -212,7 +213,7 @@ VERIFIED = {
     "gptq": "`GPTQModel.load` (peer test, `make test-peers`); logits equal slmctl's dequantised model "
             "(<= 1e-3); default suite: slmctl reads its own output back",
     "gguf": "`Llama` loads and evaluates; logits agree with transformers' dequantised import of the same "
-            "file (per-layer `deci`: with the float model)",
+            "file (per-layer `deci`: with slmctl's per-layer model holding gguf-py's dequantised weights)",
     "onnx": "`InferenceSession` prefill + KV-cache decode; logits follow the float model; onnxruntime-genai "
             "(from `genai_config.json`) generates the same greedy tokens",
     "openvino": "the plugin's `export` (IR) and `load` (compiled CPU model) run; logits equal the float model",
