@@ -15,7 +15,27 @@ from ..errors import FormatError, UnsupportedError
 
 # GGUF architectures imported here -> (slmctl spec name, transformers model_type)
 OWN_IMPORT = {"gemma3": ("gemma3", "gemma3_text"), "smollm3": ("smollm3", "smollm3"),
-              "granite": ("granite", "granite"), "olmo2": ("olmo2", "olmo2")}
+              "granite": ("granite", "granite"), "olmo2": ("olmo2", "olmo2"),
+              "nemotron_h": ("nemotron_h", "nemotron_h")}
+# inverses of slmctl.pipelines.export_gguf.TENSOR_OPS (GGUF array -> HF tensor)
+_UNDO_OPS = {"squeeze": lambda t: t.unsqueeze(1), "neg_exp_col": lambda t: (-t.double()).log().float().reshape(-1),
+             "col": lambda t: t.reshape(-1), "per_group": lambda t: t.reshape(-1)}
+
+
+def _nemotron_h_config(cfg: dict[str, Any], key) -> dict[str, Any]:
+    """Nemotron-H's block kinds come back from the per-layer arrays: KV heads > 0 is attention, an FFN width
+    > 0 an MLP block, neither a Mamba-2 block (llama.cpp's own rule)."""
+    kv, ff = key("attention.head_count_kv"), key("feed_forward_length")
+    if not isinstance(kv, list) or not isinstance(ff, list):
+        raise FormatError("a nemotron_h GGUF needs per-layer attention.head_count_kv and feed_forward_length arrays")
+    heads = int(key("ssm.time_step_rank"))
+    cfg.update(layers_block_type=["full_attention" if k else "mlp" if f else "linear_attention" for k, f in zip(kv, ff)],
+               num_key_value_heads=max(kv) or cfg.get("num_attention_heads"), intermediate_size=max(ff) or 1,
+               head_dim=int(key("attention.key_length")), mamba_num_heads=heads,
+               mamba_head_dim=int(key("ssm.inner_size")) // heads, n_groups=int(key("ssm.group_count")),
+               ssm_state_size=int(key("ssm.state_size")), conv_kernel=int(key("ssm.conv_kernel")),
+               mlp_hidden_act="relu2", use_mamba_kernels=False)
+    return cfg
 
 
 def _reverse_names(spec, n_layers: int) -> dict[str, str]:
@@ -48,6 +68,8 @@ def gguf_config(meta: dict[str, Any], tensor_names, arch: str) -> dict[str, Any]
         v = key(suffix)
         if v is not None and not isinstance(v, list):
             cfg.setdefault(keys[0], v)
+    if arch == "nemotron_h":
+        return _nemotron_h_config(cfg, key)
     n = int(cfg["num_hidden_layers"])
     heads = int(cfg["num_attention_heads"])
     cfg.setdefault("num_key_value_heads", heads)
@@ -99,7 +121,7 @@ def gguf_config(meta: dict[str, Any], tensor_names, arch: str) -> dict[str, Any]
 
 def gguf_state(art, spec, cfg: dict[str, Any]):
     """{HF name: float32 tensor} of the GGUF, quirks undone."""
-    names = _reverse_names(spec, int(cfg["num_hidden_layers"]))
+    names = _reverse_names(spec, int(cfg.get("num_hidden_layers") or len(cfg["layers_block_type"])))
     hd = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
     state = {}
     for g, lt in art.tensors.items():
@@ -114,6 +136,9 @@ def gguf_state(art, spec, cfg: dict[str, Any]):
             t = _unpermute_qk(t, t.shape[0] // hd)
         if spec.norm_plus_one and h.endswith("norm.weight"):
             t = t - 1.0
+        op = next((o for suffix, o in spec.tensor_ops.items() if h.endswith("." + suffix)), None)
+        if op is not None:
+            t = _UNDO_OPS[op](t)
         state[h] = t.contiguous()
     return state
 
