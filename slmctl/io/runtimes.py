@@ -74,13 +74,15 @@ def check(fmt: str, bits: int, group: int, linears: dict[str, tuple[int, int]]) 
 def nearest_working(fmt: str, bits: int, group: int, linears: dict[str, tuple[int, int]]) -> str | None:
     """The closest change of options under which every linear loads: ``-g N`` (largest N below the
     asked group first, then above), ``-g -1``, or ``--bits 4``/``8``; None when none does."""
-    if not check(fmt, bits, -1, linears) or any(check(fmt, bits, g, linears) == [] for g in SUGGESTED_GROUPS):
-        below = [g for g in SUGGESTED_GROUPS if (group < 0 or g < group) and not check(fmt, bits, g, linears)]
-        above = [g for g in reversed(SUGGESTED_GROUPS) if group > 0 and g > group and not check(fmt, bits, g, linears)]
-        for g in below[:1] + above[:1]:
-            return f"-g {g}"
-        if not check(fmt, bits, -1, linears):
-            return "-g -1 (one scale per row)"
+    def ok(g: int, b: int = bits) -> bool:
+        return not check(fmt, b, g, linears)
+
+    below = [g for g in SUGGESTED_GROUPS if (group < 0 or g < group) and ok(g)]
+    above = [g for g in reversed(SUGGESTED_GROUPS) if group > 0 and g > group and ok(g)]
+    if below or above:
+        return f"-g {(below or above)[0]}"
+    if ok(-1):
+        return "-g -1 (one scale per row)"
     for b in (4, 8):
         if b != bits and not check(fmt, b, group, linears):
             return f"--bits {b}"
@@ -116,13 +118,9 @@ def refuse_or_skip(fmt: str, bits: int, group: int, linears: dict[str, tuple[int
         hints.append(f"nearest combination that loads: {near}")
     if len(bad) < len(linears):
         hints.append(f"or --skip-incompatible to leave those {len(bad)} of {len(linears)} linears unquantised")
-    if fmt == "compressed-tensors" and fmt_other_ok(bits, group, linears):
+    if fmt == "compressed-tensors" and not check("gptq", bits, group, linears):
         hints.append("or --format gptq (GPTQModel pads such groups)")
     raise UsageError(describe(fmt, problems), hint="; ".join(hints) or None)
-
-
-def fmt_other_ok(bits: int, group: int, linears: dict[str, tuple[int, int]]) -> bool:
-    return not check("gptq", bits, group, linears)
 
 
 def ignore_entries(fmt: str, prefixes: list[str]) -> list[str]:
