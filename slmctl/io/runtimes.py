@@ -84,7 +84,7 @@ def nearest_working(fmt: str, bits: int, group: int, linears: dict[str, tuple[in
     if ok(-1):
         return "-g -1 (one scale per row)"
     for b in (4, 8):
-        if b != bits and not check(fmt, b, group, linears):
+        if b != bits and ok(group, b):
             return f"--bits {b}"
     return None
 
