@@ -139,6 +139,50 @@ def test_tokenizer_gives_the_same_ids(family, tiny_models, ggufs):
         llm.close()
 
 
+# the Split regexes of Phi-4-mini's o200k tokenizer and of the Tekken tokenizer (Mistral NeMo's, Nemotron-H's)
+O200K = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+         r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+         r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+          r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"
+          r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@pytest.mark.parametrize("family,regex,pre", [("phi4mini", O200K, "gpt-4o"), ("nemotron_h", TEKKEN, "tekken")])
+def test_real_pre_tokenizers_give_the_same_ids(family, regex, pre, tiny_models, tmp_path):
+    """The family's real pre-tokenizer (a Split regex before byte-level BPE) maps to llama.cpp's name for it,
+    and llama.cpp then splits text (capitals, contractions, digits, newlines) into the same ids."""
+    import shutil
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from slmctl import api
+    from slmctl.llamacpp import open_llama
+
+    folder = tmp_path / family
+    shutil.copytree(tiny_models[family], folder)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / f).unlink(missing_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    assert tok.get_vocab_size() == json.loads((folder / "config.json").read_text())["vocab_size"]
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>").save_pretrained(folder)
+    g = api.export(str(folder), tmp_path / "t.gguf", "gguf", outtype="f32")
+    assert gguf.GGUFReader(str(g)).fields["tokenizer.ggml.pre"].contents() == pre
+    text = "Friends, ROMANS, countrymen: I'll say it 12345 times.\n\nWe're 7 o'clock  players\n" + TEXT[:200]
+    llm = open_llama(g, vocab_only=True, verbose=False)
+    try:
+        ids = AutoTokenizer.from_pretrained(str(folder))(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    finally:
+        llm.close()
+
+
 @pytest.mark.parametrize("family", MINE)
 def test_gguf_imports_back(family, tiny_models, ggufs, tmp_path, cli):
     """transformers' GGUF loader drops LongRoPE, partial rotation and llama3 divisors; slmctl puts them back.

@@ -19,6 +19,10 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # Split regexes of known pre-tokenizers -> llama.cpp's pre-tokenizer names (llama-vocab.cpp)
 _LLAMA3_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
 _QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+# o200k (GPT-4o, Phi-4-mini) and Tekken (Mistral NeMo, Nemotron-H): case-split words, the first with contractions
+_CASE_WORD = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+_GPT4O_RE = _CASE_WORD + r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+_TEKKEN_RE = _CASE_WORD + r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
 
 
 @dataclass
@@ -63,6 +67,10 @@ def detect_pre(tok: dict, config: dict) -> str:
             return "llama-bpe"
         if rx.startswith(_QWEN2_RE):
             return "qwen2"
+        if rx.startswith(_GPT4O_RE):
+            return "gpt-4o"
+        if rx.startswith(_TEKKEN_RE):
+            return "tekken"
         return "default"
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
         return "smollm"
