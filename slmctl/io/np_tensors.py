@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import FormatError
 from .safetensors import read_header
 
+_CHUNK = 16 << 20  # bytes read and converted at a time
 _NP = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1"}
 
 
@@ -35,17 +36,25 @@ def load_float32(lazy) -> np.ndarray:
     ent = entries.get(lazy.name)
     if ent is None:
         return np.asarray(lazy.load().float().numpy(), dtype=np.float32)
+    if ent.dtype not in _NP and ent.dtype != "BF16":  # fp8 and the rest: let torch decode them
+        return np.asarray(lazy.load().float().numpy(), dtype=np.float32)
     n = ent.end - ent.begin
+    src_dtype = np.dtype("<u2" if ent.dtype == "BF16" else _NP[ent.dtype])
+    out = np.empty(n // src_dtype.itemsize, dtype=np.float32)
     with open(Path(src), "rb") as f:
         f.seek(start + ent.begin)
-        buf = f.read(n)
-    if len(buf) != n:
+        if src_dtype == np.float32:  # straight into the result, no second copy
+            got = f.readinto(memoryview(out).cast("B"))
+        else:  # converted chunk by chunk, so memory stays near the float32 result
+            got, step = 0, _CHUNK // src_dtype.itemsize
+            for i in range(0, out.size, step):
+                buf = f.read(min(step, out.size - i) * src_dtype.itemsize)
+                part = np.frombuffer(buf, dtype=src_dtype)
+                if ent.dtype == "BF16":  # bf16 is the top half of a float32: widen exactly
+                    out[i:i + part.size].view(np.uint32)[:] = part.astype(np.uint32) << np.uint32(16)
+                else:
+                    out[i:i + part.size] = part
+                got += len(buf)
+    if got != n:
         raise FormatError(f"{src}: file shrank while reading tensor {lazy.name!r}")
-    if ent.dtype == "BF16":
-        a = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << np.uint32(16)).view(np.float32)
-    elif ent.dtype in _NP:
-        a = np.frombuffer(buf, dtype=_NP[ent.dtype])
-        a = a if a.dtype == np.float32 else a.astype(np.float32)
-    else:  # fp8 and the rest: let torch decode them
-        return np.asarray(lazy.load().float().numpy(), dtype=np.float32)
-    return a.reshape(ent.shape)
+    return out.reshape(ent.shape)
