@@ -1,73 +1,53 @@
-"""GGUF export: slmctl vs llama.cpp's convert_hf_to_gguf.py, side by side on the sample, f16 and q8_0.
+"""GGUF export: slmctl vs llama.cpp's convert_hf_to_gguf.py, side by side, at two sizes at least.
 
-The peer runs from the llama-cpp-python source package (vendor/llama.cpp) with the gguf-py next to
-it on PYTHONPATH, not the installed gguf package. Each run is one child process; wall time and peak
-RSS from GNU time. The outputs are compared tensor by tensor. Writes bench/results/gguf.md.
-
-BENCH_LLAMA_CPP_SRC points at a vendor/llama.cpp folder; otherwise the sdist is fetched with
-``pip download --no-deps --no-binary :all: llama-cpp-python==<installed>`` into .peers/src.
+Sizes: the real sample (SmolLM2-135M, fp32 folder) and random-weight models of real shapes from
+bench/shapes.py (Qwen2.5-0.5B by default; add qwen2.5-1.5b with BENCH_GGUF_SHAPES), so the peer's fixed
+start-up cost cannot hide a per-byte difference. Types f16 and q8_0. Each pair alternates over
+BENCH_ROUNDS rounds (the first tool rotating), each command a fresh process measured by bench/timing.py
+(wall time with start-up, peak RSS from wait4, load, other processes' CPU); medians with the range.
+slmctl hashes its inputs for the provenance record: it runs once with an empty hash cache (the figure
+compared) and once with a warm one (hashing skipped), so the cost of provenance shows. The outputs are
+compared tensor by tensor. The peer is convert_hf_to_gguf.py from the llama-cpp-python source package
+(vendor/llama.cpp, with the gguf-py beside it), fetched by ``pip download`` into .peers/src.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
-import time
 from importlib import metadata
 from pathlib import Path
 
-from timing import PEERS, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, ROOT, alternate, ratio, stats, write_results  # noqa: E402  (bench/ is on sys.path)
 
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = Path(os.environ.get("BENCH_PEERS", str(PEERS / "src")))
-REPEATS = int(os.environ.get("BENCH_GGUF_REPEATS", "1"))
+OUT = ROOT / "bench" / "out" / "gguf"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SHAPES = os.environ.get("BENCH_GGUF_SHAPES", "sample qwen2.5-0.5b").split()
+TYPES = os.environ.get("BENCH_GGUF_TYPES", "f16 q8_0").split()
 
 
 def llama_cpp_src() -> Path:
     if os.environ.get("BENCH_LLAMA_CPP_SRC"):
         return Path(os.environ["BENCH_LLAMA_CPP_SRC"])
+    src = PEERS / "src"
     ver = metadata.version("llama-cpp-python")
-    folder = PEERS / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
+    folder = src / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
     if not folder.is_dir():
-        PEERS.mkdir(parents=True, exist_ok=True)
-        sdist = PEERS / f"llama_cpp_python-{ver}.tar.gz"
+        src.mkdir(parents=True, exist_ok=True)
+        sdist = src / f"llama_cpp_python-{ver}.tar.gz"
         if not sdist.is_file():
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            f"llama-cpp-python=={ver}", "-d", str(PEERS)], check=True)
+                            f"llama-cpp-python=={ver}", "-d", str(src)], check=True)
         with tarfile.open(sdist) as tf:
-            tf.extractall(PEERS, filter="data")
+            tf.extractall(src, filter="data")
     return folder
 
 
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS in MiB, exit code) of one child process.
-
-    The child is started by GNU time when present: a child forked from this (large) process would
-    report this process's RSS as its own peak, since Linux carries the peak across fork and exec.
-    """
-    rss_file = Path(tempfile.mkstemp(prefix="bench-rss-")[1])
-    gnu_time = Path("/usr/bin/time")
-    full = [str(gnu_time), "-f", "%M", "-o", str(rss_file), *cmd] if gnu_time.is_file() else cmd
-    t = time.perf_counter()
-    p = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    rc = os.waitstatus_to_exitcode(status)
-    if rc:
-        print(err[-2000:], file=sys.stderr)
-    try:
-        rss_kb = int(rss_file.read_text().split()[-1]) if gnu_time.is_file() else ru.ru_maxrss
-    except (ValueError, IndexError):
-        rss_kb = ru.ru_maxrss
-    rss_file.unlink(missing_ok=True)
-    return wall, rss_kb // 1024, rc
-
-
 def compare(a: Path, b: Path) -> tuple[int, int]:
+    """(tensors with the same type and bytes in both files, tensors in the larger file)."""
     import gguf
     import numpy as np
 
@@ -78,50 +58,102 @@ def compare(a: Path, b: Path) -> tuple[int, int]:
     return same, max(len(ta), len(tb))
 
 
-def main() -> int:
+def model_folder(shape: str) -> Path:
     sys.path.insert(0, str(ROOT))
-    from slmctl.io.resolve import resolve
+    if shape == "sample":
+        from slmctl.io.resolve import resolve
 
-    model = resolve("sample:smollm2-135m")
+        return Path(resolve("sample:smollm2-135m"))
+    from shapes import build  # noqa: E402
+
+    return build(shape)
+
+
+def main() -> int:
+    from shapes import parameters  # noqa: E402
+
     src = llama_cpp_src()
-    peer_env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gguf-"))
-    rows = []
-    for outtype in ("f16", "q8_0"):
-        best: dict[str, tuple[float, int]] = {}
-        for r in range(REPEATS):
-            for tool in ("slmctl", "convert_hf_to_gguf.py"):
-                out = tmp / f"{tool.split('.')[0]}-{outtype}.gguf"
-                out.unlink(missing_ok=True)
-                if tool == "slmctl":
-                    cmd = [sys.executable, "-m", "slmctl", "export", str(model), "--format", "gguf", "--outtype",
-                           outtype, "-o", str(out), "--force", "--quiet"]
-                    wall, rss, rc = measure(cmd)
-                else:
-                    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", outtype,
-                           "--outfile", str(out)]
-                    wall, rss, rc = measure(cmd, peer_env)
-                if rc:
-                    print(f"{tool} {outtype} failed (exit {rc})", file=sys.stderr)
-                    return 1
-                print(f"{outtype} {tool}: {wall:.1f} s, {rss} MiB", file=sys.stderr)
-                w0, r0 = best.get(tool, (float("inf"), 0))
-                best[tool] = (min(w0, wall), max(r0, rss))
-        same, total = compare(tmp / f"slmctl-{outtype}.gguf", tmp / f"convert_hf_to_gguf-{outtype}.gguf")
-        (s_w, s_r), (p_w, p_r) = best["slmctl"], best["convert_hf_to_gguf.py"]
-        rows.append((outtype, s_w, p_w, s_r, p_r, same, total))
-    lines = ["## gguf: HF -> GGUF export vs llama.cpp's convert_hf_to_gguf.py", "",
-             f"`slmctl export sample:smollm2-135m --format gguf --outtype T` against `convert_hf_to_gguf.py` from "
-             f"llama-cpp-python {metadata.version('llama-cpp-python')}'s vendored llama.cpp (with its own gguf-py), "
-             f"on the same HF fp32 folder; each a fresh process, best wall time of {REPEATS} run(s), peak RSS "
-             "from GNU time. Identical tensors: same type and the same bytes in both files.", "",
-             "| outtype | slmctl s | peer s | time ratio | slmctl peak MiB | peer peak MiB | RSS ratio | identical tensors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for t, s_w, p_w, s_r, p_r, same, total in rows:
-        lines.append(f"| {t} | {s_w:.1f} | {p_w:.1f} | {s_w / p_w:.2f} | {s_r} | {p_r} | {s_r / p_r:.2f} | {same}/{total} |")
-    (results_dir() / "gguf.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    OUT.mkdir(parents=True, exist_ok=True)
+    slm = [sys.executable, "-m", "slmctl"]
+    rows, data = [], []
+    for shape in SHAPES:
+        model = model_folder(shape)
+        params = parameters(model)
+        for t in TYPES:
+            outs = {k: OUT / f"{shape}-{t}-{k}.gguf" for k in ("slmctl", "slmctl-warm", "convert")}
+            cold, warm = OUT / "cache-cold", OUT / "cache-warm"
+
+            def before(name: str) -> None:
+                outs[name].unlink(missing_ok=True)
+                Path(str(outs[name]) + ".slmctl.json").unlink(missing_ok=True)
+                shutil.rmtree(cold, ignore_errors=True)  # slmctl pays for hashing its inputs every time
+
+            cmds = {"slmctl": [*slm, "export", str(model), "--format", "gguf", "--outtype", t, "-o",
+                               str(outs["slmctl"]), "--quiet"],
+                    "convert": [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", t,
+                                "--outfile", str(outs["convert"])],
+                    "slmctl-warm": [*slm, "export", str(model), "--format", "gguf", "--outtype", t, "-o",
+                                    str(outs["slmctl-warm"]), "--quiet"]}
+            # the warm hash cache is filled once before the rounds
+            subprocess.run([*slm, "inspect", str(model), "--json"], env=dict(os.environ, SLMCTL_CACHE=str(warm)),
+                           capture_output=True, check=False)
+            envs = {"slmctl": {"SLMCTL_CACHE": str(cold)}, "slmctl-warm": {"SLMCTL_CACHE": str(warm)},
+                    "convert": {"PYTHONPATH": str(src / "gguf-py")}}
+            for name in cmds:  # each command sets its own environment through env(1)
+                cmds[name] = ["env", *(f"{k}={v}" for k, v in envs[name].items()), *cmds[name]]
+            runs = alternate(cmds, rounds=ROUNDS, before=before)
+            same, total = compare(outs["slmctl"], outs["convert"]) if outs["slmctl"].is_file() and \
+                outs["convert"].is_file() else (0, 0)
+            entry = {"shape": shape, "parameters": params, "outtype": t, "identical_tensors": [same, total],
+                     "runs": {k: [{kk: vv for kk, vv in r.items() if kk not in ("stdout", "stderr")} for r in v]
+                              for k, v in runs.items()},
+                     "wall": {k: stats(v) for k, v in runs.items()},
+                     "rss": {k: stats(v, "peak_rss_mib") for k, v in runs.items()},
+                     "time_ratio": ratio(runs["slmctl"], runs["convert"]),
+                     "time_ratio_warm": ratio(runs["slmctl-warm"], runs["convert"]),
+                     "rss_ratio": ratio(runs["slmctl"], runs["convert"], "peak_rss_mib")}
+            data.append(entry)
+            print(f"{shape} {t}: slmctl {entry['wall']['slmctl']['median']:.1f} s, convert "
+                  f"{entry['wall']['convert']['median']:.1f} s", file=sys.stderr, flush=True)
+    md = render(data, src)
+    write_results("gguf", {"rounds": ROUNDS, "results": data}, md, packages=("llama-cpp-python", "gguf", "numpy"))
+    print(md)
     return 0
+
+
+def _fmt(s: dict, unit: str = "") -> str:
+    star = " (contended)" if s["contended"] else ""
+    return f"{s['median']:.1f}{unit} [{s['min']:.1f}-{s['max']:.1f}]{star}"
+
+
+def _r(x) -> str:
+    return "not reported (contended)" if x is None else f"{x:.2f}x"
+
+
+def render(data: list[dict], src: Path) -> str:
+    ver = metadata.version("llama-cpp-python")
+    L = ["## gguf: HF -> GGUF export vs llama.cpp's convert_hf_to_gguf.py", "",
+         f"`slmctl export MODEL --format gguf --outtype T` against `convert_hf_to_gguf.py MODEL --outtype T` from "
+         f"llama-cpp-python {ver}'s vendored llama.cpp (with its own gguf-py), on the same HF folder. Models: the "
+         "sample (`sample:smollm2-135m`, fp32) and random-weight bf16 models of real shapes (`bench/shapes.py`, "
+         "the sample's tokenizer). Each command a fresh process, start-up included; "
+         f"{ROUNDS} alternating rounds, median [min-max] of the uncontended rounds. `slmctl` hashes its inputs "
+         "each time (empty hash cache); `slmctl, warm` has them cached (provenance hashing skipped). "
+         "Identical tensors: same type and bytes in both files. Ratio: slmctl / converter.", "",
+         "| model | params | type | slmctl s | slmctl, warm s | converter s | time ratio (warm) | slmctl MiB | "
+         "converter MiB | RSS ratio | identical tensors |",
+         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in data:
+        w, r = e["wall"], e["rss"]
+        L.append(f"| {e['shape']} | {e['parameters'] / 1e6:.0f}M | {e['outtype']} | {_fmt(w['slmctl'])} | "
+                 f"{_fmt(w['slmctl-warm'])} | {_fmt(w['convert'])} | {_r(e['time_ratio'])} ({_r(e['time_ratio_warm'])}) | "
+                 f"{r['slmctl']['median']:.0f} | {r['convert']['median']:.0f} | {_r(e['rss_ratio'])} | "
+                 f"{e['identical_tensors'][0]}/{e['identical_tensors'][1]} |")
+    loads = [x["load_before"][0] for e in data for v in e["runs"].values() for x in v]
+    other = [x["other_cores"] or 0 for e in data for v in e["runs"].values() for x in v]
+    L += ["", f"1-minute load average before the commands: {min(loads):.2f}-{max(loads):.2f}; other processes' CPU "
+          f"during them: {min(other):.2f}-{max(other):.2f} cores (a round above 0.5 is rerun, then marked)."]
+    return "\n".join(L)
 
 
 if __name__ == "__main__":
