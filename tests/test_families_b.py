@@ -268,6 +268,29 @@ def test_depth_prune_keeps_per_layer_lists(family, tiny_models, text_file, tmp_p
         assert torch.isfinite(m(torch.tensor([IDS])).logits).all()
 
 
+def test_nemotron_h_hub_style_config(tiny_models, text_file, tmp_path):
+    """Hub checkpoints keep the pattern string (hybrid_override_pattern) and a layer count: GGUF export reads
+    it, depth pruning cuts it, and transformers loads the result."""
+    import shutil
+
+    from slmctl import api
+
+    src = tmp_path / "hub"
+    shutil.copytree(tiny_models["nemotron_h"], src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.pop("layers_block_type")
+    cfg.update(hybrid_override_pattern="M-M*-", num_hidden_layers=5)
+    (src / "config.json").write_text(json.dumps(cfg))
+    g = api.export(str(src), tmp_path / "hub.gguf", "gguf", outtype="f32")
+    assert list(_fields(g)["kv"]["nemotron_h.feed_forward_length"]) == [0, 64, 0, 0, 64]
+    rep = api.prune(str(src), tmp_path / "d", method="depth", layers=1, depth_metric="last", eval_windows=0)
+    out = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert rep["recipe"]["layers_removed"] == [4]
+    assert out["hybrid_override_pattern"] == "M-M*" and out["num_hidden_layers"] == 4
+    assert _hf(tmp_path / "d").config.layers_block_type == ["linear_attention", "mlp", "linear_attention",
+                                                             "full_attention"]
+
+
 def test_width_prune_llama32(tiny_models, text_file, tmp_path):
     from slmctl import api
 

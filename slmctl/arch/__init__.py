@@ -260,7 +260,7 @@ def rope_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def head_dim(config: dict[str, Any]) -> int:
-    hd = config.get("head_dim")
+    hd = config.get("head_dim") or config.get("attention_head_dim")  # the latter: Nemotron-H hub configs
     if hd:
         return int(hd)
     hidden = config.get("hidden_size") or config.get("n_embd")

@@ -358,6 +358,9 @@ def _hybrid_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
     w.add_u32(f"{arch}.block_count", len(kinds))
     w.add_array(f"{arch}.feed_forward_length",
                 [int(cfg["intermediate_size"]) if k == "mlp" else 0 for k in kinds], U32)
+    for k in ("attention.key_length", "attention.value_length"):  # hub configs name it attention_head_dim
+        if not w.has(f"{arch}.{k}"):
+            w.add_u32(f"{arch}.{k}", head_dim(cfg))
     heads, hdim = int(cfg["mamba_num_heads"]), int(cfg["mamba_head_dim"])
     w.add_u32(f"{arch}.ssm.conv_kernel", int(cfg.get("conv_kernel") or cfg.get("mamba_d_conv") or 4))
     w.add_u32(f"{arch}.ssm.state_size", int(cfg["ssm_state_size"]))
