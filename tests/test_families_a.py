@@ -214,6 +214,11 @@ def test_unknown_architecture_lists_the_supported_ones(tiny_models, tmp_path, cl
     assert code == 1 and "NovelForCausalLM" in err
     for fam in FAMS:
         assert fam in err
+    # a vision-language Gemma 3 (model_type gemma3 like the text spec's name) is told apart, not half-exported
+    cfg["architectures"], cfg["model_type"], cfg["vision_config"] = ["Gemma3ForConditionalGeneration"], "gemma3", {}
+    (src / "config.json").write_text(json.dumps(cfg))
+    code, _, err = cli("export", str(src), "--format", "gguf", "-o", str(tmp_path / "u.gguf"))
+    assert code == 1 and "vision-language" in err and "Gemma3ForConditionalGeneration" in err
 
 
 # ---------------------------------------------------------------- ONNX and eval on every backend
@@ -452,3 +457,38 @@ def test_depth_width_sweep_keeps_per_layer_lists(tiny_models, family):
             assert cfg["no_rope_layers"] == [int((i + 1) % 4 != 0) for i in range(n)]
         if family == "gemma3":
             assert cfg["query_pre_attn_scalar"] == cfg["head_dim"]
+
+
+@pytest.mark.slow  # ~100M random parameters: Gemma 3 270M's shape with a small vocabulary
+def test_gemma3_270m_shape_past_its_sliding_window(tmp_path, monkeypatch):
+    """Gemma 3 270M's real dimensions (18 layers, 5 sliding : 1 full, window 512, head_dim 256 above
+    hidden/heads, one KV head, query_pre_attn_scalar 256) on a 700-token prompt, longer than the window."""
+    import conftest
+
+    real = dict(model_type="gemma3_text", hidden_size=640, num_hidden_layers=18, num_attention_heads=4,
+                num_key_value_heads=1, head_dim=256, intermediate_size=2048, query_pre_attn_scalar=256,
+                sliding_window=512, max_position_embeddings=32768,
+                layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+                rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                                 "full_attention": dict(rope_type="default", rope_theta=1000000.0)},
+                hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True)
+    monkeypatch.setitem(conftest.FAMILIES, "gemma3", real)
+    src = build_tiny("gemma3", tmp_path / "g270m")
+    out = _export_gguf(src, tmp_path / "g.gguf")
+    f = gguf.GGUFReader(str(out)).fields
+    assert f["gemma3.attention.sliding_window_pattern"].contents() == [(i + 1) % 6 != 0 for i in range(18)]
+    ids = [int(x) for x in np.random.default_rng(0).integers(5, 380, 700)]
+    from slmctl.llamacpp import open_llama
+
+    llm = open_llama(out, n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, verbose=False, type_k=0,
+                     type_v=0)
+    try:
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    ref = _hf_logits(src, ids)
+    diff = np.abs(got - ref).max(axis=1)
+    print(f"gemma3 270M shape: max abs logit diff {diff.max():.3g} (first 512 tokens {diff[:512].max():.3g}, "
+          f"past the window {diff[512:].max():.3g}); logits up to {np.abs(ref).max():.3g}")
+    assert diff.max() <= 1e-3 * max(1.0, float(np.abs(ref).max()))

@@ -237,6 +237,10 @@ def spec_for(config: dict[str, Any], where: str = "config.json") -> ArchSpec:
         if any(a in s.hf_architectures for a in archs):
             return s
     mt = config.get("model_type")
+    if config.get("vision_config") is not None:  # e.g. Gemma 3 4B+ (model_type gemma3, as the text spec's name)
+        raise UnsupportedError(f"{where}: {archs[0] if archs else mt!r} is a vision-language model; slmctl's GGUF "
+                               "exporter writes text models",
+                               hint="text-only families: " + ", ".join(sorted(ARCHS)))
     if mt in ARCHS:
         return ARCHS.get(mt)
     raise UnsupportedError(f"{where}: architecture {archs[0] if archs else mt!r} has no GGUF spec",
