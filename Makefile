@@ -4,6 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slmctl-installed
 JOBS   ?= 2
+# peer tools' venvs (built by `make peers`; bench, test-peers and test-slow need them): defined before
+# any rule names them, since a prerequisite list is expanded where the rule is read
+PEERS ?= $(CURDIR)/.peers
+PEER_ENVS := $(PEERS)/mergekit/.ok $(PEERS)/llmcompressor/.ok $(PEERS)/optimum/.ok $(PEERS)/gptqmodel/.ok
 
 .PHONY: setup demo release test test-slow test-peers fuzz test-fuzz bench docs peers peers-mergekit clean
 
@@ -35,8 +39,9 @@ test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q
 	$(PY) -m pytest -q plugins/slmctl-openvino/tests
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q -p no:randomly
+# the real-model tests on the sample, the peer parity tests among them (the peer venvs are built if missing)
+test-slow: $(STAMP) $(PEER_ENVS)
+	SLMCTL_PEERS=$(PEERS) $(PY) -m pytest -m slow -q -p no:randomly
 
 # the long fuzz run (10,000 malformed inputs per format) and SIGKILL trials; figures in docs/reliability.md
 fuzz test-fuzz: $(STAMP)
@@ -48,8 +53,6 @@ docs: $(STAMP)
 
 # peer tools for the parity tests and benchmarks, each in its own venv (torch pinned first so pip
 # does not fetch a CUDA build); `make bench` builds the ones that are missing
-PEERS ?= $(CURDIR)/.peers
-PEER_ENVS := $(PEERS)/mergekit/.ok $(PEERS)/llmcompressor/.ok $(PEERS)/optimum/.ok $(PEERS)/gptqmodel/.ok
 peers: $(PEER_ENVS)
 peers-mergekit: $(PEERS)/mergekit/.ok
 # each peer's packages, installed after torch; the marker's folder names the venv
