@@ -205,7 +205,10 @@ def layerwise_imatrix(lm, windows, progress=None) -> dict[str, np.ndarray]:
     result: dict[str, np.ndarray] = {}
     for step in iter_layers(lm, windows, capture=False, progress=progress):
         mapping = lm.layer_tensor_names(step.idx)
-        names = [n for n in lm.linear_names(step.idx) if f"{n}.weight" in mapping]
+        # one entry per input: linears that share it (q/k/v, gate/up) get the same mean squares
+        groups = [[n for n in g if f"{n}.weight" in mapping] for g in step.groups()]
+        groups = [g for g in groups if g]
+        names = [g[0] for g in groups]
 
         def add(n, x):
             x = x.reshape(-1, x.shape[-1]).float()
@@ -215,14 +218,18 @@ def layerwise_imatrix(lm, windows, progress=None) -> dict[str, np.ndarray]:
         sums.clear()
         counts.clear()
         step.recapture(names, on_input=add)
-        for n in names:
-            g = spec.gguf_name(mapping[f"{n}.weight"])
-            if g is not None and n in sums:
-                result[g] = (sums[n] / max(counts[n], 1)).numpy().astype(np.float32)
+        for grp in groups:
+            if grp[0] not in sums:
+                continue
+            mean = (sums[grp[0]] / max(counts[grp[0]], 1)).numpy().astype(np.float32)
+            for n in grp:
+                g = spec.gguf_name(mapping[f"{n}.weight"])
+                if g is not None:
+                    result[g] = mean
     return result
 
 
-def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, field: str = "text", samples: int = 64,
+def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, field: str = "text", samples: int = 32,
             seq_len: int = 512, seed: int = 0, imatrix=None, damp: float = 0.01, act_order: bool = True,
             force: bool = False, vocab_pre: str | None = None, trust_remote_code: bool = False, log: Log = lambda m: None,
             progress=None, verb: str = "quantize") -> dict[str, Any]:
