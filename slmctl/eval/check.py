@@ -157,7 +157,9 @@ def plan(art) -> tuple[str, Any, Any]:
     if art.format == "onnx":
         src = _recorded_hf_input(art)
         ref = (lambda: _Torch(_from_pretrained(src))) if src is not None else None
-        return "onnxruntime", lambda: _Ort(art.path), ref
+        from ..io.onnx import model_file
+
+        return "onnxruntime", lambda: _Ort(model_file(art.path)), ref
     fmt = quant_format(art.config)
     if fmt == "compressed-tensors":
         return ("transformers + compressed-tensors", lambda: _Torch(_from_pretrained(art)),
