@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import heavy as _heavy, timed, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import heavy as _heavy, timed, results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -89,7 +89,7 @@ def short(text: str) -> str:
 
 
 def show(cmd: list[str]) -> str:
-    return short(shlex.join(cmd))
+    return portable(short(shlex.join(cmd)))
 
 
 def run_cli(cmd: list[str]) -> dict:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import PEERS, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def main() -> int:
         log(f"build {name}: {' '.join(cmd)}")
         t, rss, _ = timed_run(cmd, env)
         builds[name] = (t, rss)
-        commands[name] = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
+        commands[name] = portable(" ".join(str(c) for c in cmd))
         log(f"  {t:.1f} s, peak RSS {rss:.0f} MiB")
 
     build("fp32", [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"])

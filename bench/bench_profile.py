@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "profile"
@@ -59,7 +59,7 @@ def run(args: list[str], what: str, threads: int | None = None) -> tuple[dict | 
     t = time.perf_counter()
     r = subprocess.run(SLMCTL + args, capture_output=True, text=True, env=env, cwd=ROOT)
     info = {"wall_s": time.perf_counter() - t, "load_before": load0, "load_after": os.getloadavg()[0],
-            "command": (f"SLMCTL_THREADS={threads} " if threads else "") + "slmctl " + " ".join(args),
+            "command": portable((f"SLMCTL_THREADS={threads} " if threads else "") + "slmctl " + " ".join(args)),
             "threads": threads}
     print(f"{what}: exit {r.returncode} in {info['wall_s']:.0f} s (load {load0:.1f} -> {info['load_after']:.1f})",
           file=sys.stderr, flush=True)

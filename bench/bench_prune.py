@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from timing import PEERS, heavy as _heavy, timed, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, heavy as _heavy, timed, results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -100,7 +100,7 @@ def load_avg() -> str:
 
 def show(cmd: list[str]) -> str:
     s = shlex.join(cmd).replace(str(OUT), "$OUT").replace(str(ROOT) + "/", "")
-    return s.replace(shlex.join(SLMCTL), "slmctl").replace(str(PEER), "$PEER_PY")
+    return portable(s.replace(shlex.join(SLMCTL), "slmctl").replace(str(PEER), "$PEER_PY"))
 
 
 def run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:

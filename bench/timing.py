@@ -29,6 +29,15 @@ CORES = os.cpu_count() or 1
 CONTENDED_CORES = float(os.environ.get("BENCH_CONTENDED_CORES", "0.5"))
 
 
+def portable(text: str) -> str:
+    """A command or path as the committed results show it: the project folder relative, the home folder
+    and the temporary folder as variables, so no path of this machine lands in a committed file."""
+    text = str(text).replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    text = text.replace(sys.executable, "python")
+    text = text.replace(tempfile.gettempdir() + "/", "$TMPDIR/")
+    return text.replace(str(Path.home()) + "/", "~/")
+
+
 def measure(cmd: list[str], cwd=None, env: dict | None = None, capture: bool = True) -> dict:
     """Run ``cmd`` once as a fresh process: {"rc", "wall_s", "cpu_s", "peak_rss_mib", "load_before",
     "load_after", "other_cores", "contended", "stdout", "stderr"}."""

@@ -35,3 +35,27 @@ def test_every_quoted_ratio_is_in_the_bench_results():
     results = measured()
     missing = [f"{where}: {fig}x" for where, _, fig in quoted() if not re.search(rf"(?<![\d.]){re.escape(fig)}", results)]
     assert not missing, "ratios quoted without a bench result behind them:\n" + "\n".join(missing)
+
+
+def test_no_path_of_this_machine_in_committed_text():
+    """Commands in docs and results use relative paths or variables: a folder of the machine that ran them
+    (the project folder, the home folder, the temporary folder) means nobody else can rerun them."""
+    import os
+    import tempfile
+
+    needles = {str(ROOT) + "/", str(Path.home()) + "/", tempfile.gettempdir() + "/", "/work/"}
+    needles.discard("/")
+    allowed = ("/tmp/slmctl-heavy.lock",)  # the shared lock the bench scripts take, a fixed name by design
+    files = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "bench" / "results").glob("*")),
+             ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "Makefile", *sorted((ROOT / "examples").rglob("*"))]
+    hits = []
+    for f in files:
+        if not f.is_file() or f.suffix in (".png", ".gguf", ".onnx", ".safetensors"):
+            continue
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            for a in allowed:
+                line = line.replace(a, "")
+            if any(x in line for x in needles):
+                hits.append(f"{f.relative_to(ROOT)}:{n}: {line.strip()[:120]}")
+    assert not hits, "machine paths in committed text:\n" + "\n".join(hits)
+    assert os.sep == "/"
