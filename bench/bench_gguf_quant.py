@@ -3,7 +3,7 @@ and with an importance matrix, side by side on the sample (issue 20).
 
 Every tool gets the same calibration windows (BENCH_GQ_SAMPLES windows of BENCH_GQ_SEQLEN tokens drawn with
 seed 0 from the calibration region of sample:shakespeare) and every output is evaluated by the same
-`slmctl eval OUT --reference sample:smollm2-135m` on the held-out evaluation region (BENCH_GQ_WINDOWS windows of
+`slmctl eval OUT --reference sample:smollm2-135m` on the held-out evaluation region (BENCH_GQ_WINDOWS windows, default 8, of
 BENCH_GQ_CTX tokens), GGUFs in llama.cpp: perplexity, mean KL(fp32 || quant), top-1 agreement, file size, wall
 time. Rows:
 
@@ -31,7 +31,7 @@ MODEL = os.environ.get("BENCH_GQ_MODEL", "sample:smollm2-135m")
 DATA = os.environ.get("BENCH_GQ_DATA", "sample:shakespeare")
 SAMPLES = int(os.environ.get("BENCH_GQ_SAMPLES", "32"))
 SEQLEN = int(os.environ.get("BENCH_GQ_SEQLEN", "512"))
-WINDOWS = int(os.environ.get("BENCH_GQ_WINDOWS", "16"))
+WINDOWS = int(os.environ.get("BENCH_GQ_WINDOWS", "8"))
 CTX = int(os.environ.get("BENCH_GQ_CTX", "512"))
 TYPES = os.environ.get("BENCH_GQ_TYPES", "q4_0,q4_k_m,q3_k_m,q2_k").split(",")
 LOCK = os.environ.get("BENCH_LOCK")  # run each command under this flock (the shared heavy-job lock)
@@ -94,7 +94,7 @@ def main() -> int:
         rows = [r for r in json.loads(prev.read_text())["rows"] if r["type"] not in TYPES]
     for t in TYPES:
         tools = ["llama.cpp", "llama.cpp + imatrix", "slmctl gptq"] + (["slmctl gptq, no act-order"]
-                                                                        if t == "q4_0" else [])
+                                                                        if os.environ.get("BENCH_GQ_NOACT") else [])
         for tool in tools:
             path = out / f"{tool.replace(' ', '').replace('+', '-').replace('.', '').replace(',', '')}-{t}.gguf"
             if tool == "llama.cpp":
