@@ -280,3 +280,20 @@ def test_family_gptq_gguf_runs_its_own_weights(family, tiny_models, text_file, t
     gap = np.abs(got - deq.numpy()).max()
     quant_err = np.abs(deq.numpy() - fp.numpy()).max()
     assert gap < 2e-2 and gap < 0.5 * quant_err, (family, gap, quant_err)
+
+
+def test_layerwise_importance_matrix_equals_the_model_forward(tiny_llama, text_file):
+    """One layer-by-layer pass gives the mean squared inputs a whole-model forward with hooks gives."""
+    from slmctl.imatrix import compute_imatrix
+    from slmctl.io.artifact import open_artifact
+    from slmctl.layerwise import LayerwiseModel
+    from slmctl.pipelines.gguf_quant import layerwise_imatrix
+
+    art = open_artifact(tiny_llama)
+    lm = LayerwiseModel(art)
+    wins = lm.tokenize_windows(text_file.read_text(), seq_len=32, samples=3)
+    ours = layerwise_imatrix(lm, wins)
+    sums, _ = compute_imatrix(art, lm.tokenizer().decode(sum(wins, [])), ctx=32, chunks=3)
+    assert ours and set(ours) == {k for k in sums if k.startswith("blk.")}
+    for k, v in ours.items():
+        np.testing.assert_allclose(v, sums[k][0] / sums[k][1], rtol=1e-5, atol=1e-7)

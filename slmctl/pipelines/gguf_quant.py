@@ -195,37 +195,53 @@ def normalise_ftype(t: str) -> str:
 
 
 def layerwise_imatrix(lm, windows, progress=None) -> dict[str, np.ndarray]:
-    """llama.cpp's importance matrix in one layer-by-layer pass: {GGUF name: mean squared input per column}."""
+    """llama.cpp's importance matrix in one layer-by-layer pass: {GGUF name: mean squared input per column}.
+
+    Hooks on each layer's linears (one per shared input: q/k/v and gate/up get the same mean squares)
+    see the inputs of the forward that carries the hidden states to the next layer: no extra forward.
+    """
     from ..arch import spec_for
     from ..layerwise import iter_layers
 
     spec = spec_for(lm.art.config)
-    sums: dict[str, Any] = {}
-    counts: dict[str, int] = {}
     result: dict[str, np.ndarray] = {}
-    for step in iter_layers(lm, windows, capture=False, progress=progress):
-        mapping = lm.layer_tensor_names(step.idx)
-        # one entry per input: linears that share it (q/k/v, gate/up) get the same mean squares
-        groups = [[n for n in g if f"{n}.weight" in mapping] for g in step.groups()]
-        groups = [g for g in groups if g]
-        names = [g[0] for g in groups]
+    pending: list = []
 
-        def add(n, x):
-            x = x.reshape(-1, x.shape[-1]).float()
-            sums[n] = sums[n] + (x * x).sum(0) if n in sums else (x * x).sum(0)
-            counts[n] = counts.get(n, 0) + x.shape[0]
+    def finish():
+        for h in pending[0] if pending else []:
+            h.remove()
+        for grp, mapping, acc in pending[1:]:
+            if acc["n"]:
+                mean = (acc["s"] / acc["n"]).numpy().astype(np.float32)
+                for n in grp:
+                    g = spec.gguf_name(mapping[f"{n}.weight"])
+                    if g is not None:
+                        result[g] = mean
+        pending.clear()
 
-        sums.clear()
-        counts.clear()
-        step.recapture(names, on_input=add)
-        for grp in groups:
-            if grp[0] not in sums:
-                continue
-            mean = (sums[grp[0]] / max(counts[grp[0]], 1)).numpy().astype(np.float32)
-            for n in grp:
-                g = spec.gguf_name(mapping[f"{n}.weight"])
-                if g is not None:
-                    result[g] = mean
+    def hook(acc):
+        def add(_mod, inputs, _out):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+            acc["s"] = acc["s"] + (x * x).sum(0) if acc["n"] else (x * x).sum(0)
+            acc["n"] += x.shape[0]
+        return add
+
+    try:
+        for step in iter_layers(lm, windows, capture=False, progress=progress):
+            finish()
+            mapping = lm.layer_tensor_names(step.idx)
+            handles = []
+            pending.append(handles)
+            for grp in step.groups():
+                grp = [n for n in grp if f"{n}.weight" in mapping]
+                if grp:
+                    acc = {"s": None, "n": 0}
+                    handles.append(step.layer.get_submodule(grp[0]).register_forward_hook(hook(acc)))
+                    pending.append((grp, mapping, acc))
+        finish()
+    finally:
+        for h in pending[0] if pending else []:
+            h.remove()
     return result
 
 
