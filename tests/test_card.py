@@ -220,6 +220,9 @@ def test_chat_styles():
     assert chat_style(phi3).name == "phi3" and chat_style(mistral).name == "mistral"
     assert chat_style("{{ messages }}") is None and chat_style(None) is None
     assert chat_style(CHATML).system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    # as tokenizer_config.json usually holds it: a real newline inside the Jinja string literal
+    real = CHATML.replace("\\n", "\n")
+    assert "\n" in real and chat_style(real).system == chat_style(CHATML).system
 
 
 def test_modelfile_needs_gguf(cli, tiny_llama, tmp_path):

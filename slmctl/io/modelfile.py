@@ -45,10 +45,11 @@ _MISTRAL = ("{{- range $i, $_ := .Messages }}{{ if eq .Role \"user\" }}[INST] "
 
 def _default_system(jinja: str) -> str | None:
     """The system prompt a ChatML template writes when the conversation has none (SmolLM2, Qwen2.5)."""
-    m = re.search(r"<\|im_start\|>system\\n(.+?)<\|im_end\|>", jinja)
+    # the newline after "system" is a real one (tokenizer_config.json's "\n") or a Jinja escape ("\\n")
+    m = re.search(r"<\|im_start\|>system(?:\\n|\n)(.+?)<\|im_end\|>", jinja, re.S)
     if not m or "{{" in m.group(1) or "message" in m.group(1):
         return None
-    return m.group(1).encode("utf-8").decode("unicode_escape") if "\\" in m.group(1) else m.group(1)
+    return m.group(1).replace("\\n", "\n")
 
 
 def chat_style(jinja: str | None) -> ChatStyle | None:
