@@ -121,10 +121,10 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
         # compressed-tensors 0.20.1) builds weight_zero_point unpacked on the meta device and then
         # rejects the packed tensor (size mismatch; vllm-project/llm-compressor#1618)
         raise UsageError("--asym with --format compressed-tensors: transformers cannot load asymmetric "
-                               "pack-quantized checkpoints (compressed-tensors 0.20 leaves weight_zero_point "
-                               "unpacked when it builds the model, then rejects the packed zero points)",
-                               hint="use --format gptq (asymmetric zero points as gptq_v2, loaded by GPTQModel "
-                                    "and vLLM), or --sym for compressed-tensors")
+                         "pack-quantized checkpoints (compressed-tensors 0.20 leaves weight_zero_point "
+                         "unpacked when it builds the model, then rejects the packed zero points)",
+                         hint="use --format gptq (asymmetric zero points as gptq_v2, loaded by GPTQModel "
+                              "and vLLM), or --sym for compressed-tensors")
     if fmt == "compressed-tensors" and method == "gptq" and act_order and not static_groups:
         raise UsageError("compressed-tensors keeps groups in column order: act-order needs static groups here",
                          hint="drop --no-static-groups, or use --format gptq")
