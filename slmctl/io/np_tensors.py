@@ -24,25 +24,35 @@ def _header(path: str):
     return read_header(path)
 
 
-def load_float32(lazy) -> np.ndarray:
-    """The tensor as a float32 numpy array (bf16 widened exactly; other floats cast)."""
+def load_float32(lazy, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """The tensor as a float32 numpy array (bf16 widened exactly; other floats cast).
+
+    ``rows=(i, j)``: only rows i..j-1 of the outermost dimension, read from the file alone when the
+    tensor is in a safetensors file (so a huge embedding converts in slices, never whole).
+    """
     src = getattr(lazy, "source", "")
-    if not src or not str(src).endswith(".safetensors"):
+    entries, start, ent = {}, 0, None
+    if src and str(src).endswith(".safetensors"):
+        entries, _, start = _header(str(src))
+        ent = entries.get(lazy.name)
+    if ent is None or (ent.dtype not in _NP and ent.dtype != "BF16"):  # not a plain safetensors float: torch decodes
         t = lazy.load()
         if hasattr(t, "float"):
             t = t.float().numpy()
-        return np.asarray(t, dtype=np.float32)
-    entries, _, start = _header(str(src))
-    ent = entries.get(lazy.name)
-    if ent is None:
-        return np.asarray(lazy.load().float().numpy(), dtype=np.float32)
-    if ent.dtype not in _NP and ent.dtype != "BF16":  # fp8 and the rest: let torch decode them
-        return np.asarray(lazy.load().float().numpy(), dtype=np.float32)
-    n = ent.end - ent.begin
+        a = np.asarray(t, dtype=np.float32)
+        return a if rows is None else a[rows[0]:rows[1]]
     src_dtype = np.dtype("<u2" if ent.dtype == "BF16" else _NP[ent.dtype])
+    shape = tuple(ent.shape)
+    begin, n = ent.begin, ent.end - ent.begin
+    if rows is not None:
+        if not shape:
+            raise FormatError(f"{src}: tensor {lazy.name!r} is a scalar; it has no rows")
+        row = n // max(shape[0], 1)
+        i, j = max(0, rows[0]), min(shape[0], rows[1])
+        begin, n, shape = begin + i * row, max(0, j - i) * row, (max(0, j - i), *shape[1:])
     out = np.empty(n // src_dtype.itemsize, dtype=np.float32)
     with open(Path(src), "rb") as f:
-        f.seek(start + ent.begin)
+        f.seek(start + begin)
         if src_dtype == np.float32:  # straight into the result, no second copy
             got = f.readinto(memoryview(out).cast("B"))
         else:  # converted chunk by chunk, so memory stays near the float32 result
@@ -57,4 +67,4 @@ def load_float32(lazy) -> np.ndarray:
                 got += len(buf)
     if got != n:
         raise FormatError(f"{src}: file shrank while reading tensor {lazy.name!r}")
-    return out.reshape(ent.shape)
+    return out.reshape(shape)

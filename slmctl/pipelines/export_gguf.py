@@ -188,7 +188,7 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -
     ``grid``: (scale, zero) per weight of a quantised input whose grid maps onto ``p.gtype``
     (io.quantized_formats.gguf_view); they go through the same reordering, then the blocks keep them.
     """
-    from ..methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16, quantize_on_grid
+    from ..methods.quantize.gguf_blocks import quantize_on_grid
 
     if any(p.hf.endswith("." + s) for s in spec.transpose):
         a = a.T
@@ -209,21 +209,34 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -
         raise InputError(f"tensor {p.hf}: shape {tuple(a.shape)} after conversion, planned {p.shape}")
     if p.gtype == "f32":
         return a
-    if p.gtype == "f16":
-        return a.astype(np.float16)
     if grid is not None:
         return quantize_on_grid(p.gtype, a, *grid)
-    fn = quantize_bf16 if p.gtype == "bf16" else GGUF_BLOCK_TYPES.get(p.gtype)
-    if a.ndim < 2 or a.size <= CHUNK:
-        return fn(a)
+    return _encode_rows(lambda i, j: a[i:j], p.shape, p.gtype)
+
+
+# stored by GGUF exactly as the HF model holds them (no family reorders them): converted slice by slice
+# straight from the file, so the largest tensor of a small model is never whole in float32
+STREAMED = ("token_embd.weight", "output.weight")
+
+
+def _encode_rows(read: Callable[[int, int], np.ndarray], shape: tuple[int, ...], gtype: str) -> np.ndarray:
+    """A float32 tensor of ``shape`` in GGUF type ``gtype``, encoded ``CHUNK`` elements at a time:
+    ``read(i, j)`` gives rows i..j-1 of its outermost dimension (from memory or from the file)."""
+    from ..methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
+
+    fn = {"f32": lambda x: x, "f16": lambda x: x.astype(np.float16), "bf16": quantize_bf16}.get(gtype) \
+        or GGUF_BLOCK_TYPES.get(gtype)
+    n = shape[0] if shape else 1
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    step = max(1, CHUNK // max(per_row, 1))
+    if len(shape) < 2 or n <= step:
+        return fn(read(0, n))
     # row chunks keep the block maths' temporaries small next to the tensor itself
-    rows = a.reshape(-1, a.shape[-1])
-    step = max(1, CHUNK // rows.shape[1])
-    first = fn(rows[:step])
-    out = np.empty((rows.shape[0], first.shape[1]), dtype=first.dtype)
+    first = fn(read(0, step))
+    out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
     out[:step] = first
-    for i in range(step, rows.shape[0], step):
-        out[i:i + step] = fn(rows[i:i + step])
+    for i in range(step, n, step):
+        out[i:i + step] = fn(read(i, i + step))
     return out
 
 
@@ -471,8 +484,12 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
                 w.write_tensor(p.gguf, a)
             it = []
         def convert(p: _Planned) -> np.ndarray:
-            grid = grids[p.hf]() if p.hf in grids else None
-            return p.make() if p.make is not None else _convert(load_float32(art.tensors[p.hf]), p, spec, cfg, grid)
+            if p.make is not None:
+                return p.make()
+            lt, grid = art.tensors[p.hf], (grids[p.hf]() if p.hf in grids else None)
+            if grid is None and p.gguf in STREAMED and tuple(lt.shape) == p.shape:
+                return _encode_rows(lambda i, j: load_float32(lt, rows=(i, j)), p.shape, p.gtype)
+            return _convert(load_float32(lt), p, spec, cfg, grid)
 
         # the next tensors are read and converted on the other cores while this one is written
         for p, a in ordered_map(convert, it):
