@@ -127,6 +127,25 @@ def test_check_passes_then_fails_after_a_change(cli, release, tmp_path):
     assert code == 0, err
     assert "matches" in out
     assert cli("card", "--check", str(card))[0] == 0  # without ARTIFACT: those the card names
+    # reports written with paths relative to another directory: the card's labels do not depend on the cwd
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(release.parent)
+    try:
+        code, stdout, _ = cli("eval", f"{release.name}/model-Q8_0.gguf", "-r", f"{release.name}/base", "--data",
+                              str(release / "eval-gguf.json"), "--ctx", "16", "--windows", "1", "--json", "-q")
+        assert code == 0
+        (release / "eval-rel.json").write_text(stdout)
+        assert json.loads(stdout)["model"] == f"{release.name}/model-Q8_0.gguf"
+        code, _, err = cli("card", f"{release.name}/base", "--eval", f"{release.name}/eval-rel.json",
+                           "-o", f"{release.name}/R.md", "--force")
+        assert code == 0, err
+    finally:
+        os.chdir(cwd)
+    code, _, err = cli("card", "--check", str(release / "R.md"))
+    assert code == 0, err
+    assert "| model-Q8_0.gguf | llamacpp |" in (release / "R.md").read_text()
     # a re-run eval with another figure: the card's quality row no longer matches
     ev_path = release / "eval-gguf.json"
     saved = ev_path.read_text()

@@ -64,13 +64,21 @@ def _rel(p: str | os.PathLike, root: Path) -> str:
 
 
 def _ref_label(ref: Any, root: Path) -> str:
-    """An input reference as the card shows it: sample:/pip:/hub ids as they are, paths made relative."""
+    """A reference as the card shows it: sample:/pip:/hub ids and plain words as they are; a path as its shortest
+    tail that names a file beside the card (``/any/where/build/distilled`` -> ``distilled``), else its file name.
+    It depends only on the card's folder, never on the working directory, so --check can run from anywhere."""
     s = str(ref)
     if re.match(r"^[a-z]+:", s) and not re.match(r"^[A-Za-z]:[\\/]", s):
         return s
-    if os.path.isabs(s) or os.path.exists(s):
-        return _rel(s, root)
-    return s
+    parts = Path(s).parts
+    absolute = os.path.isabs(s)
+    if not absolute and len(parts) < 2:
+        return s
+    for i in range(len(parts) - 1, 0 if absolute else -1, -1):  # shortest tail first
+        tail = Path(*parts[i:])
+        if (root / tail).exists():
+            return tail.as_posix()
+    return parts[-1]
 
 
 def _cell(v: Any) -> str:
@@ -425,6 +433,8 @@ def _recipe_text(recipe: dict | None, root: Path) -> str:
             parts.append(f"{k}: {{{v}}}")
         elif isinstance(v, str):
             parts.append(f"{k}={_ref_label(v, root)}")
+        elif isinstance(v, list) and len(v) > 8:  # per-layer scores and the like: in slmctl.json, not the card
+            parts.append(f"{k}=[{len(v)} values]")
         else:
             parts.append(f"{k}={json.dumps(v)}")
     return "; ".join(parts) or "-"
