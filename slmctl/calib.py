@@ -297,7 +297,8 @@ def source_parts(source: str, *, purpose: str = "calib", field: str = "text") ->
         return [Part(source, 1.0, tuple(_folder_docs(p, field)))]
     if p.is_file():
         return [Part(source, 1.0, tuple(_file_docs(p, field)))]
-    if _HUB_ID.match(source) and not p.parent.exists() or source.startswith("hf:"):
+    looks_local = p.suffix.lower() in TEXT_SUFFIXES | {".jsonl", ".ndjson", ".parquet"}
+    if _HUB_ID.match(source) and not p.parent.exists() and not looks_local or source.startswith("hf:"):
         return [Part(source, 1.0, tuple(_hub_docs(source, field)))]
     raise InputError(f"data {source} does not exist",
                      hint="give a text file, folder, JSONL or parquet file, a hub dataset id (hf:org/name), "
