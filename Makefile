@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # a short run of the release pipeline (examples/release) on the sample: a few minutes
-DEMO_ARGS ?= BUILD=$(CURDIR)/out/demo PRUNE_LAYERS=2 DISTILL_STEPS=10 DISTILL_BATCH=2 SEQ_LEN=128 EVAL_WINDOWS=4 PROFILE_REPEATS=2
+DEMO_ARGS ?= BUILD=$(CURDIR)/out/demo PRUNE_LAYERS=2 DISTILL_STEPS=10 DISTILL_BATCH=2 SEQ_LEN=128 EVAL_WINDOWS=4 PROFILE_REPEATS=2 GGUF_METHOD=imatrix
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(MAKE) -C examples/release PYTHON=$(CURDIR)/$(PY) $(DEMO_ARGS)

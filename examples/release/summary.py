@@ -12,7 +12,7 @@ from pathlib import Path
 from slmctl.pipelines.card import parse_tables
 
 LABELS = {"base": "original (HF fp32)", "distilled": "pruned + distilled (HF fp32)",
-          "model-Q4_K_M.gguf": "GGUF Q4_K_M + imatrix", "onnx-int4": "ONNX int4"}
+          "model-Q4_K_M.gguf": "GGUF Q4_K_M", "onnx-int4": "ONNX int4"}
 
 
 def size(p: Path) -> int:
