@@ -53,6 +53,9 @@ def render() -> str:
         text = frag.read_text().rstrip() + "\n"
         if rid:
             text += f"\n_Section `{frag.stem}`: run `{rid}`, {date}._\n"
+        else:
+            text += (f"\n_Section `{frag.stem}`: from a run before run ids were recorded (older code); "
+                     f"`make bench ONLY={frag.stem}` measures it again._\n")
         parts.append(text)
     return "\n".join(parts)
 
