@@ -231,7 +231,7 @@ def test_onnx_phi4mini_verified_and_switches_to_the_long_factors(tiny_models, ph
         assert np.abs(logits[0] - _hf_logits(tiny_models["phi4mini"], ids)).max() <= 1e-3
 
 
-@pytest.mark.slow  # the llama3 divisors are constants of the graph; ~20 s of export
+# the llama3 divisors are constants of the graph; ~20 s of export
 def test_onnx_llama32_verified(tiny_models, tmp_path, cli):
     out = tmp_path / "llama32-onnx"
     code, _, err = cli("export", str(tiny_models["llama32"]), "--format", "onnx", "-o", str(out))
