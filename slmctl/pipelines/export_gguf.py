@@ -487,7 +487,8 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
             if p.make is not None:
                 return p.make()
             lt, grid = art.tensors[p.hf], (grids[p.hf]() if p.hf in grids else None)
-            if grid is None and p.gguf in STREAMED and tuple(lt.shape) == p.shape:
+            if grid is None and p.gguf in STREAMED and tuple(lt.shape) == p.shape \
+                    and str(getattr(lt, "source", "")).endswith(".safetensors"):  # other sources load whole
                 return _encode_rows(lambda i, j: load_float32(lt, rows=(i, j)), p.shape, p.gtype)
             return _convert(load_float32(lt), p, spec, cfg, grid)
 
