@@ -16,9 +16,9 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import timing  # noqa: E402  (bench/ is on sys.path when run as a script)
 from timing import PEERS, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +29,11 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "2"))
 
 
 def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one process."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed ({p.returncode}):\n{err[-2000:]}")
-    return wall, ru.ru_maxrss / 1024
+    """(wall seconds, peak RSS MiB) of one fresh process (timing.measure: its own peak, not this script's)."""
+    m = timing.measure(cmd, env=env)
+    if m["rc"] != 0:
+        raise SystemExit(f"{cmd[0]} failed ({m['rc']}):\n{m['stderr'][-2000:]}")
+    return m["wall_s"], m["peak_rss_mib"]
 
 
 def max_abs_diff(x: Path, y: Path) -> float:
