@@ -1,7 +1,7 @@
 """slmctl distill on the sample: recovery of a width-pruned SmolLM2-135M (KD vs cross-entropy-only
 fine-tuning at equal steps and data), and training throughput against a plain transformers loop.
 
-Stages (BENCH_D_STAGES, comma list; default all, in this order):
+Stages (BENCH_D_STAGES, comma list; default prune,kd,ce,throughput, in this order):
 - prune:      the starting student, `slmctl prune --method width --heads-ratio 0.25 --mlp-ratio 0.25`
               (skipped when BENCH_D_STUDENT already exists);
 - kd:         `slmctl distill` with forward KL on a top-k teacher cache, built afresh in this command
@@ -13,12 +13,13 @@ Stages (BENCH_D_STAGES, comma list; default all, in this order):
 - kdcce:      kdc plus `--ce-weight 1` (optional, not in the default list);
 - ce2x:       the ce command with twice the steps, a control with the KD path's training compute (optional);
 - throughput: training tokens/s of slmctl distill vs a textbook transformers loop (AdamW, clipping) on the
-              same student, blocks, order, sequence length and batch, each in a fresh process.
-Each stage saves its result in BENCH_D_OUT/<stage>.json; the fragment bench/results/distill.md is rebuilt
-from all saved stages after every stage, so stages can run one at a time (each under the heavy lock).
+              same student, blocks, order, sequence length and batch, each in a fresh process; a slmctl row and
+              the plain loop doing the same work alternate over BENCH_ROUNDS rounds (default 3).
+Each stage saves its result in BENCH_D_OUT/<stage>.json with the run id; the fragment (distill.json,
+distill.md) is built from the stages of this run only.
 
 Settings via environment: BENCH_D_TEACHER (sample:smollm2-135m), BENCH_D_STUDENT (BENCH_D_OUT/width25),
-BENCH_D_DATA (sample:shakespeare:calib), BENCH_D_STEPS (80), BENCH_D_SEQ (256), BENCH_D_BATCH (4),
+BENCH_D_DATA (sample:shakespeare:calib), BENCH_D_STEPS (24), BENCH_D_SEQ (256), BENCH_D_BATCH (4),
 BENCH_D_LR (3e-4), BENCH_D_TOPK (64), BENCH_D_FREEZE (1: --freeze-embeddings in kd and ce),
 BENCH_D_WINDOWS (8), BENCH_D_CTX (256), BENCH_D_TP_STEPS (6), BENCH_D_THREADS (2),
 BENCH_D_OUT (bench/out/distill), BENCH_D_LOCK (a lock file such as /tmp/slmctl-heavy.lock: each heavy
@@ -38,7 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from timing import heavy as _heavy, timed, results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import alternate, heavy as _heavy, portable, ratio, results_dir, run_id, stats, timed, \
+    write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
@@ -46,7 +48,7 @@ OUT = Path(E("BENCH_D_OUT", str(ROOT / "bench" / "out" / "distill")))
 TEACHER = E("BENCH_D_TEACHER", "sample:smollm2-135m")
 STUDENT = E("BENCH_D_STUDENT", str(OUT / "width25"))
 DATA = E("BENCH_D_DATA", "sample:shakespeare:calib")
-STEPS = E("BENCH_D_STEPS", "80")
+STEPS = E("BENCH_D_STEPS", "24")
 SEQ = E("BENCH_D_SEQ", "256")
 BATCH = E("BENCH_D_BATCH", "4")
 LR = E("BENCH_D_LR", "3e-4")
@@ -57,11 +59,13 @@ CTX = E("BENCH_D_CTX", "256")
 TP_STEPS = E("BENCH_D_TP_STEPS", "6")
 THREADS = E("BENCH_D_THREADS", "2")
 LOCK = E("BENCH_D_LOCK")
-STAGES = E("BENCH_D_STAGES", "prune,kd,ce,correct,kdc,throughput").split(",")
+# `make bench` runs these (about 8 minutes on 2 cores); the teacher-correction stages (correct, kdc, kdcce, ce2x)
+# and longer training (BENCH_D_STEPS=80) are a longer run, asked for by name
+STAGES = E("BENCH_D_STAGES", "prune,kd,ce,throughput").split(",")
+ROUNDS = int(E("BENCH_ROUNDS", "3"))
 CORRECTED = OUT / "teacher-corrected"
 ALL_STAGES = ("prune", "kd", "ce", "correct", "kdc", "kdcce", "ce2x", "throughput")
 CACHE = OUT / "tcache"
-RESULT = results_dir() / "distill.md"
 SLMCTL = ["slmctl"]  # `make bench` puts the venv's bin first on PATH
 os.environ.update(SLMCTL_THREADS=THREADS, OMP_NUM_THREADS=THREADS)  # the same threads for every process
 
@@ -192,30 +196,52 @@ print(json.dumps({"tokens_per_s": steps * batch * seq / dt, "train_seconds": dt,
 '''
 
 
-def plain_loop(mode: str) -> dict:
-    cmd = [sys.executable, "-c", PLAIN, TEACHER, STUDENT, DATA, SEQ, BATCH, TP_STEPS, LR, mode, THREADS]
-    r, wall, rss, load = run_timed(cmd)
-    if r.returncode:
-        raise SystemExit(f"plain {mode} loop failed: {r.stderr[-3000:]}")
-    return {"cmd": f"python -c PLAIN (bench/bench_distill.py) {mode}", "report": json.loads(r.stdout.splitlines()[-1]),
-            "wall_s": wall, "rss_mib": rss, "load_before": load}
+def _tps(stdout: str) -> float:
+    """Training tokens/s from a slmctl --json report or the plain loop's last line."""
+    try:
+        return json.loads(stdout)["tokens_per_s"]
+    except json.JSONDecodeError:
+        return json.loads(stdout.strip().splitlines()[-1])["tokens_per_s"]
 
 
 def stage_throughput() -> dict:
-    # kd's cache covers these blocks (same seed, batch and first steps), so the cached run reads, never computes
-    tp = OUT / "tp"
-    runs = {
-        "plain transformers loop, CE (labels=ids)": plain_loop("ce"),
-        "slmctl distill --kd-weight 0 --ce-weight 1": run_cli(distill_cmd(tp, "--kd-weight", "0", "--ce-weight", "1",
-                                                                          steps=TP_STEPS, report=False, freeze=False)),
-        "plain transformers loop, KD (teacher on the fly, full-vocabulary forward KL)": plain_loop("kd"),
-        "slmctl distill (teacher on the fly)": run_cli(distill_cmd(tp, steps=TP_STEPS, report=False, freeze=False)),
-        "slmctl distill --teacher-cache (top-k)": run_cli(distill_cmd(tp, "--teacher-cache", str(CACHE), "--topk", TOPK,
-                                                                      steps=TP_STEPS, report=False, freeze=False)),
-        "slmctl distill --teacher-cache --freeze-embeddings": run_cli(distill_cmd(
-            tp, "--teacher-cache", str(CACHE), "--topk", TOPK, steps=TP_STEPS, report=False, freeze=True)),
-    }
-    return {"runs": runs}
+    """Training tokens/s of slmctl distill against the plain loop doing the same work (the same loss, teacher
+    computed the same way), alternating over ROUNDS rounds, each command a fresh process. The rows that read
+    the teacher from the top-k cache do less work than any plain loop: they run once and get no ratio."""
+    def plain(mode: str) -> list[str]:
+        return [sys.executable, "-c", PLAIN, TEACHER, STUDENT, DATA, SEQ, BATCH, TP_STEPS, LR, mode, THREADS]
+
+    def slm(name: str, *extra: str, freeze: bool = False) -> list[str]:
+        return distill_cmd(OUT / "tp" / name, *extra, steps=TP_STEPS, report=False, freeze=freeze)
+
+    groups = {  # label -> {row: command}; the first row of a group is the baseline of its ratio
+        "CE": {"plain transformers loop, CE (labels=ids)": plain("ce"),
+               "slmctl distill --kd-weight 0 --ce-weight 1": slm("ce", "--kd-weight", "0", "--ce-weight", "1")},
+        "KD, teacher on the fly": {
+            "plain transformers loop, KD (teacher on the fly, full-vocabulary forward KL)": plain("kd"),
+            "slmctl distill (teacher on the fly)": slm("kd")},
+        "KD, teacher from the cache (no plain loop does this work)": {
+            "slmctl distill --teacher-cache (top-k)": slm("cache", "--teacher-cache", str(CACHE), "--topk", TOPK),
+            "slmctl distill --teacher-cache --freeze-embeddings": slm("cachefreeze", "--teacher-cache", str(CACHE),
+                                                                      "--topk", TOPK, freeze=True)}}
+    out = {}
+    for g, cmds in groups.items():
+        same_work = not g.startswith("KD, teacher from the cache")
+        with heavy():
+            runs = alternate(cmds, rounds=ROUNDS if same_work else 1, cwd=ROOT)
+        for r in runs.values():
+            for m in r:
+                m["tokens_per_s"] = _tps(m.pop("stdout"))
+                m.pop("stderr", None)
+        names = list(cmds)
+        for n in names:
+            st = stats(runs[n], "tokens_per_s")
+            out[n] = {"group": g, "cmd": show(cmds[n]) if n.startswith("slmctl") else
+                      f"python -c PLAIN (bench/bench_distill.py) {cmds[n][-2]}",
+                      "tokens_per_s": st, "rounds": runs[n],
+                      # tokens/s: higher is better; the ratio is slmctl's over the plain loop's
+                      "ratio": ratio(runs[n], runs[names[0]], "tokens_per_s") if same_work and n != names[0] else None}
+    return {"runs": out, "rounds": ROUNDS}
 
 
 # ---------------------------------------------------------------- the fragment
@@ -323,19 +349,24 @@ def write(results: dict) -> None:
         runs = tp["runs"]
         L += ["### Training throughput vs a plain transformers loop", "",
               f"{TP_STEPS} steps of {BATCH} × {SEQ} tokens each, same student, blocks and order, AdamW and norm "
-              "clipping, each in a fresh process one after another; tokens/s over the training loop only (no "
-              "loading, no evaluation). The plain loop is in `bench/bench_distill.py` (`PLAIN`).", "",
-              "| loop | tokens/s | ratio to the plain loop with the same loss | load before |",
+              "clipping; tokens/s over the training loop only (no loading, no evaluation). Each command a fresh "
+              f"process; a slmctl row and the plain loop doing the same work (the same loss, the teacher computed "
+              f"the same way) alternate over {tp['rounds']} rounds: median [min-max] of the uncontended rounds. The "
+              "rows that read the teacher's top-k logits from the cache (built by the kd stage) do less work than "
+              "either plain loop: they run once and are not compared. The plain loop is in "
+              "`bench/bench_distill.py` (`PLAIN`).", "",
+              "| loop | tokens/s | slmctl / plain loop, same work | rounds |",
               "| --- | --- | --- | --- |"]
-        names = list(runs)
-        ce_plain = runs[names[0]]["report"]["tokens_per_s"]
-        kd_plain = runs[names[2]]["report"]["tokens_per_s"]
-        for i, n in enumerate(names):
-            v = runs[n]["report"]["tokens_per_s"]
-            base = ce_plain if i < 2 else kd_plain
-            L.append(f"| {n} | {v:.0f} | {v / base:.2f} | {runs[n]['load_before']} |")
-        L += ["", "```sh"] + [runs[n]["cmd"] for n in names if runs[n]["cmd"].startswith("slmctl")] + ["```", ""]
-    RESULT.write_text("\n".join(L).rstrip() + "\n")
+        for n, r in runs.items():
+            st = r["tokens_per_s"]
+            rr = "—" if r["ratio"] is None and not n.startswith("slmctl") else \
+                "not compared (less work)" if "teacher-cache" in n else \
+                "not reported (contended)" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            L.append(f"| {n} | {st['median']:.0f} [{st['min']:.0f}-{st['max']:.0f}]"
+                     f"{' (contended)' if st['contended'] else ''} | {rr} | {st['n']} |")
+        L += ["", "```sh"] + [r["cmd"] for n, r in runs.items() if n.startswith("slmctl")] + ["```", ""]
+    write_results("distill", {"run_id_of_stages": {k: v.get("run_id") for k, v in results.items()},
+                              "stages": results}, "\n".join(L).rstrip() + "\n")
 
 
 def saved() -> dict:
@@ -344,7 +375,9 @@ def saved() -> dict:
     for name in ALL_STAGES:
         f = OUT / f"{name}.json"
         if f.is_file():
-            results[name] = json.loads(f.read_text())
+            r = json.loads(f.read_text())
+            if r.get("run_id") == run_id():  # stages of this run only, never a mix of code versions
+                results[name] = r
     return results
 
 
@@ -357,13 +390,12 @@ def main() -> int:
         t = time.time()
         res = fn()
         res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        if name == "prune" and "skipped" in res and "prune" in saved():
-            continue  # keep the record of the run that made it
+        res["run_id"] = run_id()
         (OUT / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
         print(f"bench distill: {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
         write(saved())
     write(saved())
-    print(RESULT.read_text())
+    print((results_dir() / "distill.md").read_text())
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timing import results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOWS = int(os.environ.get("BENCH_EVAL_WINDOWS", "8"))
@@ -52,7 +52,9 @@ def main() -> int:
     for label, rep in results:
         rel = f"{(rep['ppl'] / base['ppl'] - 1) * 100:+.3f}%" if base else "-"
         lines.append(f"| {label} | {rep['backend']} | {rep['ppl']:.4f} | {rel} | {rep['tokens_per_s']:.1f} |")
-    (results_dir() / "eval.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "Each artifact evaluated once, in its own process, one after another (no peer tool in this section)."]
+    write_results("eval", {"windows": WINDOWS, "ctx": 512, "results": [{"artifact": label, **rep} for label, rep in results]},
+                  "\n".join(lines), packages=("onnxruntime", "llama-cpp-python"))
     return 0 if results else 1
 
 

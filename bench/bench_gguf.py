@@ -21,7 +21,8 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from timing import PEERS, ROOT, alternate, ratio, stats, write_results  # noqa: E402  (bench/ is on sys.path)
+from timing import PEERS, ROOT, alternate, compare as compare_runs, fmt as _fmt, fmt_ratio as _r, load_note, ratio, \
+    write_results  # noqa: E402  (bench/ is on sys.path)
 
 OUT = ROOT / "bench" / "out" / "gguf"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -105,13 +106,8 @@ def main() -> int:
             same, total = compare(outs["slmctl"], outs["convert"]) if outs["slmctl"].is_file() and \
                 outs["convert"].is_file() else (0, 0)
             entry = {"shape": shape, "parameters": params, "outtype": t, "identical_tensors": [same, total],
-                     "runs": {k: [{kk: vv for kk, vv in r.items() if kk not in ("stdout", "stderr")} for r in v]
-                              for k, v in runs.items()},
-                     "wall": {k: stats(v) for k, v in runs.items()},
-                     "rss": {k: stats(v, "peak_rss_mib") for k, v in runs.items()},
-                     "time_ratio": ratio(runs["slmctl"], runs["convert"]),
-                     "time_ratio_warm": ratio(runs["slmctl-warm"], runs["convert"]),
-                     "rss_ratio": ratio(runs["slmctl"], runs["convert"], "peak_rss_mib")}
+                     **compare_runs(runs, "slmctl", "convert"),
+                     "time_ratio_warm": ratio(runs["slmctl-warm"], runs["convert"])}
             data.append(entry)
             print(f"{shape} {t}: slmctl {entry['wall']['slmctl']['median']:.1f} s, convert "
                   f"{entry['wall']['convert']['median']:.1f} s", file=sys.stderr, flush=True)
@@ -119,15 +115,6 @@ def main() -> int:
     write_results("gguf", {"rounds": ROUNDS, "results": data}, md, packages=("llama-cpp-python", "gguf", "numpy"))
     print(md)
     return 0
-
-
-def _fmt(s: dict, unit: str = "") -> str:
-    star = " (contended)" if s["contended"] else ""
-    return f"{s['median']:.1f}{unit} [{s['min']:.1f}-{s['max']:.1f}]{star}"
-
-
-def _r(x) -> str:
-    return "not reported (contended)" if x is None else f"{x:.2f}x"
 
 
 def render(data: list[dict], src: Path) -> str:
@@ -149,10 +136,7 @@ def render(data: list[dict], src: Path) -> str:
                  f"{_fmt(w['slmctl-warm'])} | {_fmt(w['convert'])} | {_r(e['time_ratio'])} ({_r(e['time_ratio_warm'])}) | "
                  f"{r['slmctl']['median']:.0f} | {r['convert']['median']:.0f} | {_r(e['rss_ratio'])} | "
                  f"{e['identical_tensors'][0]}/{e['identical_tensors'][1]} |")
-    loads = [x["load_before"][0] for e in data for v in e["runs"].values() for x in v]
-    other = [x["other_cores"] or 0 for e in data for v in e["runs"].values() for x in v]
-    L += ["", f"1-minute load average before the commands: {min(loads):.2f}-{max(loads):.2f}; other processes' CPU "
-          f"during them: {min(other):.2f}-{max(other):.2f} cores (a round above 0.5 is rerun, then marked)."]
+    L += ["", load_note(data)]
     return "\n".join(L)
 
 

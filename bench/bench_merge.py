@@ -1,39 +1,28 @@
 """slmctl merge vs mergekit-yaml on the same configs: wall time and peak RSS, side by side.
 
 Inputs: the SmolLM2-135M sample (HF folder, fp32) and perturbed copies of it. Each tool runs as its
-own process on the same YAML; peak RSS is that process's own (wait4), wall time is end to end
-(process start included, as a user sees it). Each pair runs ``REPEAT`` times, alternating, and the
-best is kept. slmctl runs with an empty hash cache every time (SLMCTL_CACHE in a fresh folder), so
-hashing its inputs for the provenance record is always paid. After the runs the two outputs are compared
-tensor by tensor (max abs difference). Writes bench/results/merge.md. mergekit: MERGEKIT_YAML or
-.peers/mergekit. Run it under the heavy-job lock: `flock /tmp/slmctl-heavy.lock python bench/bench_merge.py`.
+own fresh process (bench/timing.py: start-up included, peak RSS from wait4) on the same YAML, alternating
+over BENCH_ROUNDS rounds (default 3, the first tool rotating); medians with the range, ratios from
+uncontended rounds only. slmctl runs twice per round: with an empty hash cache (it hashes its inputs for
+the provenance record: the figure compared) and with a warm one (hashing skipped). The outputs are
+compared tensor by tensor (max abs difference). Writes merge.json and merge.md. mergekit: MERGEKIT_YAML
+or .peers/mergekit (built by `make peers`).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import timing  # noqa: E402  (bench/ is on sys.path when run as a script)
-from timing import PEERS, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, ROOT, alternate, compare, fmt, fmt_ratio, load_note, portable, ratio, \
+    write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "merge"
-RESULT = results_dir() / "merge.md"
 MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", str(PEERS / "mergekit/bin/mergekit-yaml")))
-REPEAT = int(os.environ.get("BENCH_REPEAT", "2"))
-
-
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one fresh process (timing.measure: its own peak, not this script's)."""
-    m = timing.measure(cmd, env=env)
-    if m["rc"] != 0:
-        raise SystemExit(f"{cmd[0]} failed ({m['rc']}):\n{m['stderr'][-2000:]}")
-    return m["wall_s"], m["peak_rss_mib"]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def max_abs_diff(x: Path, y: Path) -> float:
@@ -95,57 +84,62 @@ def main() -> int:
                            f"  - {{model: {b}, parameters: {{weight: 1.0, density: 0.5}}}}\n"
                            f"  - {{model: {c}, parameters: {{weight: 0.5, density: 0.5}}}}\n",
     }
-    slm = [str(Path(sys.executable).parent / "slmctl")]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    rows = []
-    loads = [os.getloadavg()[0]]
+    slm = [sys.executable, "-m", "slmctl"]
+    base = {"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cold, warm = OUT / "cache-cold", OUT / "cache-warm"
+    data = []
     for name, text in cases.items():
         cfg = OUT / (name.split()[0] + ".yml")
         cfg.write_text(text)
-        best = {"slmctl": (1e9, 1e9), "mergekit": (1e9, 1e9)}
-        for _ in range(REPEAT):
-            for tool in ("slmctl", "mergekit"):
-                dest = OUT / f"{tool}-{cfg.stem}"
-                shutil.rmtree(dest, ignore_errors=True)
-                cache = OUT / "slmctl-cache"  # empty each time: slmctl pays for hashing its inputs
-                shutil.rmtree(cache, ignore_errors=True)
-                env["SLMCTL_CACHE"] = str(cache)
-                cmd = (slm + ["merge", "--config", str(cfg), "-o", str(dest), "-q"] if tool == "slmctl"
-                       else [str(MERGEKIT), str(cfg), str(dest), "--quiet"])
-                wall, rss = measure(cmd, env)
-                print(f"{name} {tool}: {wall:.1f} s, {rss:.0f} MiB", file=sys.stderr, flush=True)
-                best[tool] = (min(best[tool][0], wall), min(best[tool][1], rss))
-                loads.append(os.getloadavg()[0])
-        diff = max_abs_diff(OUT / f"slmctl-{cfg.stem}", OUT / f"mergekit-{cfg.stem}")
-        print(f"{name}: max |slmctl - mergekit| = {diff:.3g}", file=sys.stderr, flush=True)
-        rows.append((name, best["slmctl"], best["mergekit"], diff))
-    import importlib.metadata as md
+        dest = {k: OUT / f"{k}-{cfg.stem}" for k in ("slmctl", "slmctl-warm", "mergekit")}
 
+        def before(tool: str) -> None:
+            shutil.rmtree(dest[tool], ignore_errors=True)
+            shutil.rmtree(cold, ignore_errors=True)  # slmctl pays for hashing its inputs every time
+
+        envs = {"slmctl": {**base, "SLMCTL_CACHE": str(cold)}, "slmctl-warm": {**base, "SLMCTL_CACHE": str(warm)},
+                "mergekit": base}
+        cmds = {"slmctl": [*slm, "merge", "--config", str(cfg), "-o", str(dest["slmctl"]), "-q"],
+                "mergekit": [str(MERGEKIT), str(cfg), str(dest["mergekit"]), "--quiet"],
+                "slmctl-warm": [*slm, "merge", "--config", str(cfg), "-o", str(dest["slmctl-warm"]), "-q"]}
+        # the warm hash cache is filled once before the rounds
+        subprocess.run([*slm, "merge", "--config", str(cfg), "-o", str(OUT / "warm-fill"), "-q", "--force"],
+                       env=dict(os.environ, **envs["slmctl-warm"]), capture_output=True, check=False)
+        cmds = {k: ["env", *(f"{a}={b}" for a, b in envs[k].items()), *c] for k, c in cmds.items()}
+        runs = alternate(cmds, rounds=ROUNDS, before=before)
+        diff = max_abs_diff(dest["slmctl"], dest["mergekit"])
+        entry = {"config": name, "yaml": portable(text), "max_abs_diff": diff, **compare(runs, "slmctl", "mergekit"),
+                 "time_ratio_warm": ratio(runs["slmctl-warm"], runs["mergekit"])}
+        data.append(entry)
+        print(f"{name}: slmctl {entry['wall']['slmctl']['median']:.1f} s, mergekit "
+              f"{entry['wall']['mergekit']['median']:.1f} s, max |slmctl - mergekit| = {diff:.3g}",
+              file=sys.stderr, flush=True)
     mk_ver = subprocess.run([str(MERGEKIT.parent / "python"), "-c",
                              "import importlib.metadata as m; print(m.version('mergekit'))"],
                             capture_output=True, text=True).stdout.strip()
-    lines = ["## merge: slmctl merge vs mergekit-yaml\n",
-             f"SmolLM2-135M (fp32 HF folder) and copies perturbed by N(0, 0.002); the same YAML for both tools; "
-             f"best of {REPEAT} runs, each tool its own process (start-up included). mergekit {mk_ver}, "
-             f"slmctl {md.version('slmctl')}, torch {md.version('torch')}, {platform.machine()}, "
-             f"{os.cpu_count()} CPUs.\n",
-             "| config | slmctl wall (s) | mergekit wall (s) | wall ratio | slmctl peak RSS (MiB) | "
-             "mergekit peak RSS (MiB) | RSS ratio | max abs diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s, m, diff in rows:
-        lines.append(f"| {name} | {s[0]:.1f} | {m[0]:.1f} | {s[0] / m[0]:.2f} | {s[1]:.0f} | {m[1]:.0f} | "
-                     f"{s[1] / m[1]:.2f} | {diff:.2g} |")
-    lines.append("\nRatios are slmctl / mergekit (below 1.0: slmctl is faster or smaller). *max abs diff*: the "
-                 "largest difference between the two tools' output tensors (parity target 1e-6). slmctl ran "
-                 "with an empty hash cache each time, so its wall time includes hashing the inputs for the "
-                 f"provenance record. 1-minute load average during the runs: {min(loads):.1f} to "
-                 f"{max(loads):.1f} (2 cores; run under the heavy-job lock).\n")
-    lines.append("Command: `flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_merge.py` "
-                 f"(BENCH_REPEAT={REPEAT}).\n")
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text("\n".join(lines))
-    print(RESULT.read_text())
+    md = render(data, mk_ver)
+    write_results("merge", {"rounds": ROUNDS, "mergekit": mk_ver, "results": data}, md)
+    print(md)
     return 0
+
+
+def render(data: list[dict], mk_ver: str) -> str:
+    L = ["## merge: slmctl merge vs mergekit-yaml", "",
+         f"SmolLM2-135M (fp32 HF folder) and copies perturbed by N(0, 0.002); the same YAML for both tools (mergekit "
+         f"{mk_ver}). Each command a fresh process, start-up included; {ROUNDS} alternating rounds, median "
+         "[min-max] of the uncontended rounds. `slmctl` hashes its inputs each time (empty hash cache: the figure "
+         "compared); `slmctl, warm` has them cached (provenance hashing skipped). Ratio: slmctl / mergekit.", "",
+         "| config | slmctl s | slmctl, warm s | mergekit s | time ratio (warm) | slmctl MiB | mergekit MiB | "
+         "RSS ratio | max abs diff |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in data:
+        w, r = e["wall"], e["rss"]
+        L.append(f"| {e['config']} | {fmt(w['slmctl'])} | {fmt(w['slmctl-warm'])} | {fmt(w['mergekit'])} | "
+                 f"{fmt_ratio(e['time_ratio'])} ({fmt_ratio(e['time_ratio_warm'])}) | {r['slmctl']['median']:.0f} | "
+                 f"{r['mergekit']['median']:.0f} | {fmt_ratio(e['rss_ratio'])} | {e['max_abs_diff']:.2g} |")
+    L += ["", "*max abs diff*: the largest difference between the two tools' output tensors (parity target 1e-6).",
+          load_note(data)]
+    return "\n".join(L)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import PEERS, results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, alternate, compare, fmt, fmt_ratio, load_note, portable, ratio, \
+    write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 import numpy as np
 
@@ -36,27 +37,11 @@ PREFILL = int(os.environ.get("BENCH_ONNX_PREFILL", "512"))
 DECODE = int(os.environ.get("BENCH_ONNX_DECODE", "128"))
 REPEATS = int(os.environ.get("BENCH_ONNX_REPEATS", "1"))
 ROUNDS = int(os.environ.get("BENCH_ONNX_ROUNDS", "5"))
+# the export (slmctl vs optimum-cli) alternates over this many rounds, each a fresh process
+BUILD_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 THREADS = int(os.environ.get("BENCH_ONNX_THREADS", "0") or 0) or os.cpu_count() or 1
 PEER = Path(os.environ.get("BENCH_ONNX_OPTIMUM", str(PEERS / "optimum")))
 SLMCTL = [sys.executable, "-m", "slmctl"]
-
-
-def timed_run(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB of the child, stdout); the child is measured alone by a small runner."""
-    t = time.perf_counter()
-    code = (
-        "import resource,subprocess,sys,json;"
-        "r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-        "sys.stderr.write(r.stderr);"
-        "print(json.dumps({'rc':r.returncode,'out':r.stdout,"
-        "'rss':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
-    )
-    r = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, cwd=ROOT, env=env)
-    dt = time.perf_counter() - t
-    doc = json.loads(r.stdout.strip().splitlines()[-1])
-    if doc["rc"] != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return dt, doc["rss"] / 1024.0, doc["out"].strip()
 
 
 def optimum_source(hf: Path, dst: Path) -> Path:
@@ -172,7 +157,7 @@ def verify(hf: Path, model_file: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slmctl.pipelines.export_onnx import _prompt_ids, compare_decoder, reference_decoder
+    from slmctl.pipelines.export.onnx import _prompt_ids, compare_decoder, reference_decoder
 
     m = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
     ref = reference_decoder(m, _prompt_ids(hf, m.config.vocab_size))
@@ -195,36 +180,64 @@ def main() -> int:
         shutil.rmtree(work / sub, ignore_errors=True)
     load0 = os.getloadavg()
     log = lambda m: print(f"[bench_onnx {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
-    builds: dict[str, tuple[float, float]] = {}
     commands: dict[str, str] = {}
-
-    def build(name, cmd, env=None):
-        log(f"build {name}: {' '.join(cmd)}")
-        t, rss, _ = timed_run(cmd, env)
-        builds[name] = (t, rss)
-        commands[name] = portable(" ".join(str(c) for c in cmd))
-        log(f"  {t:.1f} s, peak RSS {rss:.0f} MiB")
-
-    build("fp32", [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"])
-    verification = json.loads((work / "fp32" / "slmctl.json").read_text())["verification"]
-    build("int8", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int8", "--no-report", "-o", str(work / "int8"), "-q"])
-    build("int4", [*SLMCTL, "quantize", str(work / "fp32"), "--type", "int4", "--no-report", "-o", str(work / "int4"), "-q"])
     peer_cli = PEER / "bin" / "optimum-cli"
     peer_note, peer_check = "", None
+    cold, warm = work / "cache-cold", work / "cache-warm"
+    base_env = {"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmds = {"slmctl": [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"],
+            "slmctl-warm": [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32-warm"), "-q"]}
+    envs = {"slmctl": {**base_env, "SLMCTL_CACHE": str(cold)}, "slmctl-warm": {**base_env, "SLMCTL_CACHE": str(warm)}}
+    outs = {"slmctl": work / "fp32", "slmctl-warm": work / "fp32-warm", "optimum": work / "optimum"}
     if peer_cli.exists():
         src = optimum_source(hf, work / "optimum-src")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env["PATH"] = f"{PEER / 'bin'}:{env.get('PATH', '')}"
-        try:
-            build("optimum", [str(peer_cli), "export", "onnx", "-m", str(src), "--task", "text-generation-with-past",
-                              str(work / "optimum")], env)
-            peer_check = verify(hf, work / "optimum" / "model.onnx")
-            log(f"optimum export vs PyTorch: {peer_check}")
-        except SystemExit as exc:
-            peer_note = f"optimum-cli export failed: {str(exc).strip().splitlines()[-1][:300]}"
-            log(peer_note)
+        cmds["optimum"] = [str(peer_cli), "export", "onnx", "-m", str(src), "--task", "text-generation-with-past",
+                           str(work / "optimum")]
+        # optimum runs in its own venv: none of this process's Python settings
+        envs["optimum"] = {**base_env, "PATH": f"{PEER / 'bin'}:{os.environ.get('PATH', '')}"}
     else:
-        peer_note = f"optimum-cli is not installed in its own environment ({PEER}; `make {PEER}/.ok`)."
+        peer_note = f"optimum-cli is not installed in its own environment ({portable(PEER)}; `make peers`)."
+    # the warm hash cache is filled once before the rounds (provenance hashing then skipped)
+    subprocess.run([*SLMCTL, "inspect", MODEL, "--json"], env=dict(os.environ, SLMCTL_CACHE=str(warm)),
+                   capture_output=True, check=False)
+
+    def before(name: str) -> None:
+        shutil.rmtree(outs[name], ignore_errors=True)
+        shutil.rmtree(cold, ignore_errors=True)  # slmctl pays for hashing its input every time
+
+    unset = ["-u", "PYTHONPATH", "-u", "PYTHONHOME"]
+    wrapped = {k: ["env", *(unset if k == "optimum" else []), *(f"{a}={b}" for a, b in envs[k].items()), *c]
+               for k, c in cmds.items()}
+    log(f"export rounds ({BUILD_ROUNDS}): " + ", ".join(cmds))
+    try:
+        export_runs = alternate(wrapped, rounds=BUILD_ROUNDS, before=before, cwd=ROOT)
+    except RuntimeError as exc:  # the peer failing leaves slmctl's figures; slmctl failing fails the section
+        if "optimum" not in str(exc).split(" failed", 1)[0]:
+            raise
+        peer_note = f"optimum-cli export failed: {str(exc).strip().splitlines()[-1][:300]}"
+        log(peer_note)
+        cmds.pop("optimum")
+        wrapped.pop("optimum")
+        export_runs = alternate(wrapped, rounds=BUILD_ROUNDS, before=before, cwd=ROOT)
+    export = compare(export_runs, "slmctl", "optimum" if "optimum" in cmds else "slmctl")
+    export["time_ratio_warm"] = ratio(export_runs["slmctl-warm"], export_runs["optimum"]) if "optimum" in cmds else None
+    if "optimum" not in cmds:
+        export["time_ratio"] = export["rss_ratio"] = None
+    for k, c in cmds.items():
+        commands[k] = portable(" ".join(str(x) for x in c))
+    verification = json.loads((work / "fp32" / "slmctl.json").read_text())["verification"]
+    if "optimum" in cmds:
+        peer_check = verify(hf, work / "optimum" / "model.onnx")
+        log(f"optimum export vs PyTorch: {peer_check}")
+    builds: dict[str, tuple[float, float]] = {"fp32": (export["wall"]["slmctl"]["median"],
+                                                       export["rss"]["slmctl"]["median"])}
+    if "optimum" in cmds:
+        builds["optimum"] = (export["wall"]["optimum"]["median"], export["rss"]["optimum"]["median"])
+    for name, extra in (("int8", "int8"), ("int4", "int4")):
+        c = [*SLMCTL, "quantize", str(work / "fp32"), "--type", extra, "--no-report", "-o", str(work / name), "-q"]
+        r = alternate({name: c}, rounds=1, before=lambda _n, d=work / name: shutil.rmtree(d, ignore_errors=True))
+        builds[name] = (r[name][0]["wall_s"], r[name][0]["peak_rss_mib"])
+        commands[name] = portable(" ".join(c))
 
     specs = [("PyTorch fp32 (transformers)", None), ("slmctl ONNX fp32", "fp32"), ("optimum-cli ONNX fp32", "optimum"),
              ("slmctl ONNX int8 (dynamic)", "int8"), ("slmctl ONNX int4 (MatMulNBits, block 32)", "int4")]
@@ -289,13 +302,30 @@ def main() -> int:
         ok = int4["decode_tps"] > fp32["decode_tps"]
         lines.append(f"- int4 faster than fp32: {'met' if ok else 'NOT met'} "
                      f"({int4['decode_tps']:.1f} vs {fp32['decode_tps']:.1f} tok/s decode).")
-    lines.append("\nBuild commands (wall time and peak RSS of that process and its children):\n")
+    lines.append("\nBuild commands (each a fresh process through bench/timing.py: wall time with start-up, peak RSS from wait4):\n")
     for name, c in commands.items():
         lines.append(f"- {name}: `{c}`")
     if peer_note and opt is None:
         lines.append(f"\n{peer_note}")
-    (results_dir() / "onnx.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines.append(f"\nExport time, slmctl vs optimum-cli (fp32, the same sample): {BUILD_ROUNDS} alternating rounds, each "
+                 "command a fresh process, start-up included; `slmctl` hashes its input each time (empty hash cache), "
+                 "`slmctl, warm` has it cached (provenance hashing skipped). slmctl's export includes its own check "
+                 "against PyTorch (prompt + greedy decode), which optimum-cli's does not run. Ratio: slmctl / optimum.\n")
+    lines.append("| command | wall s | peak RSS MiB |")
+    lines.append("|---|---:|---:|")
+    for k in export["wall"]:
+        lines.append(f"| {k} | {fmt(export['wall'][k])} | {export['rss'][k]['median']:.0f} |")
+    lines.append(f"\nExport time ratio slmctl / optimum-cli: {fmt_ratio(export['time_ratio'])} (warm hash cache "
+                 f"{fmt_ratio(export['time_ratio_warm'])}; target <= 1.0: "
+                 + ("not judged" if export["time_ratio"] is None else "met" if export["time_ratio"] <= 1.0 else "NOT met")
+                 + f"); peak RSS ratio {fmt_ratio(export['rss_ratio'])}. " + load_note([export]))
+    md = "\n".join(lines)
+    write_results("onnx", {"model": MODEL, "threads": THREADS, "rounds": ROUNDS, "build_rounds": BUILD_ROUNDS,
+                           "decode": {n: {k: v for k, v in r.items()} for n, r in res.items()}, "export": export,
+                           "builds": builds, "commands": commands, "verification": {"slmctl": verification,
+                                                                                     "optimum": peer_check}},
+                  md, packages=("onnxruntime", "onnx", "onnxscript"))
+    print(md)
     return 0
 
 

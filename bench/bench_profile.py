@@ -4,15 +4,16 @@ Stages (all by default; name some to run only those, each under the heavy-job lo
 
   prepare   export the sample to ONNX once (bench/out/profile/onnx; reused when present)
   targets   `slmctl profile` on each target: the fp32 HF folder on torch, the fp32 ONNX on onnxruntime,
-            the sample's own Q4_1 GGUF on llamacpp; the same prompts, 20 repetitions after warm-ups
+            the sample's own Q4_1 GGUF on llamacpp; the same prompts, BENCH_REPEATS (10) repetitions after warm-ups
   sweep     `slmctl profile --sweep depth-width --params 135M --base sample:smollm2-135m --target torch`,
             plot in docs/profile-sweep-smollm2.png (+ .svg)
-  render    write bench/results/profile.md from the JSON reports in bench/out/profile
+  render    write profile.json and profile.md from the JSON reports in bench/out/profile of this run (run id:
+            SLMCTL_BENCH_RUN_ID, which `make bench` sets; set it yourself to join stages run separately)
 
   flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_profile.py prepare targets
   flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_profile.py sweep render
 
-BENCH_THREADS (default "<cores>,1") and BENCH_SWEEP_THREADS (default "<cores>,1") set the thread counts.
+BENCH_THREADS and BENCH_SWEEP_THREADS (default "<cores>"; e.g. "2,1" adds one thread) set the thread counts.
 Each CLI run is its own process; its --json report is kept (bench/out/profile/<target>.json), with the
 1-minute load average before and after the run.
 """
@@ -26,24 +27,24 @@ import sys
 import time
 from pathlib import Path
 
-from timing import results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import portable, run_id, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "profile"
-RESULT = results_dir() / "profile.md"
 PLOT = ROOT / "docs" / "profile-sweep-smollm2.png"
 SLMCTL = [sys.executable, "-m", "slmctl"]
 
-REPEATS = int(os.environ.get("BENCH_REPEATS", "20"))
+# `make bench` budget: about 6 minutes on 2 cores at these defaults
+REPEATS = int(os.environ.get("BENCH_REPEATS", "10"))
 # thread counts to profile at (SLMCTL_THREADS for every target): all cores, and one core, which a
 # neighbour's process on the other core does not stall (each parallel region's barrier waits on it)
-THREADS = [int(x) for x in os.environ.get("BENCH_THREADS", f"{os.cpu_count() or 1},1").split(",") if x.strip()]
+THREADS = [int(x) for x in os.environ.get("BENCH_THREADS", f"{os.cpu_count() or 1}").split(",") if x.strip()]
 PROFILE_ARGS = ["--ctx", "128,512", "--batch", "1,4", "--decode-ctx", "128", "--decode-tokens", "16",
                 "--repeats", str(REPEATS), "--warmup", "3"]
-SWEEP_DEPTHS = os.environ.get("BENCH_SWEEP_DEPTHS", "6,8,12,16,24,32,48")
+SWEEP_DEPTHS = os.environ.get("BENCH_SWEEP_DEPTHS", "8,16,32")
 SWEEP_ARGS = ["profile", "--sweep", "depth-width", "--params", "135M", "--base", "sample:smollm2-135m", "--target", "torch",
               "--depths", SWEEP_DEPTHS, "--ctx", "32", "--batch", "1,16", "--decode-tokens", "8",
-              "--repeats", os.environ.get("BENCH_SWEEP_REPEATS", "10"), "--warmup", "2"]
+              "--repeats", os.environ.get("BENCH_SWEEP_REPEATS", "5"), "--warmup", "2"]
 TARGETS = {  # target: (model ref, what it runs)
     "torch": ("sample:smollm2-135m", "fp32 HF folder"),
     "onnxruntime": (str(OUT / "onnx"), "fp32 ONNX with KV cache (`slmctl export --format onnx`)"),
@@ -71,7 +72,8 @@ def run(args: list[str], what: str, threads: int | None = None) -> tuple[dict | 
 
 def save(name: str, rep: dict | None, info: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps({"report": rep, "run": info}, indent=2, default=str) + "\n")
+    (OUT / f"{name}.json").write_text(json.dumps({"report": rep, "run": info, "run_id": run_id()}, indent=2,
+                                                 default=str) + "\n")
 
 
 def load(name: str) -> tuple[dict | None, dict | None]:
@@ -79,16 +81,19 @@ def load(name: str) -> tuple[dict | None, dict | None]:
     if not p.is_file():
         return None, None
     doc = json.loads(p.read_text())
+    if doc.get("run_id") != run_id():  # a stage of another run (older code): not mixed into this one
+        return None, None
     return doc["report"], doc["run"]
 
 
 def prepare() -> int:
     onnx = OUT / "onnx"
-    if onnx.is_dir() and any(onnx.glob("*.onnx")):
+    if onnx.is_dir() and any(onnx.glob("*.onnx")) and load("onnx-export")[1]:  # exported by this run
         print(f"reusing {onnx}", file=sys.stderr)
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
-    rep, info = run(["export", "sample:smollm2-135m", "--format", "onnx", "-o", str(onnx), "--json"], "onnx export")
+    rep, info = run(["export", "sample:smollm2-135m", "--format", "onnx", "-o", str(onnx), "--json", "--force"],
+                    "onnx export")
     save("onnx-export", rep, info)
     return 0 if rep is not None else 1
 
@@ -103,7 +108,7 @@ def targets() -> int:
     return 1 if bad else 0
 
 
-SWEEP_THREADS = [int(x) for x in os.environ.get("BENCH_SWEEP_THREADS", f"{os.cpu_count() or 1},1").split(",")
+SWEEP_THREADS = [int(x) for x in os.environ.get("BENCH_SWEEP_THREADS", f"{os.cpu_count() or 1}").split(",")
                  if x.strip()]
 
 
@@ -183,7 +188,7 @@ def _targets_table(th: int, lines: list[str]) -> None:
 def _sweep_section(th: int, lines: list[str]) -> None:
     rep, info = load(f"sweep-t{th}")
     if rep is not None:
-        from slmctl.profile.report import render_sweep
+        from slmctl.profiling.report import render_sweep
 
         s = rep["settings"]
         lines.append(f"### Depth-width sweep at the sample's budget ({rep['params_target']:,} parameters), "
@@ -238,9 +243,11 @@ def render() -> int:
 
     for th in SWEEP_THREADS:
         _sweep_section(th, lines)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text("\n".join(lines))
-    print(RESULT.read_text())
+    stages = {p.stem: load(p.stem) for p in sorted(OUT.glob("*.json"))}
+    write_results("profile", {"repeats": REPEATS, "threads": THREADS, "sweep_threads": SWEEP_THREADS,
+                              "stages": {k: {"report": r, "run": i} for k, (r, i) in stages.items() if i}},
+                  "\n".join(lines))
+    print("\n".join(lines))
     return 0
 
 

@@ -1,6 +1,7 @@
 """slmctl prune on the sample, side by side with llm-compressor, on the same calibration and held-out windows.
 
-Runs (BENCH_P_RUNS, a comma list; default all):
+Runs (BENCH_P_RUNS, a comma list or "all"; default: every slmctl run, and llm-compressor's Wanda and
+SparseGPT at 50%):
 - slmctl: magnitude / wanda / sparsegpt at 50% unstructured, wanda and sparsegpt 2:4, depth 25% (Block
   Influence, angular block, last layers), width 25% (heads + MLP);
 - ``width-25%-gguf``: the width-25% output exported to GGUF and evaluated by llama.cpp;
@@ -12,11 +13,12 @@ Every output is scored the same way afterwards: ``slmctl eval OUT --reference MO
 evaluation region (perplexity, KL, top-1). The timed prune runs with ``--eval-windows 0``, so the prune
 time of both tools is load + calibrate + prune + save, nothing else.
 
-Each run's result is saved under BENCH_P_OUT (bench/out/prune) as JSON, and the fragment
-bench/results/prune.md is rebuilt from all saved results whose settings match, so runs can be made one at
-a time. With BENCH_P_LOCK (e.g. /tmp/slmctl-heavy.lock) each run holds that lock (flock(2), the same
-lock as `flock FILE cmd`) while it runs, so its wall time never includes the wait for the lock.
-Settings: BENCH_P_SAMPLES (32), BENCH_P_SEQLEN (256), BENCH_P_WINDOWS (8), BENCH_P_CTX (256).
+A slmctl run whose llm-compressor counterpart is selected alternates with it over BENCH_ROUNDS rounds
+(default 3), each command a fresh process (bench/timing.py); the others run once. Each run's result is
+saved under BENCH_P_OUT (bench/out/prune) as JSON with the run id, and the fragment (prune.json, prune.md)
+is built from this run's results only, never from runs of older code. With BENCH_P_LOCK (e.g.
+/tmp/slmctl-heavy.lock) each run holds that lock while it runs, so its wall time never includes the wait.
+Settings: BENCH_P_SAMPLES (16), BENCH_P_SEQLEN (256), BENCH_P_WINDOWS (8), BENCH_P_CTX (256).
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from timing import PEERS, heavy as _heavy, timed, results_dir, portable  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, alternate, compare, fmt, fmt_ratio, heavy as _heavy, load_note, portable, \
+    run_id, timed, write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
-SAMPLES, SEQLEN, WINDOWS, CTX = E("BENCH_P_SAMPLES", "32"), E("BENCH_P_SEQLEN", "256"), E("BENCH_P_WINDOWS", "8"), \
+SAMPLES, SEQLEN, WINDOWS, CTX = E("BENCH_P_SAMPLES", "16"), E("BENCH_P_SEQLEN", "256"), E("BENCH_P_WINDOWS", "8"), \
     E("BENCH_P_CTX", "256")
 OUT = Path(E("BENCH_P_OUT", str(ROOT / "bench" / "out" / "prune")))
 LOCK = E("BENCH_P_LOCK", "")
@@ -56,7 +60,12 @@ SLM_RUNS = {  # name -> prune arguments
 PEER_RUNS = {"llmc-wanda-50": ("wanda", "0:0"), "llmc-sparsegpt-50": ("sparsegpt", "0:0"),
              "llmc-wanda-2:4": ("wanda", "2:4"), "llmc-sparsegpt-2:4": ("sparsegpt", "2:4")}
 ORDER = [*SLM_RUNS, "width-25%-gguf", *PEER_RUNS]
-SELECTED = [r for r in E("BENCH_P_RUNS", ",".join(ORDER)).split(",") if r]
+# `make bench` runs these (about 8 minutes on 2 cores); BENCH_P_RUNS=all (or a comma list) for more
+DEFAULT = [*SLM_RUNS, "width-25%-gguf", "llmc-wanda-50", "llmc-sparsegpt-50"]
+_sel = E("BENCH_P_RUNS", ",".join(DEFAULT))
+SELECTED = [r for r in (",".join(ORDER) if _sel == "all" else _sel).split(",") if r]
+# a slmctl run and the llm-compressor run of the same method alternate over this many rounds
+ROUNDS = int(E("BENCH_ROUNDS", "3"))
 
 # llm-compressor 0.14: oneshot() with a modifier; the dataset is already tokenised (input_ids), so it is
 # used as it is; the sequential pipeline calibrates and prunes one decoder layer at a time, like slmctl.
@@ -134,12 +143,16 @@ def src_path() -> str:
     return str(load_artifact(MODEL)[1])
 
 
-def run_slmctl(name: str) -> dict:
+def slmctl_cmd(name: str) -> tuple[list[str], Path]:
     out = OUT / name.replace(":", "-").replace("%", "")
-    cmd = [*SLMCTL, "prune", MODEL, "-o", str(out), *SLM_RUNS[name], "--samples", SAMPLES, "--seqlen", SEQLEN,
-           "--data", "sample:shakespeare", "--eval-windows", "0", "--force", "--json", "-q"]
-    r, wall, rss = run(cmd)
-    rep = json.loads(r.stdout)
+    return [*SLMCTL, "prune", MODEL, "-o", str(out), *SLM_RUNS[name], "--samples", SAMPLES, "--seqlen", SEQLEN,
+            "--data", "sample:shakespeare", "--eval-windows", "0", "--force", "--json", "-q"], out
+
+
+def run_slmctl(name: str, measured: tuple | None = None) -> dict:
+    cmd, out = slmctl_cmd(name)
+    stdout, wall, rss = measured or (lambda r, w, m: (r.stdout, w, m))(*run(cmd))
+    rep = json.loads(stdout)
     res = {"cmd": show(cmd), "wall_s": wall, "rss_mib": rss, "prune_s": rep["prune_seconds"],
            "params_before": rep["parameters_before"], "params_after": rep["parameters_after"],
            **evaluate(str(out), src_path())}
@@ -167,7 +180,7 @@ def run_gguf() -> dict:
             "rss_mib": rss, **e, "note": f"llama.cpp ({e['eval_backend']}) runs the exported GGUF"}
 
 
-def run_peer(name: str) -> dict:
+def peer_cmd(name: str) -> tuple[list[str], Path]:
     if not PEER.is_file():
         raise RuntimeError(f"{PEER} does not exist: build it with `make {PEER.parent.parent}/.ok`")
     from slmctl.api import load_artifact
@@ -181,11 +194,15 @@ def run_peer(name: str) -> dict:
     (OUT / "peer.py").write_text(PEER_SCRIPT)
     which, mask = PEER_RUNS[name]
     out = OUT / name.replace(":", "-")
-    cmd = [str(PEER), str(OUT / "peer.py"), str(src), str(out), str(OUT / "ids.json"), which, mask]
-    r, wall, rss = run(cmd)
-    info = json.loads(r.stdout.strip().splitlines()[-1])
+    return [str(PEER), str(OUT / "peer.py"), str(src), str(out), str(OUT / "ids.json"), which, mask], out
+
+
+def run_peer(name: str, measured: tuple | None = None) -> dict:
+    cmd, out = peer_cmd(name)
+    stdout, wall, rss = measured or (lambda r, w, m: (r.stdout, w, m))(*run(cmd))
+    info = json.loads(stdout.strip().splitlines()[-1])
     return {"cmd": show(cmd), "wall_s": wall, "rss_mib": rss, "prune_s": info["total_s"], "peer": info,
-            **evaluate(str(out), str(src)), "note": f"llm-compressor {info['llmcompressor']}, "
+            **evaluate(str(out), src_path()), "note": f"llm-compressor {info['llmcompressor']}, "
                                                     f"transformers {info['transformers']}"}
 
 
@@ -193,27 +210,52 @@ def result_file(name: str) -> Path:
     return OUT / "results" / (name.replace(":", "-").replace("%", "") + ".json")
 
 
+def run_pair(name: str, peer: str) -> tuple[dict, dict]:
+    """slmctl's run and llm-compressor's of the same method, alternating over ROUNDS rounds (fresh processes,
+    the outputs removed before each), then each output evaluated once."""
+    (a, out_a), (b, out_b) = slmctl_cmd(name), peer_cmd(peer)
+    outs = {name: out_a, peer: out_b}
+    runs = alternate({name: a, peer: b}, rounds=ROUNDS, before=lambda n: shutil.rmtree(outs[n], ignore_errors=True),
+                     cwd=ROOT)
+    timing = compare(runs, name, peer)
+    got = {}
+    for n, fn in ((name, run_slmctl), (peer, run_peer)):
+        got[n] = fn(n, (runs[n][-1]["stdout"], timing["wall"][n]["median"], timing["rss"][n]["median"]))
+        got[n].update(wall=timing["wall"][n], rounds=timing["runs"][n])
+    got[name].update(time_ratio=timing["time_ratio"], rss_ratio=timing["rss_ratio"], peer=peer)
+    return got[name], got[peer]
+
+
 def main() -> int:
     (OUT / "results").mkdir(parents=True, exist_ok=True)
+    unknown = [n for n in SELECTED if n not in ORDER]
+    if unknown:
+        raise SystemExit(f"unknown run(s) {unknown}; valid: {', '.join(ORDER)}")
+    pairs = [(n, f"llmc-{n}") for n in SLM_RUNS if n in SELECTED and f"llmc-{n}" in SELECTED]
+    paired = {x for p in pairs for x in p}
+    jobs = [(n,) for n in SELECTED if n not in paired] + pairs
     failed = []
-    for name in SELECTED:
-        if name not in ORDER:
-            raise SystemExit(f"unknown run {name!r}; valid: {', '.join(ORDER)}")
+    for job in jobs:
         try:
             with heavy():
                 load = load_avg()
                 t = time.time()
-                res = run_slmctl(name) if name in SLM_RUNS else run_gguf() if name == "width-25%-gguf" \
-                    else run_peer(name)
-            res.update(name=name, settings=SETTINGS, load_before=load, load_after=load_avg(), finished=time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                              time.gmtime()))
-            result_file(name).write_text(json.dumps(res, indent=1))
-            print(f"{name}: ppl {res['ppl']:.3f}, {res['wall_s']:.0f} s ({time.time() - t:.0f} s with eval)",
-                  file=sys.stderr)
+                if len(job) == 2:
+                    got = dict(zip(job, run_pair(*job)))
+                else:
+                    name = job[0]
+                    got = {name: run_slmctl(name) if name in SLM_RUNS else run_gguf() if name == "width-25%-gguf"
+                           else run_peer(name)}
+            for name, res in got.items():
+                res.update(name=name, settings=SETTINGS, run_id=run_id(), load_before=load, load_after=load_avg(),
+                           finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                result_file(name).write_text(json.dumps(res, indent=1, default=str))
+                print(f"{name}: ppl {res['ppl']:.3f}, {res['wall_s']:.0f} s ({time.time() - t:.0f} s with eval)",
+                      file=sys.stderr)
         except RuntimeError as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-            failed.append(name)
-        write()
+            print(f"{' + '.join(job)}: {exc}", file=sys.stderr)
+            failed.extend(job)
+    write()
     return 1 if failed else 0
 
 
@@ -223,7 +265,7 @@ def write() -> None:
         f = result_file(name)
         if f.is_file():
             r = json.loads(f.read_text())
-            if r.get("settings") == SETTINGS:
+            if r.get("settings") == SETTINGS and r.get("run_id") == run_id():  # this run's results only
                 res[name] = r
     dense = next((r["dense_ppl"] for r in res.values() if "dense_ppl" in r), None)
     L = ["## prune (SmolLM2-135M-Instruct, fp32)\n",
@@ -232,9 +274,11 @@ def write() -> None:
          f"--windows {WINDOWS}` on the held-out evaluation region, for every output alike"
          + (f"; dense perplexity {dense:.3f}." if dense else "."),
          "Time: wall seconds of the prune command alone (`--eval-windows 0`; for llm-compressor the script that loads "
-         "the model, runs `oneshot` and saves), each run holding the machine's heavy-job lock (2 cores; load average "
-         "before / after each run in the last column: above 2 means work outside the lock was running too; "
-         "the eval of every output is the same work, about 15 s on an idle machine, so a longer one flags a busy run).\n",
+         "the model, runs `oneshot` and saves), each a fresh process (bench/timing.py, start-up included, slmctl's "
+         f"input hashing for the provenance record included). A slmctl run and llm-compressor's run of the same method "
+         f"alternate over {ROUNDS} rounds (median [min-max] of the uncontended rounds); the other rows run once. "
+         "Load average (1/5/15 min) before / after each run in the last column; the eval of every output is the "
+         "same work, so a longer one flags a busy run.\n",
          "| run | ppl | KL mean | top-1 % | parameters | prune wall s | peak RSS MiB | eval s | note | load |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
@@ -245,7 +289,7 @@ def write() -> None:
         label = name.removeprefix("llmc-")
         params = f"{r['params_after']:,}" if "params_after" in r else ""
         L.append(f"| {who} {label} | {r['ppl']:.3f} | {r['kld']:.4f} | {r['top1']:.1f} | {params} | "
-                 f"{r['wall_s']:.0f} | {r['rss_mib']:.0f} | {r['eval_s']:.0f} | {r.get('note', '')} | {r['load_before']}"
+                 f"{fmt(r['wall'], 0) if 'wall' in r else format(r['wall_s'], '.0f')} | {r['rss_mib']:.0f} | {r['eval_s']:.0f} | {r.get('note', '')} | {r['load_before']}"
                  + (f" / {r['load_after']}" if "load_after" in r else "") + " |")
     L.append("\nWhat the figures say (computed from the table):\n")
 
@@ -265,7 +309,8 @@ def write() -> None:
             d = (a["ppl"] / b["ppl"] - 1) * 100
             verdict = "within 2% or better" if d <= 2.0 else "MISSED the 2% target"
             L.append(f"- {m}: slmctl / llm-compressor perplexity {a['ppl']:.3f} / {b['ppl']:.3f} ({d:+.2f}%, {verdict}); "
-                     f"time {a['wall_s']:.0f} s / {b['wall_s']:.0f} s (ratio {a['wall_s'] / b['wall_s']:.2f})")
+                     f"time {a['wall_s']:.0f} s / {b['wall_s']:.0f} s (ratio {fmt_ratio(a.get('time_ratio'))}, "
+                     f"peak RSS ratio {fmt_ratio(a.get('rss_ratio'))})")
     if ppl("depth-bi-25%") and ppl("depth-last-25%"):
         L.append(f"- depth 25%: Block Influence {ppl('depth-bi-25%'):.2f} vs last layers {ppl('depth-last-25%'):.4g}"
                  + (f", angular block {ppl('depth-angular-25%'):.2f}" if ppl("depth-angular-25%") else ""))
@@ -290,7 +335,10 @@ def write() -> None:
         if name in res:
             cmd = res[name]["cmd"].replace(".venv/bin/python -m slmctl ", "slmctl ")
             L.append(f"- {name}: `{cmd}`")
-    (results_dir() / "prune.md").write_text("\n".join(L) + "\n")
+    pair_timing = [{"runs": {n: res[n]["rounds"]}} for n in res if "rounds" in res[n]]
+    if pair_timing:
+        L.append("\n" + load_note(pair_timing))
+    write_results("prune", {"settings": SETTINGS, "rounds": ROUNDS, "results": res}, "\n".join(L))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import shutil
 import time
 from pathlib import Path
 
-from timing import PEERS, timed, results_dir  # noqa: E402  (bench/ is on sys.path when run as a script)
+from timing import PEERS, alternate, compare, fmt, fmt_ratio, load_note, portable, timed, \
+    write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = os.environ.get("BENCH_Q_SAMPLES", "32")
@@ -36,8 +37,11 @@ METHODS = os.environ.get("BENCH_Q_METHODS", "rtn,gptq,awq").split(",")
 # g64 (bench/results/quantize_g64.md). BENCH_Q_GROUP=N runs only one pass, at group size N.
 GROUPS = [int(os.environ["BENCH_Q_GROUP"])] if os.environ.get("BENCH_Q_GROUP") else [128, 64]
 MODEL = "sample:smollm2-135m"
+PEER_ROW = "llm-compressor GPTQ W4A16"
 PEER = Path(os.environ.get("BENCH_LLMCOMPRESSOR_PYTHON", str(PEERS / "llmcompressor/bin/python")))
 OUT_ROOT = Path(os.environ.get("BENCH_Q_OUT", Path(__file__).resolve().parent / "out"))
+# the GPTQ side by side with llm-compressor alternates over this many rounds (the other rows run once)
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 # llm-compressor's own one-shot GPTQ on the same windows slmctl draws (passed as token ids)
 PEER_SCRIPT = r'''
@@ -75,10 +79,6 @@ def ppl(ref: str) -> float | None:
     return json.loads(r.stdout)["ppl"]
 
 
-def _load() -> str:
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def main() -> int:
     ok = True
     for group in GROUPS:
@@ -93,23 +93,14 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
-    load_start, t_start = _load(), time.time()
+    t_start = time.time()
     base = ppl(MODEL)
     print(f"fp32: ppl {base}", file=sys.stderr)
-    rows = []
-    for m in METHODS:
-        out = OUT / m
-        r, wall, rss = timed(slm("quantize", MODEL, "--method", m, "-g", str(GROUP), "--sym", "-o", str(out),
-                                 "--data", "sample:shakespeare", "--samples", SAMPLES, "--seq-len", SEQLEN,
-                                 "--no-report", "--quiet"))
-        if r.returncode:
-            print(f"slmctl {m} failed: {r.stderr.strip()[-600:]}", file=sys.stderr)
-            continue
-        p = ppl(str(out))
-        rows.append((f"slmctl {m}", p, wall, rss))
-        print(f"slmctl {m}: ppl {p}, {wall:.0f} s, {rss:.0f} MiB", file=sys.stderr)
-    peer = None
+    rows, timing = [], {}
     peer_error = None
+    cmds = {f"slmctl {m}": slm("quantize", MODEL, "--method", m, "-g", str(GROUP), "--sym", "-o", str(OUT / m),
+                               "--data", "sample:shakespeare", "--samples", SAMPLES, "--seq-len", SEQLEN,
+                               "--no-report", "--quiet", "--force") for m in METHODS}
     if PEER.is_file():
         from slmctl.api import load_artifact
         from slmctl.eval.backends import load_tokenizer
@@ -121,18 +112,38 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
                                       seq_len=int(SEQLEN), seed=0)
         (OUT / "ids.json").write_text(json.dumps(wins))
         (OUT / "peer.py").write_text(PEER_SCRIPT)
-        r, wall, rss = timed([str(PEER), str(OUT / "peer.py"), str(path), str(OUT / "llmc"), str(OUT / "ids.json"),
-                              str(GROUP)],
-                             cwd=OUT)
-        if r.returncode == 0:
-            peer = (ppl(str(OUT / "llmc")), wall, rss)
-            rows.append(("llm-compressor GPTQ W4A16", *peer))
-            print(f"llm-compressor: ppl {peer[0]}, {wall:.0f} s, {rss:.0f} MiB", file=sys.stderr)
+        peer_cmd = [str(PEER), str(OUT / "peer.py"), str(path), str(OUT / "llmc"), str(OUT / "ids.json"), str(GROUP)]
+        # llm-compressor refuses a group size that does not divide every linear's input width: then it runs once,
+        # so that the row says why
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        fits = all(cfg.get(k, 0) % GROUP == 0 for k in ("hidden_size", "intermediate_size"))
+        r = None if fits else timed(peer_cmd, cwd=OUT)[0]
+        if r is None or r.returncode == 0:
+            cmds[PEER_ROW] = peer_cmd
         else:
-            own = r.stderr.split("Command exited with non-zero status")[0].split("\tCommand being timed")[0].strip()
+            own = r.stderr.split("Command exited with non-zero status")[0].strip()
             errs = [ln for ln in own.splitlines() if re.match(r"[A-Za-z_.]*(Error|Exception)\b", ln)]
             peer_error = errs[-1:] or own.splitlines()[-1:] or [f"exit status {r.returncode}"]
             print(f"llm-compressor failed: {own[-600:]}", file=sys.stderr)
+    outs = {n: OUT / ("llmc" if n == PEER_ROW else n.split()[-1]) for n in cmds}
+
+    def before(name: str) -> None:
+        shutil.rmtree(outs[name], ignore_errors=True)
+
+    pair = [n for n in ("slmctl gptq", PEER_ROW) if n in cmds]
+    if len(pair) == 2:  # the comparison with the peer: alternating rounds
+        timing["gptq"] = compare(alternate({n: cmds[n] for n in pair}, rounds=ROUNDS, before=before, cwd=OUT),
+                                 "slmctl gptq", PEER_ROW)
+    for n in cmds:
+        if not any(n in t["runs"] for t in timing.values()):  # a row without a peer: one run
+            timing[n] = {k: v for k, v in compare(alternate({n: cmds[n]}, rounds=1, before=before, cwd=OUT), n, n).items()
+                         if not k.endswith("_ratio")}
+    for n in cmds:
+        t = next(t for t in timing.values() if n in t["runs"])
+        p = ppl(str(outs[n]))
+        rows.append((n, p, t["wall"][n], t["rss"][n]))
+        print(f"{n}: ppl {p}, {t['wall'][n]['median']:.0f} s, {t['rss'][n]['median']:.0f} MiB", file=sys.stderr)
+    peer = next((r for r in rows if r[0] == PEER_ROW), None)
     minutes = (time.time() - t_start) / 60
     lines = [f"## quantize: w4 g{GROUP} symmetric on SmolLM2-135M" + ("" if GROUP == 128 else
                                                                        ", side by side with llm-compressor"), ""]
@@ -149,14 +160,14 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
               + f", ignore=[\"lm_head\"])` (group {GROUP}, symmetric, static act-order, damping 0.01, "
               f"as slmctl's defaults) on the same {SAMPLES} token windows, evaluated by the same `slmctl eval`.")
              if base else "fp32 evaluation failed.", "",
-             "| run | perplexity | increase over fp32 | vs RTN increase | wall s | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| run | perplexity | increase over fp32 | vs RTN increase | wall s | peak RSS MiB | rounds |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     rtn_inc = next(((p / base - 1) for n, p, _, _ in rows if n == "slmctl rtn" and p and base), None)
     for name, p, wall, rss in rows:
         inc = (p / base - 1) if (p and base) else None
         rel = f"{inc / rtn_inc:.2f}x" if (inc is not None and rtn_inc) else "-"
-        lines.append(f"| {name} | {p:.4f} | {inc * 100:+.2f}% | {rel} | {wall:.0f} | {rss:.0f} |"
-                     if p else f"| {name} | failed | | | {wall:.0f} | {rss:.0f} |")
+        lines.append(f"| {name} | {p:.4f} | {inc * 100:+.2f}% | {rel} | {fmt(wall, 0)} | {rss['median']:.0f} | {wall['n']} |"
+                     if p else f"| {name} | failed | | | {fmt(wall, 0)} | {rss['median']:.0f} | {wall['n']} |")
     got = {n: (p, w, r) for n, p, w, r in rows}
     checks = []
     g, a, rt = got.get("slmctl gptq"), got.get("slmctl awq"), got.get("slmctl rtn")
@@ -169,10 +180,11 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
         rel = g[0] / peer[0] - 1
         checks.append(f"slmctl GPTQ perplexity vs llm-compressor's: {rel * 100:+.2f}% (target <= +1%): "
                       f"{'met' if rel <= 0.01 else 'MISSED'}")
-        checks.append(f"wall time ratio slmctl/llm-compressor {g[1] / peer[1]:.2f} (target <= 1.0): "
-                      f"{'met' if g[1] <= peer[1] else 'MISSED'}")
-        checks.append(f"peak RSS ratio slmctl/llm-compressor {g[2] / peer[2]:.2f} (target <= 1.0): "
-                      f"{'met' if g[2] <= peer[2] else 'MISSED'}")
+        tr, rr = timing["gptq"]["time_ratio"], timing["gptq"]["rss_ratio"]
+        checks.append(f"wall time ratio slmctl/llm-compressor {fmt_ratio(tr)} (target <= 1.0): "
+                      f"{'not judged' if tr is None else 'met' if tr <= 1.0 else 'MISSED'}")
+        checks.append(f"peak RSS ratio slmctl/llm-compressor {fmt_ratio(rr)} (target <= 1.0): "
+                      f"{'not judged' if rr is None else 'met' if rr <= 1.0 else 'MISSED'}")
     if checks:
         lines += [""] + [f"- {c}" for c in checks]
     if peer is None and peer_error:
@@ -182,11 +194,16 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
                      "size 576 is 4.5 x 128: the g64 section compares both tools)" if GROUP == 128 else "")]
     elif peer is None:
         lines += ["", "llm-compressor was not run: it needs its own environment (it pins transformers <= 5.17) at "
-                  f"{PEER}; see docs/quantize.md."]
-    lines += ["", f"Shared 2-core machine, run under the heavy-job lock (one benchmark at a time); load average "
-              f"(1/5/15 min) {load_start} at the start and {_load()} at the end of this {minutes:.0f}-minute run. "
-              "Wall times are only comparable within one run."]
-    (results_dir() / f"{RESULT}.md").write_text("\n".join(lines) + "\n")
+                  f"{portable(PEER)}; see docs/quantize.md."]
+    lines += ["", f"Wall time and peak RSS: each command a fresh process (bench/timing.py), start-up and the "
+              f"hashing of its input for the provenance record included; slmctl GPTQ and llm-compressor alternate "
+              f"over {ROUNDS} rounds (median [min-max] of the uncontended rounds), the other rows run once "
+              f"(`rounds` column). This pass took {minutes:.0f} minutes. " + load_note(list(timing.values()))]
+    write_results(RESULT, {"group": GROUP, "samples": int(SAMPLES), "seq_len": int(SEQLEN), "windows": int(WINDOWS),
+                           "ctx": int(CTX), "fp32_ppl": base, "rounds": ROUNDS,
+                           "rows": [{"run": n, "ppl": p} for n, p, _, _ in rows], "timing": timing,
+                           "peer_error": peer_error, "commands": {n: portable(" ".join(c)) for n, c in cmds.items()}},
+                  "\n".join(lines), packages=("compressed-tensors",))
     return bool(rows)
 
 

@@ -8,6 +8,11 @@ when every section of the invocation succeeded: a failed run keeps the previous 
     python bench/run.py              # every section
     python bench/run.py gguf merge   # some sections (make bench ONLY="gguf merge")
     python bench/run.py --collect    # rebuild docs/benchmarks.md from bench/results/, run nothing
+    python bench/run.py --list       # the sections in run order, with their budgets
+
+Sections run in ORDER (the rest after, by name); each section's wall time is printed, recorded in its JSON
+(``section_seconds``) and in bench/results/run.json (the last run: id, sections, failures, minutes), and
+compared with its budget (BUDGET_MIN, agreed for one `make bench` on the 2-core machine: about 50 minutes).
 """
 
 from __future__ import annotations
@@ -28,8 +33,16 @@ RESULTS = BENCH / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
+# run order and minutes per section on the 2-core machine at each script's defaults (smoke-measured; the
+# sections' owners agreed them). A section over its budget is reported, not stopped.
+BUDGET_MIN = {"gguf": 6, "merge": 4, "onnx": 6, "quantize": 8, "prune": 8, "distill": 8, "eval": 2, "profile": 5,
+              "calib": 4, "gguf_quant": 4, "scale": 4}
+ORDER = list(BUDGET_MIN)
+
+
 def sections() -> dict[str, Path]:
-    return {s.stem.removeprefix("bench_"): s for s in sorted(BENCH.glob("bench_*.py"))}
+    found = {s.stem.removeprefix("bench_"): s for s in sorted(BENCH.glob("bench_*.py"))}
+    return {n: found[n] for n in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))}
 
 
 def render() -> str:
@@ -64,6 +77,11 @@ def main(argv: list[str]) -> int:
     if "--collect" in argv:
         DOC.write_text(render())
         return 0
+    if "--list" in argv:
+        for n in sections():
+            print(f"{n}\t{BUDGET_MIN.get(n, '?')} min")
+        print(f"total\t{sum(BUDGET_MIN.get(n, 0) for n in sections())} min")
+        return 0
     all_sections = sections()
     only = [a for a in argv if not a.startswith("-")] + os.environ.get("ONLY", "").split()
     unknown = sorted(set(only) - set(all_sections))
@@ -73,7 +91,7 @@ def main(argv: list[str]) -> int:
     todo = {n: s for n, s in all_sections.items() if not only or n in only}
     rid = run_id()
     stage = BENCH / "out" / f"results-{rid}"
-    failed = []
+    failed, took = [], {}
     for name, script in todo.items():
         sec_stage = stage / name
         sec_stage.mkdir(parents=True, exist_ok=True)
@@ -81,19 +99,32 @@ def main(argv: list[str]) -> int:
         print(f"== bench {name} (run {rid})", file=sys.stderr, flush=True)
         t = time.time()
         r = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env)
-        print(f"== bench {name}: exit {r.returncode} in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+        took[name] = time.time() - t
+        budget = BUDGET_MIN.get(name)
+        over = f" (over its {budget}-minute budget)" if budget and took[name] > 60 * budget else ""
+        print(f"== bench {name}: exit {r.returncode} in {took[name]:.0f} s{over}", file=sys.stderr, flush=True)
         produced = sorted(sec_stage.iterdir())
         if r.returncode or not any(p.suffix == ".md" for p in produced):
             failed.append(name)
             continue
         RESULTS.mkdir(exist_ok=True)
         for p in produced:
+            if p.suffix == ".json":  # the section's own duration goes into its record
+                with open(p) as f:
+                    doc = json.load(f)
+                p.write_text(json.dumps({**doc, "section_seconds": round(took[name], 1)}, indent=1) + "\n")
             shutil.copy2(p, RESULTS / p.name)
         if not (RESULTS / f"{name}.json").exists() or json.loads((RESULTS / f"{name}.json").read_text()).get("run_id") != rid:
             # a section that writes only its Markdown still gets its run recorded
             (RESULTS / f"{name}.json").write_text(json.dumps(
                 {"section": name, "run_id": rid, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  "machine": machine()}, indent=1) + "\n")
+    (RESULTS / "run.json").write_text(json.dumps(
+        {"run_id": rid, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "sections": list(todo),
+         "failed": failed, "minutes": {n: round(v / 60, 1) for n, v in took.items()},
+         "total_minutes": round(sum(took.values()) / 60, 1)}, indent=1) + "\n")
+    print(f"bench run {rid}: {sum(took.values()) / 60:.1f} minutes; " + ", ".join(f"{n} {v / 60:.1f}" for n, v in took.items()),
+          file=sys.stderr)
     if failed:
         print(f"bench run {rid} failed in: {', '.join(failed)}; docs/benchmarks.md and the previous results of "
               f"those sections are kept", file=sys.stderr)

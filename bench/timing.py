@@ -32,8 +32,8 @@ CONTENDED_CORES = float(os.environ.get("BENCH_CONTENDED_CORES", "0.5"))
 def portable(text: str) -> str:
     """A command or path as the committed results show it: the project folder relative, the home folder
     and the temporary folder as variables, so no path of this machine lands in a committed file."""
-    text = str(text).replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
-    text = text.replace(sys.executable, "python")
+    text = str(text).replace(sys.executable, "python")
+    text = text.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
     text = text.replace(tempfile.gettempdir() + "/", "$TMPDIR/")
     return text.replace(str(Path.home()) + "/", "~/")
 
@@ -106,6 +106,39 @@ def ratio(a: list[dict], b: list[dict], key: str = "wall_s") -> float | None:
     return sa["median"] / sb["median"]
 
 
+def fmt(s: dict, digits: int = 1) -> str:
+    """A stats() result as "median [min-max]", marked when every round was contended."""
+    star = " (contended)" if s["contended"] else ""
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]{star}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "not reported (contended)" if x is None else f"{x:.2f}x"
+
+
+def compare(runs: dict[str, list[dict]], ours: str, peer: str) -> dict:
+    """What a section records for one alternating comparison: the rounds (without their output), wall time and
+    peak RSS stats per command, and slmctl / peer ratios (None where the rounds were contended)."""
+    return {"runs": {k: [{kk: vv for kk, vv in r.items() if kk not in ("stdout", "stderr")} for r in v]
+                     for k, v in runs.items()},
+            "wall": {k: stats(v) for k, v in runs.items()},
+            "rss": {k: stats(v, "peak_rss_mib") for k, v in runs.items()},
+            "time_ratio": ratio(runs[ours], runs[peer]),
+            "rss_ratio": ratio(runs[ours], runs[peer], "peak_rss_mib")}
+
+
+def load_note(entries: list[dict]) -> str:
+    """One sentence on how quiet the machine was over the recorded rounds of ``entries`` (compare() results)."""
+    rs = [x for e in entries for v in e["runs"].values() for x in v]
+    if not rs:
+        return ""
+    loads = [x["load_before"][0] for x in rs] + [x["load_after"][0] for x in rs]
+    other = [x["other_cores"] or 0 for x in rs]
+    return (f"1-minute load average before/after the commands: {min(loads):.2f}-{max(loads):.2f} ({CORES} cores); "
+            f"other processes' CPU during them: {min(other):.2f}-{max(other):.2f} cores (a round above "
+            f"{CONTENDED_CORES} is rerun, then marked, and gives no ratio).")
+
+
 def machine() -> dict:
     """CPU model, cores, memory and OS of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -142,7 +175,9 @@ def run_id() -> str:
     if rid:
         return rid
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + (f"-{sha}" if sha else "")
+    rid = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + (f"-{sha}" if sha else "")
+    os.environ["SLMCTL_BENCH_RUN_ID"] = rid  # one id for the whole process (and the commands it starts)
+    return rid
 
 
 def results_dir() -> Path:
@@ -161,9 +196,10 @@ def write_results(section: str, data: dict, markdown: str | None = None, package
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": machine(), "versions": versions(*packages), **data}
     path = d / f"{section}.json"
-    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    # no path of this machine in a committed file: the project, temporary and home folders as variables
+    path.write_text(portable(json.dumps(doc, indent=1, default=str)) + "\n")
     if markdown is not None:
-        (d / f"{section}.md").write_text(markdown.rstrip() + "\n")
+        (d / f"{section}.md").write_text(portable(markdown.rstrip()) + "\n")
     return path
 
 

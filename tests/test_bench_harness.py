@@ -65,6 +65,9 @@ def test_failed_section_keeps_previous_results(bench, tmp_path, monkeypatch):
     assert doc.read_text() == "previous doc\n"  # a failed run does not rewrite the page
     assert (results / "bad.md").read_text() == "## bad\n\nthe previous figures\n"
     assert json.loads((results / "ok.json").read_text())["run_id"] == "test-run-1"
+    last = json.loads((results / "run.json").read_text())  # the run's record says what failed and how long each took
+    assert last["run_id"] == "test-run-1" and last["failed"] == ["bad"] and set(last["minutes"]) == {"ok", "bad"}
+    assert json.loads((results / "ok.json").read_text())["section_seconds"] >= 0
     assert run.main(["nosuch"]) == 2
     monkeypatch.setenv("SLMCTL_BENCH_RUN_ID", "test-run-2")
     assert run.main(["ok"]) == 0
@@ -72,3 +75,22 @@ def test_failed_section_keeps_previous_results(bench, tmp_path, monkeypatch):
     assert "## ok" in text and "test-run-2" in text and "the previous figures" in text
     meta = json.loads((results / "ok.json").read_text())
     assert meta["run_id"] == "test-run-2" and meta["ratio"] == 0.5 and meta["machine"]["cores"] >= 1
+
+
+def test_results_carry_no_path_of_this_machine(bench, tmp_path, monkeypatch):
+    timing, _ = bench
+    monkeypatch.setenv("SLMCTL_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setenv("SLMCTL_BENCH_RUN_ID", "test-run-3")
+    here = str(timing.ROOT / "bench" / "out" / "x")
+    timing.write_results("p", {"cmd": f"{sys.executable} -m slmctl export {here}"}, markdown=f"`{here}`")
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["cmd"] == "python -m slmctl export bench/out/x", doc["cmd"]
+    assert (tmp_path / "p.md").read_text() == "`bench/out/x`\n"
+    runs = {"a": [{"wall_s": 2.0, "peak_rss_mib": 10.0, "contended": False, "stdout": "x", "load_before": [0.1] * 3,
+                   "load_after": [0.2] * 3, "other_cores": 0.0}],
+            "b": [{"wall_s": 4.0, "peak_rss_mib": 40.0, "contended": True, "stdout": "y", "load_before": [3.0] * 3,
+                   "load_after": [3.0] * 3, "other_cores": 1.5}]}
+    c = timing.compare(runs, "a", "b")
+    assert "stdout" not in c["runs"]["a"][0] and c["wall"]["a"]["median"] == 2.0
+    assert c["time_ratio"] is None and c["rss_ratio"] is None  # a contended side gives no ratio
+    assert "(contended)" in timing.fmt(c["wall"]["b"]) and timing.fmt_ratio(None).startswith("not reported")
