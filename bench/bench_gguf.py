@@ -136,6 +136,12 @@ def render(data: list[dict], src: Path) -> str:
                  f"{_fmt(w['slmctl-warm'])} | {_fmt(w['convert'])} | {_r(e['time_ratio'])} ({_r(e['time_ratio_warm'])}) | "
                  f"{r['slmctl']['median']:.0f} | {r['convert']['median']:.0f} | {_r(e['rss_ratio'])} | "
                  f"{e['identical_tensors'][0]}/{e['identical_tensors'][1]} |")
+    L += ["", "Target: slmctl at most 0.5x the converter's wall time and peak RSS, at every size and type."]
+    for e in data:
+        t, r = e["time_ratio"], e["rss_ratio"]
+        verdict = "not judged (contended)" if t is None or r is None else \
+            "met" if t <= 0.5 and r <= 0.5 else "NOT met"
+        L.append(f"- {e['shape']} {e['outtype']}: time {_r(t)}, RSS {_r(r)}: {verdict}")
     L += ["", load_note(data)]
     return "\n".join(L)
 
