@@ -9,7 +9,7 @@ RSS of the building process (slmctl export vs optimum-cli export). optimum's exp
 against PyTorch with the same prompt + greedy-decode comparison slmctl's export runs on itself.
 
 Every runtime gets the same threads (BENCH_ONNX_THREADS, default: all cores) and runs alone, one
-after the other, in this process, for BENCH_ONNX_ROUNDS rounds (default 5) in a rotating order; the
+after the other, in this process, for BENCH_ONNX_ROUNDS rounds (default 3) in a rotating order; the
 fragment gives medians and ranges. BENCH_ONNX_DECODE (default 128) decode tokens, BENCH_ONNX_PREFILL
 (default 512) prompt tokens, BENCH_ONNX_WORK the work folder. Writes bench/results/onnx.md.
 """
@@ -36,7 +36,7 @@ MODEL = os.environ.get("BENCH_ONNX_MODEL", "sample:smollm2-135m")
 PREFILL = int(os.environ.get("BENCH_ONNX_PREFILL", "512"))
 DECODE = int(os.environ.get("BENCH_ONNX_DECODE", "128"))
 REPEATS = int(os.environ.get("BENCH_ONNX_REPEATS", "1"))
-ROUNDS = int(os.environ.get("BENCH_ONNX_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ONNX_ROUNDS", "3"))
 # the export (slmctl vs optimum-cli) alternates over this many rounds, each a fresh process
 BUILD_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 THREADS = int(os.environ.get("BENCH_ONNX_THREADS", "0") or 0) or os.cpu_count() or 1

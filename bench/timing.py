@@ -62,11 +62,13 @@ def timed(cmd: list[str], cwd=None, env: dict | None = None) -> tuple[subprocess
 
 
 def alternate(cmds: dict[str, list[str]], rounds: int = 3, before=None, cwd=None, env: dict | None = None,
-              retries: int = 2) -> dict[str, list[dict]]:
+              retries: int | None = None) -> dict[str, list[dict]]:
     """Measure each named command ``rounds`` times, alternating, the first tool rotating each round.
     ``before(name)`` runs before every measurement (e.g. to remove the previous output, so caches and outputs
-    are the same for both sides). A round in which any command was contended is rerun up to ``retries`` times,
-    then kept and marked. A failing command raises with its stderr."""
+    are the same for both sides). A round in which any command was contended is rerun up to ``retries`` times
+    (default $BENCH_RETRIES or 2), then kept and marked. A failing command raises with its stderr."""
+    if retries is None:  # BENCH_RETRIES=0 for smoke runs on a busy machine
+        retries = int(os.environ.get("BENCH_RETRIES", "2"))
     names = list(cmds)
     out: dict[str, list[dict]] = {n: [] for n in names}
     for i in range(rounds):
