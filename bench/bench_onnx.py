@@ -185,8 +185,9 @@ def main() -> int:
     peer_note, peer_check = "", None
     cold, warm = work / "cache-cold", work / "cache-warm"
     base_env = {"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmds = {"slmctl": [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32"), "-q"],
-            "slmctl-warm": [*SLMCTL, "export", MODEL, "--format", "onnx", "-o", str(work / "fp32-warm"), "-q"]}
+    # the resolved folder, not the sample's name: a fresh SLMCTL_CACHE would import the sample again
+    cmds = {"slmctl": [*SLMCTL, "export", str(hf), "--format", "onnx", "-o", str(work / "fp32"), "-q"],
+            "slmctl-warm": [*SLMCTL, "export", str(hf), "--format", "onnx", "-o", str(work / "fp32-warm"), "-q"]}
     envs = {"slmctl": {**base_env, "SLMCTL_CACHE": str(cold)}, "slmctl-warm": {**base_env, "SLMCTL_CACHE": str(warm)}}
     outs = {"slmctl": work / "fp32", "slmctl-warm": work / "fp32-warm", "optimum": work / "optimum"}
     if peer_cli.exists():
@@ -198,7 +199,7 @@ def main() -> int:
     else:
         peer_note = f"optimum-cli is not installed in its own environment ({portable(PEER)}; `make peers`)."
     # the warm hash cache is filled once before the rounds (provenance hashing then skipped)
-    subprocess.run([*SLMCTL, "inspect", MODEL, "--json"], env=dict(os.environ, SLMCTL_CACHE=str(warm)),
+    subprocess.run([*SLMCTL, "inspect", str(hf), "--json"], env=dict(os.environ, SLMCTL_CACHE=str(warm)),
                    capture_output=True, check=False)
 
     def before(name: str) -> None:
