@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -22,20 +21,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import provenance
+from ..arch.names import DEPTH_KEYS, EMBEDDING_MARKS, TIED_HEAD, VOCAB_SUFFIXES, block_prefix, depth, split_block
 from ..errors import InputError, UnsupportedError, UsageError
 from ..io import mergekit_config as mkc
 from ..methods.merge.base import REQUIRED
+from ..surgery.layers import pick_layer_lists
 
 Log = Callable[[str], None]
 
-LAYER_RE = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|layer))\.(?P<idx>\d+)\.(?P<rest>.+)$")
-VOCAB_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "embed_in.weight", "embed_out.weight",
-                  "word_embeddings.weight", "output.weight", "token_embd.weight")
-PRE_MARKS = ("embed", "wte", "wpe", "token_embd")
-LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 SHAPE_KEYS = ("hidden_size", "n_embd", "num_attention_heads", "n_head", "num_key_value_heads", "head_dim",
               "intermediate_size", "n_inner")
-TIED_HEAD = {"lm_head.weight": ("model.embed_tokens.weight", "transformer.wte.weight", "model.embed_in.weight")}
 
 
 def _nolog(msg: str) -> None:
@@ -59,19 +54,14 @@ class Model:
 
 
 def _index(m: Model) -> None:
-    prefixes: dict[str, int] = {}
+    m.prefix = block_prefix(m.tensors, m.config)
     for name in m.tensors:
-        mt = LAYER_RE.match(name)
-        if mt:
-            prefixes[mt["prefix"]] = prefixes.get(mt["prefix"], 0) + 1
-    m.prefix = max(prefixes, key=prefixes.get) if prefixes else None
-    for name in m.tensors:
-        mt = LAYER_RE.match(name)
-        if mt and mt["prefix"] == m.prefix:
-            m.layers.setdefault(int(mt["idx"]), []).append(mt["rest"])
+        s = split_block(name, m.prefix) if m.prefix is not None else None
+        if s:
+            m.layers.setdefault(s[1], []).append(s[2])
         else:
             m.other.append(name)
-    n = next((m.config[k] for k in LAYER_KEYS if isinstance(m.config.get(k), int)), None)
+    n = depth(m.config)
     m.num_layers = n if n is not None else (max(m.layers) + 1 if m.layers else 0)
 
 
@@ -141,7 +131,7 @@ class _Hasher:
 
 
 def _open(ref: str, *, allow_pickle: bool, log: Log, scratch: list[Path], hasher: _Hasher) -> Model:
-    from ..api import load_artifact
+    from ..io.resolve import load_artifact
     from ..io.lora import read_adapter
 
     base_ref, lora_ref = _split_lora(ref)
@@ -150,7 +140,7 @@ def _open(ref: str, *, allow_pickle: bool, log: Log, scratch: list[Path], hasher
     if art.format == "gguf":
         # GGUF names and layouts (q/k permuted for RoPE) differ from HF's: import to an HF folder,
         # dequantised, through the same path as `slmctl export --format hf`
-        from ..api import load_artifact as _la
+        from ..io.resolve import load_artifact as _la
         from ..io.convert import gguf_to_hf
 
         tmp = Path(tempfile.mkdtemp(prefix="slmctl-merge-"))
@@ -301,7 +291,7 @@ def build_plan(cfg: mkc.MergeConfig, models: dict[str, Model], method) -> Plan:
         inputs: dict[str, str] = {}
         for s, layer in srcs:
             m = models[s.model]
-            want = out_name if layer is None else f"{m.prefix}.{layer}.{LAYER_RE.match(out_name)['rest']}"
+            want = out_name if layer is None else f"{m.prefix}.{layer}.{split_block(out_name, out_prefix)[2]}"
             got = _input_name(m, want)
             if got is None:
                 problems.append(f"{m.path} has no tensor {want!r}")
@@ -353,9 +343,9 @@ def build_plan(cfg: mkc.MergeConfig, models: dict[str, Model], method) -> Plan:
     # pre weights (embeddings) from the first slice's models, layers, then the rest from the last slice's
     first, last = slices[0], slices[-1]
     tmpl0 = models[first.sources[0].model]
-    pre = [n for n in tmpl0.other if any(k in n for k in PRE_MARKS)]
+    pre = [n for n in tmpl0.other if any(k in n for k in EMBEDDING_MARKS)]
     post_t = models[last.sources[0].model]
-    post = [n for n in post_t.other if not any(k in n for k in PRE_MARKS)]
+    post = [n for n in post_t.other if not any(k in n for k in EMBEDDING_MARKS)]
     # a head that some models have and the first lacks (tied) is still written, as mergekit does
     if "lm_head.weight" not in post and any("lm_head.weight" in models[s.model].tensors for s in last.sources):
         post.append("lm_head.weight")
@@ -390,8 +380,9 @@ def build_plan(cfg: mkc.MergeConfig, models: dict[str, Model], method) -> Plan:
 
     # output config: the template's, with the layer count and per-layer lists of the stacked layers
     out_cfg = copy.deepcopy(tmpl.config)
-    _rebuild_layer_lists(out_cfg, tmpl, models, layer_sources)
-    for k in LAYER_KEYS:
+    out_cfg = pick_layer_lists(out_cfg, layer_sources, {k: m.config for k, m in models.items()}, n=tmpl.num_layers,
+                               skip=("architectures",))  # unlike prune, token-id lists of the layer count's length too
+    for k in DEPTH_KEYS:
         if k in out_cfg:
             out_cfg[k] = len(layer_sources)
     if target_vocab is not None:
@@ -405,32 +396,6 @@ def build_plan(cfg: mkc.MergeConfig, models: dict[str, Model], method) -> Plan:
     plan.target_vocab = target_vocab  # type: ignore[attr-defined]
     plan.tokenizer_key = tok_key or template_key  # type: ignore[attr-defined]
     return plan
-
-
-def _rebuild_layer_lists(cfg: dict, tmpl: Model, models: dict[str, Model], layer_sources) -> None:
-    """Config lists with one entry per layer (layer_types, slmctl_per_layer, ...) follow the stacking."""
-    n = tmpl.num_layers
-
-    def rebuild(get):
-        vals = []
-        for key, src in layer_sources:
-            lst = get(models[key].config)
-            if not isinstance(lst, list) or src >= len(lst):
-                return None
-            vals.append(lst[src])
-        return vals
-
-    for k, v in list(cfg.items()):
-        if isinstance(v, list) and len(v) == n and n > 0 and k not in ("architectures",):
-            new = rebuild(lambda c, k=k: c.get(k))
-            if new is not None:
-                cfg[k] = new
-    per = cfg.get("slmctl_per_layer")
-    if isinstance(per, dict):
-        for k in list(per):
-            new = rebuild(lambda c, k=k: (c.get("slmctl_per_layer") or {}).get(k))
-            if new is not None:
-                per[k] = new
 
 
 # ------------------------------------------------------------------ flags -> config
