@@ -45,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from .arch.names import BLOCK_CONTAINERS
 from .errors import InputError, UnsupportedError
 
 __all__ = ["LayerwiseModel", "LayerStep", "iter_layers", "capture_layer_inputs", "run_layer", "linear_groups"]
@@ -59,7 +60,7 @@ def _decoder_layers(model, n_layers: int):
     import torch.nn as nn
 
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks"):
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and name.rsplit(".", 1)[-1] in BLOCK_CONTAINERS:
             return name, mod
     raise UnsupportedError(f"{type(model).__name__}: cannot find its decoder layers",
                            hint="layer-by-layer methods support llama-style models (model.layers)")

@@ -162,9 +162,10 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
 
 def _linear_prefixes(art, lm=None) -> list[str]:
     """Artifact tensor prefixes (name without .weight) of the 2-D weights inside decoder layers."""
-    pat = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.")
+    from ..arch.names import layer_index
+
     return [n[: -len(".weight")] for n, t in art.tensors.items()
-            if n.endswith(".weight") and len(t.shape) == 2 and pat.search(n)]
+            if n.endswith(".weight") and len(t.shape) == 2 and layer_index(n) is not None]
 
 
 def _mixer_linears(art, log: Log = _nolog) -> list[str]:
