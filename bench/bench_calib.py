@@ -11,7 +11,7 @@ sample:unseen:licenses (licence files of the installed distributions); and, for 
 calibration's own held-out region: sample:shakespeare (the tragedies) and sample:mix:eval.
 
 Settings via environment: BENCH_C_SAMPLES (32), BENCH_C_SEQLEN (512), BENCH_C_WINDOWS (8), BENCH_C_CTX (512),
-BENCH_C_RUNS (comma list of run names, default all), BENCH_C_OUT (bench/out/calib), BENCH_C_LOCK (the heavy-job
+BENCH_C_RUNS (comma list of run names, default all but the optional GGUF GPTQ rows), BENCH_C_OUT (bench/out/calib), BENCH_C_LOCK (the heavy-job
 lock, default /tmp/slmctl-heavy.lock; empty: none), BENCH_C_RESUME=1 (keep outputs and evals already done).
 """
 
@@ -102,6 +102,23 @@ RUNS = {
 }
 
 
+OPTIONAL = ("q4_k_m gptq / shakespeare", "q4_k_m gptq / mix")  # not in the issue's table: only when named
+
+
+def unseen_overlap() -> dict[str, dict]:
+    """Each unseen domain's word 13-grams against every calibration text (both regions of the mix and all of
+    Shakespeare): what share of them occurs there, overall and in the worst document."""
+    from slmctl import calib
+
+    ps = calib.parts("sample:mix", purpose="calib") + calib.parts("sample:mix", purpose="eval")
+    grams = calib.ngrams(calib.shakespeare("all")).union(*(calib.ngrams(calib.part_text(p)) for p in ps))
+    out = {}
+    for d in UNSEEN:
+        docs = calib.parts(d, purpose="eval")[0].docs
+        out[d] = dict(calib.overlap(docs, grams), documents=len(docs), chars=sum(len(x.text) for x in docs))
+    return out
+
+
 BASES = ("gptq w4g128", "awq w4g128", "wanda 50%", "sparsegpt 50%", "q4_k_m imatrix", "q4_k_m gptq")
 
 
@@ -133,6 +150,9 @@ def produce(name: str) -> dict:
     out = _dir(name).with_suffix(suffix) if suffix else _dir(name)
     row = {"name": name, "calibration": CALIBS.get(calib), "group": group, "output": str(out.relative_to(ROOT))
            if out.is_relative_to(ROOT) else str(out)}
+    info = out.parent / (out.name + ".row.json")
+    if RESUME and out.exists() and info.is_file():
+        row.update(json.loads(info.read_text()))
     if not (RESUME and out.exists()):
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -144,6 +164,7 @@ def produce(name: str) -> dict:
             row["error"] = (r.stderr or "").strip()[-800:]
             print(f"{name} failed: {row['error']}", file=sys.stderr)
             return row
+        info.write_text(json.dumps({k: row[k] for k in ("load_before", "load_after", "wall_s", "peak_rss_mib")}))
     ev = out.parent / (out.name + ".eval.json")
     if not (RESUME and ev.is_file()):
         args = ["eval", str(out), "--reference", MODEL, "--ctx", CTX, "--windows", WINDOWS, "--json", "--quiet"]
@@ -194,7 +215,13 @@ def checks(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: str) -> str:
+def command() -> str:
+    env = [f"{k}={E(k)}" for k in ("BENCH_C_SAMPLES", "BENCH_C_SEQLEN", "BENCH_C_WINDOWS", "BENCH_C_CTX", "BENCH_C_RUNS",
+                                   "BENCH_C_RESUME") if E(k)]
+    return " ".join(env + ["nice -n 10 python bench/bench_calib.py"])
+
+
+def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: str, ov: dict) -> str:
     doms = UNSEEN + SEEN
     short = {d: d.removeprefix("sample:") for d in doms}
     base = next((r for r in rows.values() if "domains" in r), None)
@@ -210,7 +237,15 @@ def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: s
              "Unseen domains (no calibration text came from them): **code** = source of click, typer, pluggy, tqdm; "
              "**readme** = long descriptions (README) of slmctl's installed dependencies; **licenses** = licence "
              "files of the installed distributions. For reference, each calibration's own held-out region: "
-             "shakespeare (the tragedies) and mix:eval.", ""]
+             "shakespeare (the tragedies) and mix:eval.", "",
+             "Check that the unseen domains share no text with any calibration text: word 13-grams (lower-cased, "
+             "punctuation as words) of each unseen domain looked up among those of both regions of `sample:mix` and "
+             "all of Shakespeare (`slmctl.calib.overlap`; click's `_textwrap.py`, which copies the standard "
+             "library's textwrap, is excluded from the code domain for this reason):", "",
+             "| domain | documents | characters | 13-grams | shared | worst document |", "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {short[d]} | {o['documents']} | {o['chars']:,} | {o['ngrams']:,} | {o['shared']} "
+              f"({o['shared_pct']:.3f}%) | {o['worst_doc']} ({o['worst_doc_pct']:.2f}%) |" for d, o in ov.items()]
+    lines += ["", "(What is shared is boilerplate: rules of dashes or equals signs, `super().__init__(*args, **kwargs)`.)", ""]
     if base:
         lines += ["fp32 perplexity: " + ", ".join(f"{short[d]} {base['domains'][d]['ref_ppl']:.3f}" for d in doms), ""]
     lines += ["Perplexity (KL mean) per domain:", "",
@@ -240,10 +275,12 @@ def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: s
     lines += ["", "llm-compressor cannot quantise this model at group size 128 (hidden size 576 is 4.5 x 128; see the "
               "quantize section), so the GPTQ side by side is at group size 64, both on the same 32 windows drawn "
               "from sample:mix (llm-compressor gets the token ids).", "",
-              f"Shared 2-core machine; every quantise/prune/export and every eval ran holding the heavy-job lock; "
-              f"load average (1/5/15 min) {load_start} at the start and {load_end} at the end of this "
-              f"{minutes:.0f}-minute run. Command: `python bench/bench_calib.py`."]
-    missing = [n for n in RUNS if n not in rows and (RUNS[n][0] is not None or PEER.is_file())]
+              f"Shared 2-core machine; every quantise/prune/export and every eval ran one at a time, niced, "
+              + ("holding the heavy-job lock" if LOCK else "without the heavy-job lock")
+              + f"; load average (1/5/15 min) {load_start} at the start and {load_end} at the end of this "
+              f"{minutes:.0f}-minute run (each row's load before its command is in calib.json; quality figures do "
+              f"not depend on load). Command: `{command()}`."]
+    missing = [n for n in RUNS if n not in rows and n not in OPTIONAL and (RUNS[n][0] is not None or PEER.is_file())]
     if missing:
         lines += ["", "Not measured in this run (cut short): " + ", ".join(missing) + "."]
     return "\n".join(lines)
@@ -251,18 +288,19 @@ def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: s
 
 def main() -> int:
     only = [s.strip() for s in E("BENCH_C_RUNS", "").split(",") if s.strip()]
-    names = [n for n in RUNS if not only or n in only]
+    names = [n for n in RUNS if n in only] if only else [n for n in RUNS if n not in OPTIONAL]
     if not PEER.is_file():
         print(f"llm-compressor is not installed at {PEER}: its row is skipped (make peers)", file=sys.stderr)
         names = [n for n in names if RUNS[n][0] is not None]
     OUT.mkdir(parents=True, exist_ok=True)
     load_start, t0 = _load(), time.time()
+    ov = unseen_overlap()
     rows: dict[str, dict] = {}
     for n in names:  # the fragment is rewritten after every run, so a cut-short run keeps what it measured
         rows[n] = produce(n)
-        md = markdown(rows, (time.time() - t0) / 60, load_start, _load())
+        md = markdown(rows, (time.time() - t0) / 60, load_start, _load(), ov)
         write_results("calib", {"samples": SAMPLES, "seq_len": SEQLEN, "windows": WINDOWS, "ctx": CTX,
-                                "unseen": UNSEEN, "seen": SEEN, "rows": rows, "checks": checks(rows),
+                                "unseen": UNSEEN, "seen": SEEN, "overlap": ov, "rows": rows, "checks": checks(rows),
                                 "complete": len(rows) == len(names)}, md, packages=("llmcompressor",))
     print(md)
     return 0 if all("domains" in r for r in rows.values()) else 1

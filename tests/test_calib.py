@@ -33,10 +33,15 @@ def test_mix_regions_never_overlap_and_unseen_domains_share_no_text():
         assert not {d.key for d in a.docs} & {d.key for d in b.docs}
         assert not _hashes(a.docs) & _hashes(b.docs)
     mix = set().union(*(_hashes(p.docs) for p in cal + ev))
+    # no text in common either: every word 13-gram of the mix (both regions) and of all of Shakespeare, against
+    # each unseen document (what is shared is boilerplate: rules of dashes, `super().__init__(*args, **kwargs)`)
+    grams = calib.ngrams(calib.shakespeare("all")).union(*(calib.ngrams(calib.part_text(p)) for p in cal + ev))
     for dom in calib.UNSEEN:
         docs = calib.parts(f"sample:unseen:{dom}", purpose="eval")[0].docs
         assert sum(len(d.text) for d in docs) > 20_000, dom
         assert not _hashes(docs) & mix, dom
+        o = calib.overlap(docs, grams)
+        assert o["shared_pct"] < 0.2 and o["worst_doc_pct"] < 2, (dom, o)
     sizes = calib.describe_mix()
     assert all(r["calib_chars"] > r["eval_chars"] > 0 for r in sizes)
 
