@@ -45,6 +45,21 @@ _LLAMA_BLOCK = {
 }
 
 
+def _weight_bias(hf: str, gguf: str) -> dict[str, str]:
+    """A module with a weight and a bias: both names mapped."""
+    return {f"{hf}.weight": f"{gguf}.weight", f"{hf}.bias": f"{gguf}.bias"}
+
+
+# per-head RMSNorm of Q and K (Qwen 3, Gemma 3, OLMo 2)
+_QK_NORMS = {"self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
+# norms after attention and after the MLP (Gemma 2/3 keep the pre-norms too, OLMo 2 only these)
+_POST_ATTN_NORM = {"post_attention_layernorm.weight": "post_attention_norm.weight"}
+_POST_FFW_NORM = {"post_feedforward_layernorm.weight": "post_ffw_norm.weight"}
+# Gemma 2/3: four norms per block (the pre-MLP norm is llama.cpp's ffn_norm)
+_GEMMA_BLOCK = {**_LLAMA_BLOCK, **_POST_ATTN_NORM, "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+                **_POST_FFW_NORM}
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """How one HF family maps onto one GGUF architecture."""
@@ -132,28 +147,21 @@ _add(ArchSpec("mistral", "llama", ("MistralForCausalLM",), _LLAMA_TOP, _LLAMA_BL
               permute_qk=True, skip=(r"rotary_emb\.inv_freq$",), per_layer_arch="deci"))
 _add(ArchSpec("qwen2", "qwen2", ("Qwen2ForCausalLM",), _LLAMA_TOP, _LLAMA_BLOCK, hparams=_COMMON_HP))
 _add(ArchSpec("qwen3", "qwen3", ("Qwen3ForCausalLM",), _LLAMA_TOP,
-              {**_LLAMA_BLOCK, "self_attn.q_norm.weight": "attn_q_norm.weight",
-               "self_attn.k_norm.weight": "attn_k_norm.weight"}, hparams=_COMMON_HP))
+              {**_LLAMA_BLOCK, **_QK_NORMS}, hparams=_COMMON_HP))
 _add(ArchSpec("phi3", "phi3", ("Phi3ForCausalLM",), _LLAMA_TOP,
               {"input_layernorm.weight": "attn_norm.weight", "self_attn.qkv_proj.weight": "attn_qkv.weight",
                "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
                "mlp.gate_up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"},
               hparams=_COMMON_HP))
-_add(ArchSpec("gemma2", "gemma2", ("Gemma2ForCausalLM",), {**_LLAMA_TOP},
-              {**_LLAMA_BLOCK, "post_attention_layernorm.weight": "post_attention_norm.weight",
-               "pre_feedforward_layernorm.weight": "ffn_norm.weight",
-               "post_feedforward_layernorm.weight": "post_ffw_norm.weight"},
+_add(ArchSpec("gemma2", "gemma2", ("Gemma2ForCausalLM",), {**_LLAMA_TOP}, _GEMMA_BLOCK,
               hparams=_COMMON_HP, norm_plus_one=True, skip=(r"^lm_head\.weight$",)))
 _add(ArchSpec("gpt2", "gpt2", ("GPT2LMHeadModel",),
               {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
                "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
                "lm_head.weight": "output.weight"},
-              {"ln_1.weight": "attn_norm.weight", "ln_1.bias": "attn_norm.bias",
-               "attn.c_attn.weight": "attn_qkv.weight", "attn.c_attn.bias": "attn_qkv.bias",
-               "attn.c_proj.weight": "attn_output.weight", "attn.c_proj.bias": "attn_output.bias",
-               "ln_2.weight": "ffn_norm.weight", "ln_2.bias": "ffn_norm.bias",
-               "mlp.c_fc.weight": "ffn_up.weight", "mlp.c_fc.bias": "ffn_up.bias",
-               "mlp.c_proj.weight": "ffn_down.weight", "mlp.c_proj.bias": "ffn_down.bias"},
+              {k: v for hf, gg in (("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
+                                   ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down"))
+               for k, v in _weight_bias(hf, gg).items()},
               block_prefix="transformer.h.",
               hparams={"context_length": ("n_positions", "n_ctx"), "embedding_length": ("n_embd",),
                        "block_count": ("n_layer",), "attention.head_count": ("n_head",),
@@ -163,11 +171,7 @@ _add(ArchSpec("gpt2", "gpt2", ("GPT2LMHeadModel",),
 
 # Gemma 3 text (gemma3_text): Gemma 2's four norms per block plus per-head Q/K norms, (1 + w) norms,
 # sliding and full layers with their own RoPE bases, the query scale folded into the Q norm
-_add(ArchSpec("gemma3", "gemma3", ("Gemma3ForCausalLM",), {**_LLAMA_TOP},
-              {**_LLAMA_BLOCK, "post_attention_layernorm.weight": "post_attention_norm.weight",
-               "pre_feedforward_layernorm.weight": "ffn_norm.weight",
-               "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
-               "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"},
+_add(ArchSpec("gemma3", "gemma3", ("Gemma3ForCausalLM",), {**_LLAMA_TOP}, {**_GEMMA_BLOCK, **_QK_NORMS},
               hparams=_COMMON_HP, norm_plus_one=True, fold_query_scale=True, layer_pattern="swa",
               skip=(r"^lm_head\.weight$", r"rotary_emb.*\.inv_freq$")))
 # SmolLM3: a llama with RoPE left out of every 4th layer (no_rope_layers)
@@ -183,9 +187,7 @@ _add(ArchSpec("granite", "granite", ("GraniteForCausalLM",), _LLAMA_TOP, _LLAMA_
 # llama.cpp always reads an output tensor (a tied one is written twice)
 _add(ArchSpec("olmo2", "olmo2", ("Olmo2ForCausalLM",), _LLAMA_TOP,
               {**{k: v for k, v in _LLAMA_BLOCK.items() if k != "input_layernorm.weight"},
-               "post_attention_layernorm.weight": "post_attention_norm.weight",
-               "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
-               "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"},
+               **_POST_ATTN_NORM, **_POST_FFW_NORM, **_QK_NORMS},
               hparams=_COMMON_HP, drop_output_when_tied=False, skip=(r"rotary_emb\.inv_freq$",)))
 
 # LFM2 (Liquid): gated short convolutions in most blocks, GQA attention with QK norms in the rest; the final
@@ -197,9 +199,8 @@ _add(ArchSpec("lfm2", "lfm2", ("Lfm2ForCausalLM", "LFM2ForCausalLM"),
                "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
                "self_attn.v_proj.weight": "attn_v.weight", "self_attn.out_proj.weight": "attn_output.weight",
                "self_attn.q_layernorm.weight": "attn_q_norm.weight", "self_attn.k_layernorm.weight": "attn_k_norm.weight",
-               "conv.conv.weight": "shortconv.conv.weight", "conv.conv.bias": "shortconv.conv.bias",
-               "conv.in_proj.weight": "shortconv.in_proj.weight", "conv.in_proj.bias": "shortconv.in_proj.bias",
-               "conv.out_proj.weight": "shortconv.out_proj.weight", "conv.out_proj.bias": "shortconv.out_proj.bias",
+               **{k: v for part in ("conv", "in_proj", "out_proj")
+                  for k, v in _weight_bias(f"conv.{part}", f"shortconv.{part}").items()},
                "feed_forward.w1.weight": "ffn_gate.weight", "feed_forward.w3.weight": "ffn_up.weight",
                "feed_forward.w2.weight": "ffn_down.weight"},
               hparams={**{k: v for k, v in _COMMON_HP.items() if k not in ("feed_forward_length", "attention.head_count_kv")},
