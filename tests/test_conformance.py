@@ -123,7 +123,7 @@ def test_the_refused_combination_really_fails_in_transformers(shape_model, tmp_p
 
 # ---------------------------------------------------------------- GGUF
 def _llama_logits(path: Path, ids=IDS) -> np.ndarray:
-    from slmctl.llamacpp import open_llama
+    from slmctl.io.libllama import open_llama
 
     llm = open_llama(path, n_ctx=64, logits_all=True, verbose=False, seed=0, n_threads=2)
     try:

@@ -41,7 +41,7 @@ def _hf_logits(folder: Path, ids=PROMPT) -> np.ndarray:
 
 
 def _llama(path: Path, **kw):
-    from slmctl.llamacpp import open_llama
+    from slmctl.io.libllama import open_llama
 
     # f32 KV cache: what is compared is the export, not llama.cpp's f16 cache
     return open_llama(path, n_ctx=64, n_batch=64, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False,
@@ -441,7 +441,7 @@ def test_prune_quantize_export_eval_chain(family, tmp_path, cli, text_file, monk
 
 @pytest.mark.parametrize("family", FAMS)
 def test_depth_width_sweep_keeps_per_layer_lists(tiny_models, family):
-    from slmctl.profile.sweep import candidates, count_params, load_base_config
+    from slmctl.profiling.sweep import candidates, count_params, load_base_config
 
     base, _ = load_base_config(str(tiny_models[family]))
     cands, notes = candidates(base, 2 * count_params(base), (2, 8))
@@ -477,7 +477,7 @@ def test_gemma3_270m_shape_past_its_sliding_window(tmp_path, monkeypatch):
     f = gguf.GGUFReader(str(out)).fields
     assert f["gemma3.attention.sliding_window_pattern"].contents() == [(i + 1) % 6 != 0 for i in range(18)]
     ids = [int(x) for x in np.random.default_rng(0).integers(5, 380, 700)]
-    from slmctl.llamacpp import open_llama
+    from slmctl.io.libllama import open_llama
 
     llm = open_llama(out, n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, verbose=False, type_k=0,
                      type_v=0)

@@ -47,7 +47,7 @@ def _hf_logits(folder: Path, ids: list[int]) -> np.ndarray:
 
 
 def _llama_logits(path: Path, ids: list[int], n_ctx: int) -> np.ndarray:
-    from slmctl.llamacpp import open_llama
+    from slmctl.io.libllama import open_llama
 
     llm = open_llama(path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, n_threads=1,
                      n_threads_batch=1, verbose=False, seed=0)
@@ -128,7 +128,7 @@ def test_hybrid_logits_over_a_long_run(family, tiny_models, ggufs):
 def test_tokenizer_gives_the_same_ids(family, tiny_models, ggufs):
     from transformers import AutoTokenizer
 
-    from slmctl.llamacpp import open_llama
+    from slmctl.io.libllama import open_llama
 
     tok = AutoTokenizer.from_pretrained(str(tiny_models[family]))
     llm = open_llama(ggufs[family], vocab_only=True, verbose=False)
@@ -158,7 +158,7 @@ def test_real_pre_tokenizers_give_the_same_ids(family, regex, pre, tiny_models, 
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     from slmctl import api
-    from slmctl.llamacpp import open_llama
+    from slmctl.io.libllama import open_llama
 
     folder = tmp_path / family
     shutil.copytree(tiny_models[family], folder)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmctl.llamacpp import open_llama  # AMX-safe, as slmctl itself opens GGUFs
+from slmctl.io.libllama import open_llama  # AMX-safe, as slmctl itself opens GGUFs
 
 from conftest import FAMILIES, TEXT
 

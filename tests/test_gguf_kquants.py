@@ -162,7 +162,7 @@ def test_file_equals_llama_quantize(wide_llama, tmp_path, ftype):
     pytest.importorskip("llama_cpp")
     from slmctl import api
     from slmctl.io.artifact import open_artifact
-    from slmctl.pipelines.export_gguf import quantize_gguf
+    from slmctl.pipelines.export.gguf import quantize_gguf
     from slmctl.pipelines.gguf_quant import to_gguf
 
     f16 = api.export(str(wide_llama), tmp_path / "f16.gguf", "gguf", outtype="f16")
@@ -259,7 +259,7 @@ def test_family_gptq_gguf_runs_its_own_weights(family, tiny_models, text_file, t
 
     from slmctl import api
     from slmctl.io.artifact import open_artifact
-    from slmctl.llamacpp import open_llama
+    from slmctl.io.libllama import open_llama
     from slmctl.pipelines.gguf_quant import to_gguf
 
     src = tiny_models[family]
@@ -284,7 +284,7 @@ def test_family_gptq_gguf_runs_its_own_weights(family, tiny_models, text_file, t
 
 def test_layerwise_importance_matrix_equals_the_model_forward(tiny_llama, text_file):
     """One layer-by-layer pass gives the mean squared inputs a whole-model forward with hooks gives."""
-    from slmctl.imatrix import compute_imatrix
+    from slmctl.pipelines.importance import compute_imatrix
     from slmctl.io.artifact import open_artifact
     from slmctl.layerwise import LayerwiseModel
     from slmctl.pipelines.gguf_quant import layerwise_imatrix

@@ -133,7 +133,7 @@ def test_profile_needs_a_model(cli):
 
 
 def test_bandwidth_and_stats():
-    from slmctl.profile.latency import memory_bandwidth, stats_ms
+    from slmctl.profiling.latency import memory_bandwidth, stats_ms
 
     bw = memory_bandwidth(mib=16, repeats=2)
     assert bw["gb_per_s"] > 0 and bw["bytes_per_copy"] == 16 * 2**20
@@ -220,12 +220,13 @@ def test_llamacpp_through_the_gguf_exporter(tiny_llama):
     """An HF model on the llamacpp target goes through `slmctl export --format gguf` (when that exists)."""
     from slmctl import api
     from slmctl.errors import SlmctlError
+    from slmctl.pipelines.export import get_exporter
     from slmctl.targets import get_target
 
     tgt = get_target("llamacpp")
     art, _ = api.load_artifact(str(tiny_llama))
     try:
-        api._exporter("gguf")
+        get_exporter("gguf")
     except SlmctlError:
         with pytest.raises(SlmctlError, match="takes gguf; .* is hf and cannot be converted"):
             tgt.prepare(art, str(tiny_llama))

@@ -26,21 +26,21 @@ def _no_plugins(monkeypatch):
 @pytest.mark.parametrize("text, n", [("135M", 135_000_000), ("30m", 30_000_000), ("1.5B", 1_500_000_000),
                                      ("500k", 500_000), (" 2e6 ", 2_000_000), (7, 7)])
 def test_parse_count(text, n):
-    from slmctl.profile.sweep import parse_count
+    from slmctl.profiling.sweep import parse_count
 
     assert parse_count(text) == n
 
 
 def test_parse_count_rejects_junk():
     from slmctl.errors import UsageError
-    from slmctl.profile.sweep import parse_count
+    from slmctl.profiling.sweep import parse_count
 
     with pytest.raises(UsageError, match="cannot read 'lots'"):
         parse_count("lots")
 
 
 def test_candidates_match_the_budget_with_legal_heads():
-    from slmctl.profile.sweep import candidates, count_params
+    from slmctl.profiling.sweep import candidates, count_params
 
     budget = 135_000_000
     cands, notes = candidates(SMOLLM2, budget, (6, 12, 24, 48))
@@ -58,7 +58,7 @@ def test_candidates_match_the_budget_with_legal_heads():
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma2"])
 def test_candidates_across_families(tiny_models, family):
-    from slmctl.profile.sweep import candidates, count_params, load_base_config
+    from slmctl.profiling.sweep import candidates, count_params, load_base_config
 
     base, _ = load_base_config(str(tiny_models[family]))
     budget = 2 * count_params(base)
@@ -70,7 +70,7 @@ def test_candidates_across_families(tiny_models, family):
 
 def test_sweep_needs_a_llama_style_base(tiny_models):
     from slmctl.errors import UnsupportedError
-    from slmctl.profile.sweep import candidates, load_base_config
+    from slmctl.profiling.sweep import candidates, load_base_config
 
     base, _ = load_base_config(str(tiny_models["gpt2"]))
     with pytest.raises(UnsupportedError, match="lacks hidden_size"):
@@ -83,7 +83,7 @@ pts = st.lists(st.tuples(st.integers(1, 20), st.integers(1, 20)), min_size=1, ma
 @settings(max_examples=200, deadline=None)
 @given(pts)
 def test_pareto_front_properties(points):
-    from slmctl.profile.sweep import pareto
+    from slmctl.profiling.sweep import pareto
 
     flags = pareto([(float(a), float(b)) for a, b in points])
     front = [p for p, f in zip(points, flags) if f]

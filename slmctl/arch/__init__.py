@@ -85,7 +85,7 @@ class ArchSpec:
     # "no_rope" (SmolLM3's every-4th layer without RoPE, which llama.cpp hard-codes: checked, not written)
     layer_pattern: str | None = None
     per_layer_arch: str | None = None  # GGUF arch that reads per-layer head/FFN arrays
-    # HF suffix -> reshaping op applied on the way to GGUF (see export_gguf.TENSOR_OPS): Mamba2's A_log is
+    # HF suffix -> reshaping op applied on the way to GGUF (see pipelines/export/gguf.py TENSOR_OPS): Mamba2's A_log is
     # stored as -exp(A_log), depthwise conv kernels lose their singleton axis, the gated norm is split per group
     tensor_ops: dict[str, str] = field(default_factory=dict)
     # regexes of HF module names inside the state-space / convolution mixers: their linears feed a recurrence,

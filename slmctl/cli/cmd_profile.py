@@ -75,7 +75,7 @@ def profile(
                           ctx=ctx_l or [128], batch=batch_l or [1, 16], repeats=repeats, warmup=warmup,
                           decode_tokens=decode_tokens, device=device, budget_ms=budget_ms, log=out.log,
                           progress=lambda it, desc="": out.progress(it, desc=desc))
-        from ..profile.report import render_sweep, sweep_rows, to_csv
+        from ..profiling.report import render_sweep, sweep_rows, to_csv
 
         human = to_csv(sweep_rows(rep)) if csv else render_sweep(rep)
         plotter = "plot_sweep"
@@ -83,12 +83,12 @@ def profile(
         rep = api.profile(model, target=target, ctx=ctx_l or [128, 512], batch=batch_l or [1, 4], repeats=repeats,
                           warmup=warmup, decode_tokens=decode_tokens, decode_ctx=decode_ctx, device=device,
                           layers=layers, bandwidth=bandwidth, allow_pickle=allow_pickle, log=out.log)
-        from ..profile.report import profile_rows, render_profile, to_csv
+        from ..profiling.report import profile_rows, render_profile, to_csv
 
         human = to_csv(profile_rows(rep)) if csv else render_profile(rep)
         plotter = "plot_profile"
     if plot is not None:
-        from ..profile import plot as plots
+        from ..profiling import plot as plots
 
         written = getattr(plots, plotter)(rep, plot, force=force)
         rep["plots"] = [str(p) for p in written]

@@ -119,7 +119,7 @@ class LlamaCppBackend(Backend):
         except ImportError:
             raise UnsupportedError("evaluating GGUF needs llama-cpp-python",
                                    hint="pip install 'slmctl[gguf]' (builds llama.cpp, about 5 minutes)") from None
-        from ..llamacpp import open_llama
+        from ..io.libllama import open_llama
 
         threads = int(os.environ.get("SLMCTL_THREADS", os.cpu_count() or 1))
         with _quiet_stderr():

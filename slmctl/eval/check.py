@@ -75,7 +75,7 @@ class _Torch:
 
 class _Llama:
     def __init__(self, path):
-        from ..llamacpp import open_llama
+        from ..io.libllama import open_llama
         from .backends import _quiet_stderr
 
         with _quiet_stderr():

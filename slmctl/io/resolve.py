@@ -94,3 +94,11 @@ def _hub(repo: str, log=None) -> Path:
         raise NetworkError(f"cannot download {repo}: {msg}",
                            hint="check the repository id and your access token (hf auth login)") from None
     return Path(path)
+
+
+def load_artifact(ref: str, *, allow_pickle: bool = False, log=None):
+    """Resolve a model reference and open it: (artifact, local path)."""
+    from .artifact import open_artifact
+
+    path = resolve(ref, log=log)
+    return open_artifact(path, allow_pickle=allow_pickle), path

@@ -346,7 +346,7 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
     """
     import torch
 
-    from .. import api
+    from ..io.resolve import load_artifact
     from ..eval.backends import load_tokenizer
     from ..eval.run import check_same_tokenizer
     from ..io import distill_data as dd
@@ -379,8 +379,8 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
             check_output(out, force)  # fail before training, not after it
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
 
-        t_art, t_path = api.load_artifact(teacher, allow_pickle=allow_pickle, log=log)
-        s_art, s_path = api.load_artifact(student, allow_pickle=allow_pickle, log=log)
+        t_art, t_path = load_artifact(teacher, allow_pickle=allow_pickle, log=log)
+        s_art, s_path = load_artifact(student, allow_pickle=allow_pickle, log=log)
         # the tokenizer check comes first: it is cheap and a mismatch makes the whole run meaningless
         t_tok = load_tokenizer(t_art, trust_remote_code)
         s_tok = load_tokenizer(s_art, trust_remote_code)
@@ -596,11 +596,11 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
 
 
 def eval_report(teacher: str, start: str, final: str, *, data: str, ctx: int, windows: int, log: Log = _nolog) -> dict:
-    """Teacher, starting student and distilled student on the same windows of ``data`` (slmctl.api.evaluate)."""
-    from .. import api
+    """Teacher, starting student and distilled student on the same windows of ``data`` (slmctl.pipelines.evaluate)."""
+    from .evaluate import evaluate
 
-    before = api.evaluate(start, data=data, reference=teacher, ctx=ctx, windows=windows)
-    after = api.evaluate(final, data=data, reference=teacher, ctx=ctx, windows=windows)
+    before = evaluate(start, data=data, reference=teacher, ctx=ctx, windows=windows)
+    after = evaluate(final, data=data, reference=teacher, ctx=ctx, windows=windows)
     t_ppl, s0, s1 = after["reference_ppl"], before["ppl"], after["ppl"]
     gap = s0 - t_ppl
     rep = {"data": data, "ctx": ctx, "windows": after["windows"],

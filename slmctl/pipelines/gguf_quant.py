@@ -82,7 +82,7 @@ class GGUFQuant:
             check_imatrix(self.importance, planned, self.imatrix_source)
         self.mixture = {p.gguf: p.gtype for p in planned}
         # decoder-layer weights GPTQ can take: stored as HF has them up to a row permutation
-        from .export_gguf import _tensor_op
+        from .export.gguf import _tensor_op
 
         self._by_hf = {p.hf: p for p in planned if p.bid is not None and p.hf and p.make is None
                        and not any(p.hf.endswith("." + s) for s in spec.transpose) and _tensor_op(spec, p.hf) is None}
@@ -90,7 +90,7 @@ class GGUFQuant:
     # ------------------------------------------------------------ data
     def tensors(self, planned, spec, cfg, load) -> Any:
         """Yield (planned tensor, its GGUF data) in file order."""
-        from .export_gguf import _convert
+        from .export.gguf import _convert
 
         layered = self.method == "gptq"
         gen = self._layers(spec, cfg) if layered else None
@@ -255,7 +255,7 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
     from .. import provenance
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file
-    from .export_gguf import write_gguf
+    from .export.gguf import write_gguf
 
     t = normalise_ftype(ftype)
     out = Path(out)

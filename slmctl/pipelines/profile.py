@@ -26,7 +26,7 @@ def profile(model: str | None = None, *, target: str = "torch", ctx: Sequence[in
     if sweep is not None:
         if sweep != "depth-width":
             raise UsageError(f"unknown sweep {sweep!r}", hint="valid: depth-width")
-        from ..profile.sweep import run_sweep
+        from ..profiling.sweep import run_sweep
 
         if model is not None and base is not None:
             raise UsageError("give the base model once: as MODEL or with --base")
@@ -35,13 +35,13 @@ def profile(model: str | None = None, *, target: str = "torch", ctx: Sequence[in
                          budget_ms=budget_ms, log=log, progress=progress)
     if model is None:
         raise UsageError("profile needs a MODEL (or --sweep depth-width --params N --base MODEL)")
-    from .. import api
-    from ..profile.latency import efficiency, memory_bandwidth
+    from ..io.resolve import load_artifact
+    from ..profiling.latency import efficiency, memory_bandwidth
     from ..targets import get_target
 
     tgt = get_target(target)
     tgt.check_available()
-    art, path = api.load_artifact(model, allow_pickle=allow_pickle, log=log)
+    art, path = load_artifact(model, allow_pickle=allow_pickle, log=log)
     import shutil
     import tempfile
     from pathlib import Path
@@ -61,12 +61,26 @@ def profile(model: str | None = None, *, target: str = "torch", ctx: Sequence[in
     return rep
 
 
+def converter(fmt: str):
+    """What a target's ``prepare`` calls to convert a model: raises when ``fmt`` has no exporter."""
+    from ..io.resolve import load_artifact
+    from .export import export, get_exporter
+
+    get_exporter(fmt)
+
+    def convert(ref: str, out, *, log: Log = _nolog):
+        export(ref, out, fmt, log=log)
+        return load_artifact(str(out))[0]
+
+    return convert
+
+
 def _measure_model(tgt, art, model, path, workdir, *, ctx, batch, repeats, warmup, decode_tokens, decode_ctx, device,
                    layers, log) -> dict[str, Any]:
-    from ..profile.latency import PeakRSS, measure, rss_bytes
+    from ..profiling.latency import PeakRSS, measure, rss_bytes
 
     src_format = art.format
-    art = tgt.prepare(art, model, workdir=workdir, log=log)
+    art = tgt.prepare(art, model, workdir=workdir, log=log, converter=converter)
     rss0 = rss_bytes()
     t0 = time.perf_counter()
     log(f"loading {art.path} on target {tgt.name}")

@@ -89,7 +89,7 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
     """Prune ``model`` into an HF folder at ``out``; returns the report (per-layer sizes, parameters, quality)."""
     import torch
 
-    from ..api import load_artifact
+    from ..io.resolve import load_artifact
     from ..io.atomic import check_output
     from ..io.safetensors import parse_size
     from ..methods.prune.masks import parse_pattern
@@ -665,7 +665,7 @@ def _quality(out: Path, src: Path, config: dict, *, data, calib, field, ctx, win
     eval region and one it did not see, by default), KL and top-1 against the input; the first domain fills
     the top-level figures. ``slmctl eval`` loads per-layer widths too (slmctl.surgery.width.load_per_layer_model).
     """
-    from ..api import evaluate
+    from .evaluate import evaluate
     from ..calib import domain_role, label
 
     rows = []

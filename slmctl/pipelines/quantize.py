@@ -3,7 +3,7 @@
 artifact in -> (calibration windows -> one decoder layer at a time) -> method -> packed safetensors out
 (with provenance) -> quality report (perplexity before/after, KL, top-1, size, bits per weight) and
 an optional gate. RTN needs no activations and streams tensor by tensor without building the model.
-GGUF inputs with a GGUF quant type go to llama.cpp (slmctl.pipelines.export_gguf.quantize_gguf);
+GGUF inputs with a GGUF quant type go to llama.cpp (slmctl.pipelines.export.gguf.quantize_gguf);
 ONNX inputs to onnxruntime (slmctl.pipelines.quantize_onnx.quantize_onnx).
 """
 
@@ -55,7 +55,7 @@ def _quantize_gguf(art, out, *, qtype, allow_requantize, force, log):
     if not qtype:
         raise UsageError(f"{art.path} is a GGUF file: say which GGUF type to quantise to",
                          hint="e.g. slmctl quantize MODEL.gguf --type q4_k_m")
-    from .export_gguf import quantize_gguf
+    from .export.gguf import quantize_gguf
 
     if out is None:
         out = Path.cwd() / f"{art.path.stem}-{qtype.upper()}.gguf"
@@ -71,7 +71,7 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
              force: bool = False, trust_remote_code: bool = False, skip_incompatible: bool = False,
              log: Log = _nolog, progress=None) -> dict[str, Any]:
     """Quantise ``model``'s linear weights; returns {"output", "method", ..., "report": {...}}."""
-    from ..api import load_artifact
+    from ..io.resolve import load_artifact
     from ..io.quantized_formats import FORMATS
     from ..methods.quantize.common import QuantConfig, load_methods
 
@@ -334,7 +334,8 @@ def quality_report(out: str, ref: str, *, data, ctx: int, windows: int, stats: d
     """Perplexity before/after, KL and top-1 agreement on each domain of ``data`` (a source, or a list of
     domains: the first fills the top-level figures), size and bits per weight. ``calib``: the calibration
     data, to mark each domain as the calibration domain or one it did not see."""
-    from ..api import evaluate, load_artifact
+    from ..io.resolve import load_artifact
+    from .evaluate import evaluate
     from ..calib import domain_role, label
 
     domains = [data] if isinstance(data, str) else list(data)

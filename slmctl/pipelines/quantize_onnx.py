@@ -208,7 +208,7 @@ def quantize_onnx(src_ref: str, out: str | Path | None = None, bits: int | None 
     """Quantize an ONNX model: ``bits=8`` dynamic int8, ``bits=4`` weight-only MatMulNBits (``algo``).
     Writes a folder (model.onnx plus the input's tokenizer/config) or, when ``out`` ends in .onnx, one file."""
     bits, algo = parse_qtype(qtype, bits, algo)
-    from ..api import load_artifact
+    from ..io.resolve import load_artifact
     from ..io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file

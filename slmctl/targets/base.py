@@ -97,25 +97,25 @@ class Target:
         if why:
             raise UnsupportedError(f"target {self.name!r} cannot run here: {why}", hint=_install_hint(self.name))
 
-    def prepare(self, artifact, ref: str, *, workdir: Path | None = None, log: Log = _nolog):
-        """The artifact in a format this target loads: as it is, or converted with slmctl's exporters."""
+    def prepare(self, artifact, ref: str, *, workdir: Path | None = None, log: Log = _nolog,
+                converter: Callable[[str], Callable[..., Any]] | None = None):
+        """The artifact in a format this target loads: as it is, or converted with slmctl's exporters.
+
+        ``converter(fmt)`` (passed in by the profile pipeline; targets never import the exporters) raises
+        when there is no exporter for ``fmt``, else returns ``convert(ref, out, log=...) -> artifact``."""
         if artifact.format in self.formats:
             return artifact
-        from .. import api
-
         errors = []
-        for fmt in self.formats:
+        for fmt in self.formats if converter is not None else ():
             try:
-                api._exporter(fmt)
+                convert = converter(fmt)
             except Exception as exc:  # the exporter is not there (yet)
                 errors.append(f"{fmt}: {getattr(exc, 'message', exc)}")
                 continue
             workdir = workdir or Path(tempfile.mkdtemp(prefix="slmctl-profile-"))
             out = workdir / _EXPORT_NAMES.get(fmt, f"model.{fmt}")
             log(f"converting {ref} ({artifact.format}) to {fmt} for target {self.name}")
-            api.export(ref, out, fmt, log=log)
-            art, _ = api.load_artifact(str(out))
-            return art
+            return convert(ref, out, log=log)
         raise UnsupportedError(
             f"target {self.name!r} takes {', '.join(self.formats)}; {artifact.path} is {artifact.format} and cannot be "
             f"converted here" + (f" ({'; '.join(errors)})" if errors else ""),

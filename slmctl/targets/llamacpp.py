@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from ..errors import InputError
-from ..llamacpp import AMX_ENV, NoExtraBuffers as _NoExtraBuffers, amx_disabled, open_llama  # noqa: F401
+from ..io.libllama import AMX_ENV, NoExtraBuffers as _NoExtraBuffers, amx_disabled, open_llama  # noqa: F401
 from .base import Log, Session, Target, _nolog
 
 

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from .arch import spec_for
-from .errors import InputError
+from ..arch import spec_for
+from ..errors import InputError
 
 
 CTX, CHUNKS = 512, 32  # llama-imatrix's default chunk size; 16k tokens
@@ -30,9 +30,9 @@ def compute_imatrix(art, text: str | None = None, *, data=None, ctx: int = CTX, 
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
-    from .calib import token_windows
-    from .eval.backends import load_tokenizer
-    from .hf import quiet_transformers
+    from ..calib import token_windows
+    from ..eval.backends import load_tokenizer
+    from ..hf import quiet_transformers
 
     quiet_transformers()
     if art.config is None:
@@ -41,7 +41,7 @@ def compute_imatrix(art, text: str | None = None, *, data=None, ctx: int = CTX, 
     folder = art.path if art.path.is_dir() else art.path.parent
     tok = load_tokenizer(art, trust_remote_code)
     if text is None:
-        from .calib import draw_windows
+        from ..calib import draw_windows
 
         wins, _ = draw_windows(tok, data, n=chunks, ctx=ctx, seed=0, purpose="calib", field=field)
     else:

@@ -45,9 +45,9 @@ def load_base_config(ref: str) -> tuple[dict, str]:
         except (OSError, ValueError) as exc:
             raise InputError(f"{p}: not a readable config.json ({exc})") from None
         return cfg, str(p)
-    from .. import api
+    from ..io.resolve import load_artifact
 
-    art, path = api.load_artifact(ref)
+    art, path = load_artifact(ref)
     if not art.config:
         raise InputError(f"{path}: no transformers config to sweep from ({art.format})",
                          hint="pass an HF folder or its config.json as --base (a GGUF: slmctl export it --format hf)")

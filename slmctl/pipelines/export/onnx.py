@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import provenance
-from ..api import EXPORTERS
-from ..errors import InputError, SlmctlError, UnsupportedError, UsageError
+from ... import provenance
+from .registry import EXPORTERS
+from ...errors import InputError, SlmctlError, UnsupportedError, UsageError
 
 OPSET = 18
 VERIFY_PROMPT = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
@@ -202,7 +202,7 @@ def export_decoder(model, path: Path, *, dtype, opset: int, external_data: bool,
     import torch
     from torch.export import Dim
 
-    from ..io.onnx_writer import save_program
+    from ...io.onnx_writer import save_program
 
     n_layers = model.config.get_text_config().num_hidden_layers
     heads, head_dim = _kv_shape(model)
@@ -327,7 +327,7 @@ def compare_decoder(onnx_file: Path, ref: dict[str, Any], decode_steps: int = DE
     """Run the ONNX graph on the reference's prompt, then feed PyTorch's greedy tokens one at a time through
     present -> past: max abs logit diff (prompt, decode steps), top-1 agreement, and whether greedy generation
     is identical (ONNX's argmax equals PyTorch's at every step, so free-running generation matches too)."""
-    from ..eval.backend_onnx import OrtCausalLM
+    from ...eval.backend_onnx import OrtCausalLM
 
     lm = OrtCausalLM(onnx_file)
     logits, past = lm.run(np.asarray([ref["prompt"]]))
@@ -399,7 +399,7 @@ def export_encoder(model, path: Path, *, dtype, opset: int, external_data: bool,
     import torch
     from torch.export import Dim
 
-    from ..io.onnx_writer import save_program
+    from ...io.onnx_writer import save_program
 
     with_types = getattr(model.config, "type_vocab_size", 0) > 0
     model = model.to(dtype)
@@ -452,7 +452,7 @@ def reference_encoder(model, folder: Path) -> dict[str, Any]:
 
 
 def compare_encoder(onnx_file: Path, ref: dict[str, Any]) -> dict[str, Any]:
-    from ..eval.backend_onnx import session
+    from ...eval.backend_onnx import session
 
     sess = session(onnx_file)
     feed = {i.name: ref[i.name] for i in sess.get_inputs()}
@@ -478,7 +478,7 @@ def compare_encoder(onnx_file: Path, ref: dict[str, Any]) -> dict[str, Any]:
 def _refuse_recurrent(config: dict, folder: Path) -> None:
     """Hybrids carry convolution / state-space states between steps, which the past_key_values layout
     (and onnxruntime-genai's config) has no place for: say so before loading anything."""
-    from ..arch import layer_kinds
+    from ...arch import layer_kinds
 
     kinds = set(layer_kinds(config) or ()) - {"attention", "mlp"}
     if kinds:
@@ -493,7 +493,7 @@ def _load_model(folder: Path, kind: str, config: dict):
     import torch
     import transformers
 
-    from ..hf import quiet_transformers
+    from ...hf import quiet_transformers
 
     quiet_transformers()
     try:
@@ -525,10 +525,10 @@ def export_onnx(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
     """An ONNX folder (model.onnx, tokenizer, config), run by onnxruntime and checked against PyTorch."""
     import torch
 
-    from ..io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
-    from ..io.atomic import atomic_path
-    from ..io.convert import write_provenance_file
-    from ..io.onnx_writer import EXTERNAL_DATA_THRESHOLD, copy_side_files
+    from ...io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
+    from ...io.atomic import atomic_path
+    from ...io.convert import write_provenance_file
+    from ...io.onnx_writer import EXTERNAL_DATA_THRESHOLD, copy_side_files
 
     if max_shard_size:
         raise UsageError("--max-shard-size does not apply to ONNX (weights past 2 GB go to one model.onnx.data)")
@@ -584,7 +584,7 @@ def export_onnx(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
             log(f"max abs output diff {rep['max_abs_diff_all']:.3g}")
         copy_side_files(folder, tmp, [n for n in SIDE_FILES])
         if kind == "decoder":  # onnxruntime-genai opens the folder with it (tokenizer files are the side files)
-            from ..io.genai_config import write_genai_config
+            from ...io.genai_config import write_genai_config
 
             write_genai_config(tmp, folder, art.config, tmp / "model.onnx")
         prov_file = dict(prov)

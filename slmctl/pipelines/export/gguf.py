@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import provenance
-from ..api import EXPORTERS
-from ..arch import ArchSpec, head_dim, permute_qk, rope_params, spec_for
-from ..errors import InputError, SlmctlError, UnsupportedError, UsageError
+from ... import provenance
+from .registry import EXPORTERS
+from ...arch import ArchSpec, head_dim, permute_qk, rope_params, spec_for
+from ...errors import InputError, SlmctlError, UnsupportedError, UsageError
 
 NATIVE = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 # k-quants through llama.cpp: name -> llama_ftype
@@ -188,7 +188,7 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -
     ``grid``: (scale, zero) per weight of a quantised input whose grid maps onto ``p.gtype``
     (io.quantized_formats.gguf_view); they go through the same reordering, then the blocks keep them.
     """
-    from ..methods.quantize.gguf_blocks import quantize_on_grid
+    from ...methods.quantize.gguf_blocks import quantize_on_grid
 
     if any(p.hf.endswith("." + s) for s in spec.transpose):
         a = a.T
@@ -222,7 +222,7 @@ STREAMED = ("token_embd.weight", "output.weight")
 def _encode_rows(read: Callable[[int, int], np.ndarray], shape: tuple[int, ...], gtype: str) -> np.ndarray:
     """A float32 tensor of ``shape`` in GGUF type ``gtype``, encoded ``CHUNK`` elements at a time:
     ``read(i, j)`` gives rows i..j-1 of its outermost dimension (from memory or from the file)."""
-    from ..methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
+    from ...methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
 
     fn = {"f32": lambda x: x, "f16": lambda x: x.astype(np.float16), "bf16": quantize_bf16}.get(gtype) \
         or GGUF_BLOCK_TYPES.get(gtype)
@@ -249,7 +249,7 @@ def _first(cfg: dict, keys: tuple[str, ...]):
 
 def write_hparams(w, spec: ArchSpec, cfg: dict, arch: str, per_layer: dict[str, list[int]]) -> None:
     """``<arch>.*`` hyperparameters from config.json through the spec's key table."""
-    from ..io.gguf_writer import F32, U32
+    from ...io.gguf_writer import F32, U32
 
     per_key = {"attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
                "feed_forward_length": "intermediate_size"}
@@ -330,8 +330,8 @@ def _layer_pattern_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
     """Per-layer patterns: Gemma 3's sliding layers as an explicit array (llama.cpp's default is 5 sliding,
     1 full, which a pruned model no longer follows); SmolLM3's layers without RoPE, which llama.cpp fixes
     at every 4th layer, checked."""
-    from ..arch import rope_pattern_problem, sliding_layers
-    from ..io.gguf_writer import BOOL
+    from ...arch import rope_pattern_problem, sliding_layers
+    from ...io.gguf_writer import BOOL
 
     if spec.layer_pattern == "swa":
         swa = sliding_layers(cfg)
@@ -354,8 +354,8 @@ def _layer_pattern_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
 
 def _hybrid_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
     """Hybrids: llama.cpp tells a recurrent block by head_count_kv 0 (and, for Nemotron-H, feed_forward_length 0)."""
-    from ..arch import layer_kinds, lfm2_ffn_size
-    from ..io.gguf_writer import U32
+    from ...arch import layer_kinds, lfm2_ffn_size
+    from ...io.gguf_writer import U32
 
     kinds = layer_kinds(cfg)
     kv = int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
@@ -383,7 +383,7 @@ def _hybrid_hparams(w, spec: ArchSpec, cfg: dict, arch: str) -> None:
 
 
 def write_vocab(w, vocab) -> None:
-    from ..io.gguf_writer import I32, STRING, F32
+    from ...io.gguf_writer import I32, STRING, F32
 
     w.add_string("tokenizer.ggml.model", vocab.model)
     if vocab.model == "gpt2":
@@ -430,11 +430,11 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
 
     ``quant`` (pipelines.gguf_quant.GGUFQuant): slmctl's own quantisation to a llama.cpp file type
     (``outtype`` then names it, e.g. q4_k_m): it sets each tensor's type and produces its blocks."""
-    from ..io.artifact import PROVENANCE_KEY
-    from ..io.gguf_writer import GGUFStreamWriter
-    from ..io.hf_vocab import read_vocab
-    from ..io.np_tensors import load_float32
-    from ..io.prefetch import ordered_map
+    from ...io.artifact import PROVENANCE_KEY
+    from ...io.gguf_writer import GGUFStreamWriter
+    from ...io.hf_vocab import read_vocab
+    from ...io.np_tensors import load_float32
+    from ...io.prefetch import ordered_map
 
     cfg = art.config
     if cfg is None:
@@ -504,8 +504,8 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
 
 def _add_general(w, prov: dict, n_params: int, quantized: bool) -> None:
     """general.* as llama.cpp's converter fills it (base model, license, size label, tags) from the provenance."""
-    from ..io.gguf_writer import STRING
-    from .lineage import gguf_general
+    from ...io.gguf_writer import STRING
+    from ..lineage import gguf_general
 
     for key, v in gguf_general(prov, n_params=n_params, quantized=quantized, has_name=w.has("general.name")):
         if w.has(key):
@@ -523,14 +523,14 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
                 outtype: str | None = None, imatrix: str | None = None, data: str | None = None,
                 vocab_pre: str | None = None, modelfile: bool = False, method: str | None = None, **_: Any) -> Path:
     """One GGUF file that llama.cpp runs: f32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 here, k-quants via llama.cpp."""
-    from ..io.atomic import atomic_path
-    from ..io.convert import write_provenance_file
+    from ...io.atomic import atomic_path
+    from ...io.convert import write_provenance_file
 
     if max_shard_size:
         raise UsageError("--max-shard-size does not apply to GGUF (one file)")
     t = normalise_outtype(outtype, dtype)
     if (art.config or {}).get("quantization_config") and art.format != "gguf":
-        from ..io.quantized_formats import gguf_view
+        from ...io.quantized_formats import gguf_view
 
         # GPTQ/AWQ/RTN output: its grid maps onto the nearest GGUF type, or it is dequantised and requantised
         art, t, _ = gguf_view(art, t if (outtype or dtype != "auto") else None, log=log)
@@ -541,7 +541,7 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
         raise UsageError(f"--method/--imatrix/--data only matter for quantised types, not {t}", hint="e.g. --outtype q4_k_m")
     if art.format in ("hf", "safetensors") and not (art.config or {}).get("quantization_config") \
             and (t in KQUANTS or imatrix or data or method):
-        from .gguf_quant import to_gguf  # slmctl's own quantisers on llama.cpp's grids and type mixture
+        from ..gguf_quant import to_gguf  # slmctl's own quantisers on llama.cpp's grids and type mixture
 
         to_gguf(art, ref, out, t, method=method, data=data, imatrix=imatrix, force=force, vocab_pre=vocab_pre,
                 log=log, progress=progress, verb="export")
@@ -577,7 +577,7 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
 def _with_modelfile(out: Path, modelfile: bool, force: bool, log: Log) -> Path:
     """With --modelfile: an Ollama Modelfile beside the GGUF (template and stops from its tokenizer metadata)."""
     if modelfile:
-        from ..io.modelfile import modelfile_path, write_modelfile
+        from ...io.modelfile import modelfile_path, write_modelfile
 
         mf, style = write_modelfile(out, modelfile_path(out), force=force)
         log(f"wrote {mf}" + (f" (chat template: {style.name})" if style else
@@ -588,13 +588,13 @@ def _with_modelfile(out: Path, modelfile: bool, force: bool, log: Log) -> Path:
 # ---------------------------------------------------------------- k-quants and imatrix
 def _imatrix_for(art, imatrix, data, *, log, progress=None):
     """{gguf tensor name: mean squared input activation per column} or None."""
-    from ..io.imatrix import read_imatrix, write_imatrix
+    from ...io.imatrix import read_imatrix, write_imatrix
 
     if imatrix and (not data or Path(imatrix).is_file()):
         return read_imatrix(Path(imatrix))
     if data:
-        from ..calib import as_list, label
-        from ..imatrix import CHUNKS, CTX, compute_imatrix
+        from ...calib import as_list, label
+        from ..importance import CHUNKS, CTX, compute_imatrix
 
         log(f"computing the importance matrix on {label(data)} (calib region, {CHUNKS} x {CTX} tokens)")
         sums, n = compute_imatrix(art, data=data, ctx=CTX, chunks=CHUNKS, progress=progress)
@@ -667,7 +667,7 @@ def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: 
     ``imatrix``: a path to an importance matrix (GGUF imatrix or legacy .dat written by slmctl or
     llama-imatrix) or a dict {tensor name: per-column mean squared activation}.
     """
-    from ..io.atomic import atomic_path
+    from ...io.atomic import atomic_path
 
     src, out = Path(src_gguf), Path(out)
     t = outtype.lower()
@@ -676,12 +676,12 @@ def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: 
     if not src.is_file():
         raise InputError(f"{src} does not exist")
     if isinstance(imatrix, (str, os.PathLike)):
-        from ..io.imatrix import read_imatrix
+        from ...io.imatrix import read_imatrix
 
         imatrix = read_imatrix(Path(imatrix))
-    from .. import provenance
-    from ..io.artifact import open_artifact
-    from ..io.convert import write_provenance_file
+    from ... import provenance
+    from ...io.artifact import open_artifact
+    from ...io.convert import write_provenance_file
 
     prov = provenance.build("quantize", {"format": "gguf", "type": t, "imatrix": imatrix is not None,
                                          "allow_requantize": allow_requantize},
