@@ -7,7 +7,7 @@ JOBS   ?= 2
 # peer tools' venvs (built by `make peers`; bench, test-peers and test-slow need them): defined before
 # any rule names them, since a prerequisite list is expanded where the rule is read
 PEERS ?= $(CURDIR)/.peers
-PEER_ENVS := $(PEERS)/mergekit/.ok $(PEERS)/llmcompressor/.ok $(PEERS)/optimum/.ok $(PEERS)/gptqmodel/.ok
+PEER_ENVS := $(PEERS)/mergekit/.ok $(PEERS)/llmcompressor/.ok $(PEERS)/optimum/.ok $(PEERS)/gptqmodel/.ok $(PEERS)/autoround/.ok
 
 .PHONY: setup demo release test test-slow test-peers fuzz test-fuzz bench docs peers peers-mergekit clean
 
@@ -64,6 +64,8 @@ PEER_PKGS_llmcompressor := llmcompressor==0.14.0.1
 PEER_PKGS_optimum       := 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.57.*' accelerate
 # GPTQModel 7.6.0 is the last release that accepts torch 2.13: the real loader of our GPTQ layout
 PEER_PKGS_gptqmodel     := gptqmodel==7.6.0
+# AutoRound (Intel): its GGUF export (gguf:q4_0, q4_k_m, ...) beside slmctl's in bench_gguf_quant
+PEER_PKGS_autoround     := auto-round==0.16.1
 $(PEERS)/%/.ok:
 	python3 -m venv $(PEERS)/$*
 	$(PEERS)/$*/bin/pip install -q torch==2.13.0

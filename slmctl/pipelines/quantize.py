@@ -83,7 +83,8 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
     if art.format == "onnx":  # onnxruntime's quantisers, then the same quality report
         from .quantize_onnx import quantize_onnx_verb
 
-        return quantize_onnx_verb(model, out, bits=bits, qtype=qtype, report=report,
+        return quantize_onnx_verb(model, out, bits=bits, qtype=qtype, method=method, block_size=group_size,
+                                  symmetric=sym, data=data, samples=samples, seq_len=seq_len, damp=damp, report=report,
                                   eval_data=eval_data or "sample:shakespeare",
                                   eval_ctx=eval_ctx, eval_windows=eval_windows, force=force, log=log,
                                   progress=progress)

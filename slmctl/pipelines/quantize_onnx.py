@@ -24,7 +24,8 @@ from typing import Any, Callable
 from .. import provenance
 from ..errors import UnsupportedError, UsageError
 
-ALGORITHMS = ("default", "rtn", "k_quant", "hqq", "gptq")
+#: gptq: slmctl's own (importance-searched block scales, GPTQ codes, calibrated); the others onnxruntime's
+ALGORITHMS = ("gptq", "default", "rtn", "k_quant", "hqq", "ort_gptq")
 
 
 def _nolog(msg: str) -> None:
@@ -91,8 +92,8 @@ def _int8(src: Path, dst: Path, *, per_channel: bool, external: bool, keep_down_
             "op_types": ["MatMul", "Gemm"], "kept_in_float": len(exclude)}
 
 
-def _calib_reader(src: Path, calib: str | None, ctx: int, samples: int):
-    """GPTQ's calibration data: windows of the calibration text, fed with an empty KV cache."""
+def _calib_feeds(src: Path, calib: str | None, ctx: int, samples: int) -> list[dict]:
+    """Calibration feeds: windows of the calibration text, each with an empty KV cache."""
     import numpy as np
 
     from ..calib import DEFAULT_CALIB, draw_windows
@@ -115,6 +116,12 @@ def _calib_reader(src: Path, calib: str | None, ctx: int, samples: int):
         f.update(lm.empty_past(1))
         feeds.append(f)
     del lm
+    return feeds
+
+
+def _calib_reader(src: Path, calib: str | None, ctx: int, samples: int):
+    """onnxruntime's GPTQ's calibration data (a CalibrationDataReader over :func:`_calib_feeds`)."""
+    feeds = _calib_feeds(src, calib, ctx, samples)
 
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -144,7 +151,7 @@ def _int4(src: Path, dst: Path, *, algo: str, block_size: int, symmetric: bool, 
         cfg = mnb.RTNWeightOnlyQuantConfig()
     elif algo == "k_quant":
         cfg = mnb.KQuantWeightOnlyQuantConfig()
-    elif algo == "gptq":
+    elif algo == "ort_gptq":
         cfg = mnb.GPTQWeightOnlyQuantConfig(calibration_data_reader=_calib_reader(src, calib, calib_ctx, calib_samples),
                                             block_size=block_size)
     else:
@@ -160,6 +167,122 @@ def _int4(src: Path, dst: Path, *, algo: str, block_size: int, symmetric: bool, 
             "accuracy_level": accuracy_level}
 
 
+def _weight_matmuls(model) -> list:
+    """(node, weight initializer) of every MatMul whose second input is a 2-D float initializer."""
+    import onnx
+
+    init = {t.name: t for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in init:
+            t = init[n.input[1]]
+            if len(t.dims) == 2 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+                out.append((n, t))
+    return out
+
+
+def input_hessians(model, feeds: list[dict], names: list[str], log: Callable[[str], None] = _nolog) -> dict:
+    """{tensor name: (2/n X^T X, n)} of the named activations over the calibration feeds, read from
+    onnxruntime by adding them as graph outputs of a copy of the float model (the float model's
+    activations: one forward per window, not layer by layer)."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from ..io.onnx_writer import save_model
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    acc: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="slmctl-hessians-") as d:
+        path = Path(d) / "probe.onnx"
+        save_model(probe, path)
+        del probe
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the MatMul inputs named
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for i, f in enumerate(feeds):
+            outs = sess.run(names, f)
+            for name, x in zip(names, outs):
+                x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+                h, n = acc.get(name, (0.0, 0))
+                acc[name] = (h + x.T @ x, n + len(x))
+            log(f"calibration forward {i + 1}/{len(feeds)}")
+    return {k: (2.0 * h / max(n, 1), n) for k, (h, n) in acc.items()}
+
+
+def _int4_calibrated(src: Path, dst: Path, *, block_size: int, symmetric: bool, accuracy_level: int | None,
+                     external: bool, calib: str | None, calib_ctx: int, calib_samples: int, damp: float = 0.01,
+                     log: Callable[[str], None] = _nolog) -> dict[str, Any]:
+    """slmctl's own 4-bit MatMulNBits: ggml's importance-weighted block scales (as for Q4_0/Q4_1) and GPTQ codes on
+    them, from the Hessians of each MatMul's input over the calibration text (slmctl.methods.quantize.nbits)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from ..io.onnx_writer import save_model
+    from ..methods.quantize.nbits import prepare_hessian, quantize_weight
+
+    model = onnx.load(str(src))
+    pairs = _weight_matmuls(model)
+    inputs = list(dict.fromkeys(n.input[0] for n, _ in pairs))
+    t0 = time.perf_counter()
+    feeds = _calib_feeds(src, calib, calib_ctx, calib_samples)
+    hess = input_hessians(model, feeds, inputs)
+    log(f"Hessians of {len(inputs)} MatMul inputs from {len(feeds)} window(s) in {time.perf_counter() - t0:.1f} s")
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    prepared: dict[str, Any] = {}
+    drop: set[str] = set()
+    new_inits = []
+    t1 = time.perf_counter()
+    for node, t in pairs:
+        B = numpy_helper.to_array(t)
+        kdim, ndim = B.shape
+        kp = -(-kdim // block_size) * block_size
+        a = node.input[0]
+        if a not in prepared:
+            prepared[a] = prepare_hessian(hess[a][0], kp, damp=damp)
+        q = quantize_weight(B.T.astype(np.float32), block_size=block_size, symmetric=symmetric, prepared=prepared[a])
+        base = t.name.replace("/", "_").replace(".", "_")
+        sdt = np.float16 if B.dtype == np.float16 else np.float32
+        names = [f"{base}_Q4", f"{base}_scales"]
+        new_inits += [numpy_helper.from_array(q.packed, names[0]),
+                      numpy_helper.from_array(q.scales.reshape(-1).astype(sdt), names[1])]
+        if q.zero_points is not None:
+            names.append(f"{base}_zp")
+            new_inits.append(numpy_helper.from_array(q.zero_points.reshape(-1), names[2]))
+        attrs = {"K": kdim, "N": ndim, "bits": 4, "block_size": block_size}
+        if accuracy_level is not None:
+            attrs["accuracy_level"] = accuracy_level
+        repl = onnx.helper.make_node("MatMulNBits", [a, *names], list(node.output), name=(node.name or base) + "_Q4",
+                                     domain="com.microsoft", **attrs)
+        node.CopyFrom(repl)
+        uses[t.name] -= 1
+        if uses[t.name] == 0:
+            drop.add(t.name)
+    kept = [t for t in model.graph.initializer if t.name not in drop]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    log(f"{len(pairs)} MatMul weights to 4-bit (block {block_size}, {'symmetric' if symmetric else 'zero points'}) "
+        f"with GPTQ in {time.perf_counter() - t1:.1f} s")
+    save_model(model, dst, external_data=external or None)
+    return {"method": "slmctl MatMulNBits (GPTQ on importance-searched block scales)", "algorithm": "gptq",
+            "block_size": block_size, "symmetric": symmetric, "accuracy_level": accuracy_level,
+            "calibration": {"data": calib or "sample:mix", "windows": len(feeds), "ctx": calib_ctx},
+            "weights": len(pairs)}
+
+
 def _count_ops(path: Path) -> dict[str, int]:
     import collections
 
@@ -172,7 +295,8 @@ def _count_ops(path: Path) -> dict[str, int]:
 
 
 def parse_qtype(qtype: str | None, bits: int | None, algo: str) -> tuple[int, str]:
-    """``--type`` for ONNX inputs: int8, int4, or a 4-bit algorithm name (default, rtn, k_quant, hqq, gptq)."""
+    """``--type`` for ONNX inputs: int8, int4, or a 4-bit algorithm name (gptq: slmctl's own; default, rtn,
+    k_quant, hqq, ort_gptq: onnxruntime's)."""
     if qtype is None:
         return (bits or 4), algo
     q = qtype.lower().replace("-", "_")
@@ -201,11 +325,12 @@ def default_output(ref: str, path: Path, bits: int, algo: str) -> Path:
 
 
 def quantize_onnx(src_ref: str, out: str | Path | None = None, bits: int | None = None, *, force: bool = False,
-                  log: Callable[[str], None] = _nolog, qtype: str | None = None, algo: str = "default",
+                  log: Callable[[str], None] = _nolog, qtype: str | None = None, algo: str = "gptq",
                   block_size: int = 32, symmetric: bool = True, accuracy_level: int | None = None,
                   per_channel: bool = False, keep_down_proj: bool = True, calib: str | None = None,
-                  calib_ctx: int = 256, calib_samples: int = 16, **_: Any) -> Path:
-    """Quantize an ONNX model: ``bits=8`` dynamic int8, ``bits=4`` weight-only MatMulNBits (``algo``).
+                  calib_ctx: int = 256, calib_samples: int = 16, damp: float = 0.01, **_: Any) -> Path:
+    """Quantize an ONNX model: ``bits=8`` dynamic int8, ``bits=4`` weight-only MatMulNBits (``algo``: ``gptq``,
+    slmctl's own calibrated 4-bit weights, or one of onnxruntime's quantisers).
     Writes a folder (model.onnx plus the input's tokenizer/config) or, when ``out`` ends in .onnx, one file."""
     bits, algo = parse_qtype(qtype, bits, algo)
     from ..io.resolve import load_artifact
@@ -239,13 +364,16 @@ def quantize_onnx(src_ref: str, out: str | Path | None = None, bits: int | None 
     recipe = {"format": "onnx", "bits": bits, "algorithm": "dynamic_int8" if bits == 8 else algo}
     if bits == 4:
         recipe.update(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level)
-        if algo == "gptq":
+        if algo in ("gptq", "ort_gptq"):
             recipe.update(calib=calib or "sample:mix", calib_ctx=calib_ctx, calib_samples=calib_samples)
+        if algo == "gptq":
+            recipe.update(damp=damp)
     else:
         recipe.update(per_channel=per_channel, keep_down_proj=keep_down_proj)
     prov = provenance.build("quantize", recipe, [provenance.input_record(src_ref, path, art)])
     t0 = time.perf_counter()
-    log(f"quantising {src.name} to {'int8 (dynamic)' if bits == 8 else f'4-bit MatMulNBits ({algo})'} with onnxruntime")
+    who = "slmctl (calibrated)" if bits == 4 and algo == "gptq" else "onnxruntime"
+    log(f"quantising {src.name} to {'int8 (dynamic)' if bits == 8 else f'4-bit MatMulNBits ({algo})'} with {who}")
     with atomic_path(out, force=force, is_dir=not single) as tmp:
         dst = tmp if single else tmp / "model.onnx"
         if single:
@@ -255,6 +383,10 @@ def quantize_onnx(src_ref: str, out: str | Path | None = None, bits: int | None 
                 if bits == 8:
                     details = _int8(src, dst, per_channel=per_channel, external=external,
                                     keep_down_proj=keep_down_proj)
+                elif algo == "gptq":
+                    details = _int4_calibrated(src, dst, block_size=block_size, symmetric=symmetric,
+                                               accuracy_level=accuracy_level, external=external, calib=calib,
+                                               calib_ctx=calib_ctx, calib_samples=calib_samples, damp=damp, log=log)
                 else:
                     details = _int4(src, dst, algo=algo, block_size=block_size, symmetric=symmetric,
                                     accuracy_level=accuracy_level, external=external, calib=calib,
@@ -330,16 +462,23 @@ def weight_stats(path: Path) -> dict[str, int]:
 
 
 def quantize_onnx_verb(model: str, out: str | Path | None = None, *, bits: int | None = None, qtype: str | None = None,
+                       method: str = "gptq", block_size: int = 32, symmetric: bool = True,
+                       data: str | list[str] | None = None, samples: int = 16, seq_len: int = 256, damp: float = 0.01,
                        report: bool = True, eval_data: str = "sample:shakespeare", eval_ctx: int = 512,
                        eval_windows: int = 16, force: bool = False, log: Callable[[str], None] = _nolog,
                        progress=None, **_: Any) -> dict[str, Any]:
-    """``slmctl quantize MODEL.onnx``: quantise with onnxruntime, then the quality report every quantiser gives
-    (perplexity of the input and the output on held-out text, KL, top-1 agreement, size, bits per weight)."""
+    """``slmctl quantize MODEL.onnx``: quantise (4-bit: slmctl's calibrated GPTQ by default, or one of onnxruntime's
+    quantisers named by --type), then the quality report every quantiser gives (perplexity of the input and the
+    output on held-out text, KL, top-1 agreement, size, bits per weight)."""
     from .quantize import quality_report
 
     t0 = time.perf_counter()
-    target = quantize_onnx(model, out, bits, qtype=qtype, force=force, log=log)
-    nbits, algo = parse_qtype(qtype, bits, "default")
+    nbits, algo = parse_qtype(qtype, bits, method if method in ALGORITHMS else "gptq")
+    calib = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
+    if isinstance(calib, (list, tuple)):
+        raise UsageError("ONNX calibration takes one --data text", hint="give --data once")
+    target = quantize_onnx(model, out, nbits, algo=algo, force=force, log=log, block_size=block_size,
+                           symmetric=symmetric, calib=calib, calib_ctx=seq_len, calib_samples=samples, damp=damp)
     stats = weight_stats(target)
     result: dict[str, Any] = {"output": str(target), "format": "onnx", "type": qtype, "bits": nbits,
                               "method": "quantize_dynamic" if nbits == 8 else f"MatMulNBits/{algo}",

@@ -59,14 +59,33 @@ def gptq_blocks(kind: str, W: np.ndarray, H=None, *, damp: float = 0.01, act_ord
     W = np.ascontiguousarray(W, dtype=np.float32)
     rows, cols = W.shape
     perm, Hp, diag = prepared if prepared is not None else prepare(H, damp=damp, act_order=act_order)
-    qw = np.asarray(importance if importance is not None else diag / 2, dtype=np.float32)
-    pos = qw[qw > 0]
-    qw = np.where(qw > 0, qw, np.float32(pos.min() if pos.size else 1.0))
+    qw = importance_of((perm, Hp, diag), importance)
     blk = K.search(kind, W, qw)
     S, O = _columns(blk, rows, cols)
     lo, hi = K.CODE_RANGE[kind]
-    Wp, Sp, Op = W[:, perm].copy(), S[:, perm], O[:, perm]
-    Cp = blk.codes.reshape(rows, cols)[:, perm]
+    Q = gptq_codes(W, S, O, lo, hi, blk.codes.reshape(rows, cols), (perm, Hp), block_size=block_size)
+    blk.codes = Q.reshape(blk.codes.shape)
+    return blk
+
+
+def importance_of(prepared, importance: np.ndarray | None = None) -> np.ndarray:
+    """Per-column weights of the scale search: ``importance``, else diag(H) / 2 (the mean squared input, as
+    llama.cpp's imatrix); columns that never see an input get the smallest positive weight."""
+    qw = np.asarray(importance if importance is not None else prepared[2] / 2, dtype=np.float32)
+    pos = qw[qw > 0]
+    return np.where(qw > 0, qw, np.float32(pos.min() if pos.size else 1.0))
+
+
+def gptq_codes(W: np.ndarray, S: np.ndarray, O: np.ndarray, lo: int, hi: int, C0: np.ndarray, prepared,
+               *, block_size: int = 128) -> np.ndarray:
+    """Integer codes (rows, cols) in [lo, hi] for W on a fixed grid, chosen column by column with GPTQ's
+    error feedback: a code q of weight (r, c) stands for ``S[r, c] * q - O[r, c]``; ``C0`` holds the codes
+    kept where the scale is 0; ``prepared`` is (column order, upper Cholesky factor of the damped inverse
+    Hessian in that order) from :func:`prepare`."""
+    rows, cols = W.shape
+    perm, Hp = prepared[0], prepared[1]
+    Wp, Sp, Op = W[:, perm].astype(np.float32), S[:, perm], O[:, perm]
+    Cp = C0[:, perm]
     Q = np.empty((rows, cols), dtype=np.int32)
     with _few_threads(), np.errstate(all="ignore"):
         for i1 in range(0, cols, block_size):
@@ -85,8 +104,7 @@ def gptq_blocks(kind: str, W: np.ndarray, H=None, *, damp: float = 0.01, act_ord
             Wp[:, i2:] -= E1 @ Hp[i1:i2, i2:]
     out = np.empty_like(Q)
     out[:, perm] = Q
-    blk.codes = out.reshape(blk.codes.shape)
-    return blk
+    return out
 
 
 def output_error(W: np.ndarray, Wq: np.ndarray, H) -> float:
