@@ -2,8 +2,12 @@
 
 Peak memory stays near one decoder layer, its activations, and the embeddings: the model is built
 with empty (meta) parameters and each layer's weights are read from the artifact's safetensors only
-when that layer runs, then dropped again. This is how GPTQ/AWQ/imatrix/pruning calibrate a model
-bigger than RAM.
+when that layer runs, then dropped again. This is slmctl's one layer engine: GPTQ, AWQ, the GGUF
+importance matrix and GPTQ-on-grids, Wanda, SparseGPT, OWL / block-influence allocation, depth and
+width importance all run through it. GPT-2's Conv1D linears (``linears``, ``linear_weight``,
+``set_linear_weight`` give every linear an (out, in) view), positional layer arguments (GPT-2's
+blocks get the causal mask positionally) and per-layer head/FFN sizes (``slmctl_per_layer``) are
+handled here.
 
 API (stable; other methods import it)::
 
@@ -24,6 +28,8 @@ API (stable; other methods import it)::
         # layer's outputs feed the next layer, and this layer's weights are freed.
         # set step.keep = True to keep the weights (e.g. to write them out) after the step.
 
+    linears(layer) -> {name: nn.Linear or Conv1D}; linear_weight(m) / set_linear_weight(m, w): (out, in)
+    final_norm(model) -> the norm after the last decoder layer (or None)
     linear_groups(layer, hidden, kwargs) -> [[names sharing one input], ...] in forward order
         # e.g. [[q,k,v], [o], [gate,up], [down]]: the sequential groups of true-sequential GPTQ / AWQ
     capture_layer_inputs(layer, hidden, kwargs, names=None, on_input=None) -> {name: [X, ...]}
@@ -48,7 +54,8 @@ from typing import Any, Callable, Iterator
 from .arch.names import BLOCK_CONTAINERS
 from .errors import InputError, UnsupportedError
 
-__all__ = ["LayerwiseModel", "LayerStep", "iter_layers", "capture_layer_inputs", "run_layer", "linear_groups"]
+__all__ = ["LayerwiseModel", "LayerStep", "iter_layers", "capture_layer_inputs", "run_layer", "linear_groups",
+           "linears", "linear_weight", "set_linear_weight", "final_norm", "is_linear"]
 
 
 class _Stop(Exception):
@@ -75,6 +82,7 @@ class LayerwiseModel:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from .hf import quiet_transformers
+        from .surgery.width import PER_LAYER_KEY, apply_per_layer
 
         quiet_transformers()
         if art.format not in ("hf", "safetensors") or art.config is None:
@@ -90,6 +98,8 @@ class LayerwiseModel:
         # parameters on the meta device, buffers (rotary inv_freq) real: nothing big is allocated
         with init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code, dtype=torch.float32)
+            if art.config.get(PER_LAYER_KEY):  # per-layer head / FFN sizes (width pruning): resized, still empty
+                apply_per_layer(model, art.config)
         model.eval()
         self.model = model
         self.n_layers = cfg.num_hidden_layers
@@ -118,6 +128,7 @@ class LayerwiseModel:
         return {k[len(pre):]: v for k, v in self._names.items() if k.startswith(pre)}
 
     def linear_names(self, i: int) -> list[str]:
+        """The nn.Linear modules of layer i (the quantisers' domain: GPT-2's Conv1D is left out, see ``linears``)."""
         import torch.nn as nn
 
         return [n for n, m in self.layers[i].named_modules() if isinstance(m, nn.Linear)]
@@ -138,7 +149,7 @@ class LayerwiseModel:
             t = self.art.tensors[src].load()
             if tuple(t.shape) != tuple(p.shape):
                 raise InputError(f"{self.art.path}: tensor {src} has shape {tuple(t.shape)}, config.json implies "
-                                 f"{tuple(p.shape)}", hint="per-layer widths (slmctl_per_layer) are not supported here")
+                                 f"{tuple(p.shape)}", hint="the weights do not match config.json; export the model again")
             self._set(module, pname, t)
 
     def load_layer(self, i: int):
@@ -213,7 +224,7 @@ class LayerwiseModel:
                 if self.idx == 0:
                     firsts.append(hidden_states.detach().clone())
                 if len(records) <= self.idx:
-                    records.append(dict(kwargs, **{f"_arg{j}": a for j, a in enumerate(args)}))
+                    records.append(dict(_named_args(originals[self.idx], hidden_states, args), **kwargs))
                 if self.idx == len(originals) - 1:
                     raise _Stop
                 return hidden_states
@@ -247,6 +258,25 @@ def _qmethod(cfg) -> str:
     return (q.get("quant_method") if isinstance(q, dict) else getattr(q, "quant_method", None)) or "quantized"
 
 
+def _named_args(layer, hidden_states, args: tuple) -> dict[str, Any]:
+    """Positional arguments after the hidden states under their parameter names (GPT-2's blocks get the
+    cache and the causal mask positionally); names the signature cannot place are kept as ``_argN``."""
+    import inspect
+
+    if not args:
+        return {}
+    try:
+        bound = inspect.signature(layer.forward).bind_partial(hidden_states, *args)
+    except TypeError:
+        return {f"_arg{j}": a for j, a in enumerate(args)}
+    named = dict(bound.arguments)
+    named.pop(next(iter(named)))  # the hidden states
+    for k, p in inspect.signature(layer.forward).parameters.items():
+        if p.kind is p.VAR_POSITIONAL and k in named:  # a *args catch-all: cannot be passed by name
+            return {f"_arg{j}": a for j, a in enumerate(args)}
+    return named
+
+
 def _clean_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in kw.items() if not k.startswith("_arg")}
     out["use_cache"] = False
@@ -254,6 +284,45 @@ def _clean_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         if k in out:
             out[k] = None
     return out
+
+
+def is_linear(module) -> bool:
+    """An nn.Linear or GPT-2's Conv1D (a linear that stores its weight as (in, out))."""
+    import torch.nn as nn
+
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def linears(layer) -> dict[str, Any]:
+    """Every Linear / Conv1D inside a decoder layer, by its name within the layer."""
+    return {n: m for n, m in layer.named_modules() if is_linear(m)}
+
+
+def linear_weight(module):
+    """The (out, in) weight of an nn.Linear, or the transposed view of a Conv1D's (in, out) weight."""
+    w = module.weight
+    return w.data.t() if type(module).__name__ == "Conv1D" else w.data
+
+
+def set_linear_weight(module, w) -> None:
+    """Write an (out, in) weight back in the module's own layout."""
+    module.weight.data.copy_(w.t() if type(module).__name__ == "Conv1D" else w)
+
+
+NORM_PATHS = ("model.norm", "transformer.ln_f", "model.decoder.final_layer_norm", "gpt_neox.final_layer_norm")
+
+
+def final_norm(model):
+    """The norm after the last decoder layer, or None."""
+    for path in NORM_PATHS:
+        m = model
+        for part in path.split("."):
+            m = getattr(m, part, None)
+            if m is None:
+                break
+        if m is not None:
+            return m
+    return None
 
 
 def run_layer(layer, hidden: list, kwargs: dict[str, Any]) -> list:
@@ -271,21 +340,20 @@ def run_layer(layer, hidden: list, kwargs: dict[str, Any]) -> list:
 def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: list[str] | None = None,
                          on_input: Callable[[str, Any], None] | None = None,
                          stop_early: bool = False) -> dict[str, list]:
-    """Inputs of the nn.Linear modules of ``layer`` (all, or ``names``) while it runs on ``hidden``.
+    """Inputs of the linears (nn.Linear, GPT-2's Conv1D) of ``layer`` (all, or ``names``) while it runs on ``hidden``.
 
     With ``on_input`` each input goes to ``on_input(name, x)`` as it appears and nothing is kept.
     With ``stop_early`` each window's forward stops once every wanted linear has seen its input
     (the rest of the layer is not run: true-sequential methods capture an early group cheaply).
     """
     import torch
-    import torch.nn as nn
 
     want = set(names) if names is not None else None
     got: dict[str, list] = {}
     handles = []
     seen: set[str] = set()
     for n, m in layer.named_modules():
-        if not isinstance(m, nn.Linear) or (want is not None and n not in want):
+        if not is_linear(m) or (want is not None and n not in want):
             continue
         got[n] = []
 

@@ -216,32 +216,99 @@ def test_nm_on_gpt2_conv1d_runs_along_the_input_dimension(tiny_models, text_file
     _runs(out)
 
 
-def test_streaming_and_in_memory_runners_agree(tiny_models, text_file, tmp_path, monkeypatch):
-    """The one-layer-in-memory path (slmctl.layerwise) and the whole-model path give the same SparseGPT result."""
-    import slmctl.pipelines.prune as pp
+def _whole_model(src, text_file, layer_fn):
+    """Reference for the layer engine: the whole model in memory, each decoder layer's inputs taken from
+    full forwards (batches of 8 windows) after the layers before it were changed by ``layer_fn(i, layer)``,
+    which registers its hooks and returns a function to call once the forwards are done."""
+    from slmctl import api
+    from slmctl.eval.backends import load_tokenizer
+    from slmctl.pipelines.prune import calibration_ids, load_model
 
-    src = tiny_models["qwen2"]
+    art, path = api.load_artifact(str(src))
+    model = load_model(art, path)
+    ids = calibration_ids(load_tokenizer(art), data=str(text_file), field="text", samples=FAST["samples"],
+                          seqlen=FAST["seqlen"], seed=0)
+    layers = model.transformer.h if hasattr(model, "transformer") else model.model.layers
+    for i, layer in enumerate(layers):
+        done = layer_fn(i, layer)
+        with torch.no_grad():
+            for c in range(0, len(ids), 8):
+                model(input_ids=ids[c:c + 8], use_cache=False)
+        done()
+    return model, art
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2", "per_layer"])
+def test_layer_engine_agrees_with_the_whole_model(tiny_models, text_file, tmp_path, family):
+    """The one-layer-in-memory engine (slmctl.layerwise) and a whole-model reference give the same SparseGPT
+    result (GPT-2: Conv1D weights and the causal mask its blocks get positionally; per-layer head/FFN sizes)."""
+    from slmctl.layerwise import linear_weight, linears, set_linear_weight
+    from slmctl.pipelines.prune import _finish_stats, _stats_adder
+
+    if family == "per_layer":
+        src = tmp_path / "per_layer"
+        _prune(tiny_models["llama"], src, text_file, method="width", mlp_ratio=0.25, heads_ratio=0.25,
+               adaptive=True, adaptive_lambda=0.2, eval_windows=0)
+        assert "slmctl_per_layer" in json.loads((src / "config.json").read_text())
+    else:
+        src = tiny_models[family]
     a = _prune(src, tmp_path / "stream", text_file, method="sparsegpt", eval_windows=0)
-    monkeypatch.setattr(pp, "_streaming_ok", lambda cfg: False)
-    b = _prune(src, tmp_path / "whole", text_file, method="sparsegpt", eval_windows=0)
-    assert a["recipe"]["sparsity"]["achieved"] == pytest.approx(b["recipe"]["sparsity"]["achieved"])
-    sa, sb = _state(tmp_path / "stream"), _state(tmp_path / "whole")
-    assert set(sa) == set(sb)
+
+    def sparsegpt(i, layer):
+        lin = linears(layer)
+        stats = {nm: {} for nm in lin}
+        add = _stats_adder("hessian", stats)
+        hs = [m.register_forward_pre_hook(lambda mod, x, nm=nm: add(nm, x[0])) for nm, m in lin.items()]
+
+        def done():
+            for h in hs:
+                h.remove()
+            _finish_stats(stats)
+            for nm, m in lin.items():
+                set_linear_weight(m, UNSTRUCTURED.get("sparsegpt")(linear_weight(m), stats[nm], sparsity=0.5,
+                                                                   pattern=None))
+        return done
+
+    model, _ = _whole_model(src, text_file, sparsegpt)
+    sb = model.state_dict()
+    sa = _state(tmp_path / "stream")
+    assert set(sa) <= set(sb)
+    zeros = sum(int((sb[k] == 0).sum()) for k in sa if any(k in n for n in _linear_names(model)))
+    params = sum(sb[k].numel() for k in sa if any(k in n for n in _linear_names(model)))
+    assert a["recipe"]["sparsity"]["achieved"] == pytest.approx(zeros / params)
     for k in sa:
         assert torch.equal(sa[k] == 0, sb[k] == 0), k  # same masks
         assert torch.allclose(sa[k], sb[k], atol=1e-5), k
 
 
-def test_width_streaming_and_in_memory_agree(tiny_models, text_file, tmp_path, monkeypatch):
-    import slmctl.pipelines.prune as pp
+def _linear_names(model) -> list[str]:
+    from slmctl.layerwise import is_linear
+
+    return [f"{n}.weight" for n, m in model.named_modules() if is_linear(m) and n != "lm_head"]
+
+
+def test_width_engine_agrees_with_the_whole_model(tiny_models, text_file, tmp_path):
+    from slmctl.methods.prune.width import Importance, head_activations, keep_count, keep_heads, top_k
+    from slmctl.surgery.width import shrink
 
     src = tiny_models["llama"]
-    kw = dict(method="width", heads_ratio=0.5, mlp_ratio=0.5, hidden_ratio=0.25, eval_windows=0)
-    a = _prune(src, tmp_path / "stream", text_file, **kw)
-    monkeypatch.setattr(pp, "_streaming_ok", lambda cfg: False)
-    b = _prune(src, tmp_path / "whole", text_file, **kw)
-    assert [r["heads_kept"] for r in a["layers"]] == [r["heads_kept"] for r in b["layers"]]
-    sa, sb = _state(tmp_path / "stream"), _state(tmp_path / "whole")
+    a = _prune(src, tmp_path / "stream", text_file, method="width", heads_ratio=0.5, mlp_ratio=0.5, eval_windows=0)
+    cfg = json.loads((Path(src) / "config.json").read_text())
+    H, KV, inter = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
+    imp_h, imp_m = {}, {}
+
+    def importance(i, layer):
+        imp_h[i], imp_m[i] = Importance(), Importance()
+        hs = [layer.self_attn.o_proj.register_forward_pre_hook(lambda m, x: imp_h[i].add(head_activations(x[0], H))),
+              layer.mlp.down_proj.register_forward_pre_hook(lambda m, x: imp_m[i].add(x[0]))]
+        return lambda: [h.remove() for h in hs]
+
+    _whole_model(src, text_file, importance)
+    mult = 32 if inter % 32 == 0 and inter >= 128 else 1
+    plan = {"heads": {i: keep_heads(imp_h[i].value(), H, KV, 0.5) for i in imp_h},
+            "mlp": {i: top_k(imp_m[i].value(), keep_count(inter, 0.5, mult)) for i in imp_m}, "hidden": None}
+    assert [r["heads_kept"] for r in a["layers"]] == [plan["heads"][i][0] for i in sorted(plan["heads"])]
+    sa, sb = _state(tmp_path / "stream"), shrink(_state(Path(src)), cfg, plan)[0]
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and set(sa) == set(sb)
 
 

@@ -185,23 +185,6 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
 
 
 # ---------------------------------------------------------------- helpers shared by the methods
-def _model_and_ids(ctx):
-    from ..eval.backends import load_tokenizer
-
-    model = load_model(ctx["art"], ctx["path"], ctx["trust_remote_code"])
-    tok = load_tokenizer(ctx["art"], ctx["trust_remote_code"])
-    c = ctx["calib"]
-    ids = calibration_ids(tok, data=c["data"], field=ctx["field"], samples=c["samples"], seqlen=c["seqlen"],
-                          seed=c["seed"], info=ctx.setdefault("calib_info", {}))
-    ctx["log"](f"calibration: {ids.shape[0]} window(s) of {ids.shape[1]} tokens from {ctx['calib_info']['data']}")
-    return model, ids
-
-
-def _bar(ctx, n: int, desc: str):
-    it = range(n)
-    return ctx["progress"](it, desc=desc) if ctx["progress"] else it
-
-
 def _stream_state(art, state: dict[str, Any], rename: dict[str, str | None] | None = None):
     """(name, tensor) in the artifact's order and dtypes; tensors come from ``state`` or the artifact."""
     for name, lazy in art.tensors.items():
@@ -215,100 +198,19 @@ def _stream_state(art, state: dict[str, Any], rename: dict[str, str | None] | No
         yield new, t
 
 
-def _model_state(model, art):
-    """The model's tensors under the artifact's names (tied weights once, as the input stored them)."""
-    sd = model.state_dict()
-    missing = [n for n in art.tensors if n not in sd]
-    if missing:
-        raise UnsupportedError(f"{art.path}: tensor {missing[0]!r} has no counterpart in the transformers model",
-                               hint="this checkpoint's names differ from transformers'; re-export it with slmctl export")
-    return {n: sd[n] for n in art.tensors}
-
-
 # ---------------------------------------------------------------- unstructured
 def _unstructured(ctx, *, method, sparsity, pat, pattern, adaptive, metric, lam):
-
     from ..methods.prune import UNSTRUCTURED
-    from ..methods.prune.adaptive import ADAPTIVE, allocate, outlier_ratio
-    from ..methods.prune.depth import BoundaryCos
-    from ..methods.prune.layerwise import LayerRunner, collect_inputs, linear_weight, linears, set_linear_weight
-    from ..methods.prune.wanda import wanda_score
+    from ..methods.prune.adaptive import ADAPTIVE
 
     pruner = UNSTRUCTURED.get(method)
-    log = ctx["log"]
     target = 1.0 - pat[0] / pat[1] if pat else sparsity
     metric = metric or "owl"
     if adaptive:
         ADAPTIVE.get(metric)
     needs_calib = pruner.needs is not None or adaptive
-    if _streaming_ok(ctx["art"].config):
-        # one decoder layer in memory at a time (slmctl.layerwise); GPT-2's Conv1D and per-layer
-        # widths take the in-memory path below
-        return _unstructured_streaming(ctx, pruner=pruner, target=target, pat=pat, pattern=pattern,
-                                       adaptive=adaptive, metric=metric, lam=lam, needs_calib=needs_calib)
-    if needs_calib:
-        model, ids = _model_and_ids(ctx)
-    else:
-        model, ids = load_model(ctx["art"], ctx["path"], ctx["trust_remote_code"]), None
-    from ..methods.prune.layerwise import decoder_layers
-
-    n = len(decoder_layers(model)[0])
-    ratios = [target] * n
-    if adaptive:
-        runner = LayerRunner(model, ids)
-        scores = []
-        bc = BoundaryCos(n, 1)
-        bc.push(runner.inps)
-        for i in _bar(ctx, n, "importance"):
-            lin = linears(runner.layers[i])
-            sq: dict[str, Any] = {}
-
-            def add(name, x, sq=sq):
-                s = (x.float() ** 2).sum(0)
-                sq[name] = s if name not in sq else sq[name] + s
-            hs = collect_inputs(lin, add)
-            outs = runner.run(i)
-            for h in hs:
-                h.remove()
-            if metric == "owl":
-                scores.append(outlier_ratio([wanda_score(linear_weight(m), sq[nm]) for nm, m in lin.items()]))
-            bc.push(outs)
-            runner.advance(outs)
-        if metric == "bi":
-            scores = bc.block_influence()
-        ratios = allocate(scores, target, lam)
-        log("adaptive sparsity per layer: " + ", ".join(f"{r:.3f}" for r in ratios))
-        del runner
-    runner = LayerRunner(model, ids) if pruner.needs is not None else None
-    layers = decoder_layers(model)[0]
-    rows = []
-    for i in _bar(ctx, n, method):
-        lin = linears(layers[i])
-        stats: dict[str, dict[str, Any]] = {nm: {} for nm in lin}
-        if runner is not None:
-            hs = collect_inputs(lin, _stats_adder(pruner.needs, stats))
-            runner.run(i)
-            for h in hs:
-                h.remove()
-            _finish_stats(stats)
-        zeros = total = 0
-        for nm, m in lin.items():
-            w = linear_weight(m)
-            new = pruner(w, stats[nm], sparsity=ratios[i], pattern=pat)
-            set_linear_weight(m, new)
-            zeros += int((new == 0).sum())
-            total += new.numel()
-        rows.append({"layer": i, "target": ratios[i], "sparsity": zeros / total, "zeros": zeros, "params": total})
-        if runner is not None:
-            runner.advance(runner.run(i))  # sequential: the next layer sees this layer's pruned outputs
-    state = _model_state(model, ctx["art"])
-    recipe = {"sparsity": {"kind": pattern if pat else "unstructured", "target": target,
-                           "achieved": sum(r["zeros"] for r in rows) / max(1, sum(r["params"] for r in rows)),
-                           "per_layer": [round(r["sparsity"], 6) for r in rows]},
-              "pattern": pattern, "adaptive": {"metric": metric, "lambda": lam} if adaptive else None,
-              "_calibrated": needs_calib}
-    config = dict(ctx["art"].config)
-    return _stream_state(ctx["art"], state), config, recipe, rows
+    return _unstructured_layerwise(ctx, pruner=pruner, target=target, pat=pat, pattern=pattern, adaptive=adaptive,
+                                   metric=metric, lam=lam, needs_calib=needs_calib)
 
 
 def _mixer_note(config: dict, log):
@@ -322,11 +224,14 @@ def _mixer_note(config: dict, log):
     return mixer_filter(config)
 
 
-def _streaming_ok(config: dict) -> bool:
-    """Whether slmctl.layerwise can run this model one layer at a time (nn.Linear layers, uniform widths)."""
-    from ..surgery.width import PER_LAYER_KEY
+def _transposed(config: dict) -> tuple[str, ...]:
+    """Tensor-name suffixes a family stores as (in, out) (GPT-2's Conv1D), from its architecture spec."""
+    from ..arch import spec_for
 
-    return config.get("model_type") != "gpt2" and not config.get(PER_LAYER_KEY)
+    try:
+        return spec_for(config).transpose
+    except UnsupportedError:  # no GGUF spec: a family without Conv1D weights as far as slmctl knows
+        return ()
 
 
 def _calib_hidden(ctx, lm, chunk: int = 8) -> list:
@@ -381,11 +286,11 @@ def _finish_stats(stats: dict) -> None:
             st["hessian"] = st.pop("xtx").mul_(2.0 / max(1, st["n"]))
 
 
-def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metric, lam, needs_calib):
+def _unstructured_layerwise(ctx, *, pruner, target, pat, pattern, adaptive, metric, lam, needs_calib):
     """Unstructured / N:M pruning with one decoder layer in memory: model-free for plain magnitude,
-    else slmctl.layerwise (weights read per layer, pruned outputs feed the next layer)."""
-    import torch
-
+    else the layer engine (slmctl.layerwise: weights read per layer, pruned outputs feed the next layer).
+    GPT-2's Conv1D weights, stored (in, out), are pruned as (out, in) like every other linear."""
+    from ..layerwise import linear_weight, linears, set_linear_weight
     from ..methods.prune.adaptive import allocate, outlier_ratio
     from ..methods.prune.depth import token_cos
     from ..methods.prune.wanda import wanda_score
@@ -413,12 +318,16 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
         sparsity["per_layer"] = [round(r["sparsity"], 6) for r in rows]
 
     if not needs_calib:  # magnitude: straight from the files, tensor by tensor
+        transposed = _transposed(art.config)
+
         def gen():
             for name, lazy in art.tensors.items():
                 t = lazy.load()
                 i = layer_index(name)
                 if i is not None and t.dim() == 2 and name.endswith(".weight") and not in_mixer(name[:-7]):
-                    new = pruner(t.float(), None, sparsity=ratios[i], pattern=pat)
+                    flip = any(name.endswith("." + suffix) for suffix in transposed)
+                    new = pruner(t.float().t() if flip else t.float(), None, sparsity=ratios[i], pattern=pat)
+                    new = new.t() if flip else new
                     per_layer[i][0] += int((new == 0).sum())
                     per_layer[i][1] += new.numel()
                     t = cast(name, new)
@@ -432,7 +341,7 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
     hidden = _calib_hidden(ctx, lm)
 
     def lin_of(layer):
-        return {nm: m for nm, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and not in_mixer(nm)}
+        return {nm: m for nm, m in linears(layer).items() if not in_mixer(nm)}
 
     if adaptive:
         scores: list[float] = []
@@ -447,7 +356,7 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
             if metric == "owl":
                 st: dict = {}
                 step.recapture(on_input=_stats_adder("norm", st))
-                scores.append(outlier_ratio([wanda_score(m.weight.data, st[nm]["sq_norm"])
+                scores.append(outlier_ratio([wanda_score(linear_weight(m), st[nm]["sq_norm"])
                                              for nm, m in lin_of(step.layer).items()]))
             if step.idx == n - 1:
                 last = run_layer(step.layer, step.hidden, step.kwargs)
@@ -468,8 +377,8 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
                 step.recapture(list(lin), on_input=_stats_adder(pruner.needs, stats))
                 _finish_stats(stats)
             for nm, m in lin.items():
-                new = pruner(m.weight.data, stats[nm], sparsity=ratios[i], pattern=pat)
-                m.weight.data.copy_(new)
+                new = pruner(linear_weight(m), stats[nm], sparsity=ratios[i], pattern=pat)
+                set_linear_weight(m, new)
                 per_layer[i][0] += int((new == 0).sum())
                 per_layer[i][1] += new.numel()
             for pname, src in lm.layer_tensor_names(i).items():
@@ -486,7 +395,6 @@ def _unstructured_streaming(ctx, *, pruner, target, pat, pattern, adaptive, metr
 # ---------------------------------------------------------------- depth
 def _depth(ctx, *, layers, ratio, metric):
     from ..methods.prune.depth import DEPTH_METRICS, BoundaryCos, choose_layers
-    from ..methods.prune.layerwise import LayerRunner
     from ..surgery.layers import drop_layers, n_layers, renamed_config
 
     DEPTH_METRICS.get(metric)
@@ -500,8 +408,7 @@ def _depth(ctx, *, layers, ratio, metric):
     if not 0 < k < n:
         raise UsageError(f"cannot remove {k} of {n} layers", hint=f"choose --layers between 1 and {n - 1}")
     stats = None
-    if metric != "last" and _streaming_ok(art.config):
-        # one decoder layer in memory at a time
+    if metric != "last":  # one decoder layer in memory at a time
         from ..layerwise import LayerwiseModel, iter_layers, run_layer
 
         lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
@@ -512,16 +419,6 @@ def _depth(ctx, *, layers, ratio, metric):
             if step.idx == n - 1:
                 stats.push(run_layer(step.layer, step.hidden, step.kwargs))
         del lm
-    elif metric != "last":
-        model, ids = _model_and_ids(ctx)
-        runner = LayerRunner(model, ids)
-        stats = BoundaryCos(n, k)
-        stats.push(runner.inps)
-        for i in _bar(ctx, n, "block influence"):
-            outs = runner.run(i)
-            stats.push(outs)
-            runner.advance(outs)
-        del runner, model
     drop = choose_layers(n, k, metric, stats)
     ctx["log"](f"dropping layer(s) {drop} of {n} ({metric})")
     rename = drop_layers(list(art.tensors), drop, n)
@@ -547,9 +444,11 @@ def _depth(ctx, *, layers, ratio, metric):
 
 # ---------------------------------------------------------------- width
 def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
+    import torch
+
+    from ..layerwise import LayerwiseModel, final_norm, iter_layers, run_layer
     from ..methods.prune.adaptive import allocate
     from ..methods.prune.depth import BoundaryCos
-    from ..methods.prune.layerwise import LayerRunner, final_norm
     from ..methods.prune.width import Importance, head_activations, keep_count, keep_heads, top_k
     from ..surgery.width import PER_LAYER_KEY, family, shrink
 
@@ -578,50 +477,29 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
                 hooks.append(mod.register_forward_hook(lambda m, a, o: imp_d.add(o)))
         return hooks
 
-    import torch
-
-    if _streaming_ok(cfg):  # one decoder layer in memory at a time
-        from ..layerwise import LayerwiseModel, iter_layers, run_layer
-
-        lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
-        hidden = _calib_hidden(ctx, lm)
-        last = None
-        for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
-            bc.push(step.hidden)
-            hooks = hook_layer(step.layer, step.idx)
-            try:
-                outs = run_layer(step.layer, step.hidden, step.kwargs)
-            finally:
-                for h in hooks:
-                    h.remove()
-            if step.idx == n - 1:
-                last = outs
-        bc.push(last)
-        fn = final_norm(lm.model)
-        wname = f"{fam['final_norm']}.weight"
-        if fn is not None and wname in art.tensors:
-            fn.weight = torch.nn.Parameter(art.tensors[wname].load().float(), requires_grad=False)
-            with torch.no_grad():
-                for x in last:
-                    imp_d.add(fn(x))
-        del lm
-    else:
-        model, ids = _model_and_ids(ctx)
-        runner = LayerRunner(model, ids)
-        bc.push(runner.inps)
-        for i in _bar(ctx, n, "importance"):
-            hooks = hook_layer(runner.layers[i], i)
-            outs = runner.run(i)
+    # one decoder layer in memory at a time
+    lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
+    hidden = _calib_hidden(ctx, lm)
+    last = None
+    for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
+        bc.push(step.hidden)
+        hooks = hook_layer(step.layer, step.idx)
+        try:
+            outs = run_layer(step.layer, step.hidden, step.kwargs)
+        finally:
             for h in hooks:
                 h.remove()
-            bc.push(outs)
-            runner.advance(outs)
-        fn = final_norm(model)
-        if fn is not None:
-            with torch.no_grad():
-                for x in runner.inps:
-                    imp_d.add(fn(x))
-        del runner, model
+        if step.idx == n - 1:
+            last = outs
+    bc.push(last)
+    fn = final_norm(lm.model)
+    wname = f"{fam['final_norm']}.weight"
+    if fn is not None and wname in art.tensors:
+        fn.weight = torch.nn.Parameter(art.tensors[wname].load().float(), requires_grad=False)
+        with torch.no_grad():
+            for x in last:
+                imp_d.add(fn(x))
+    del lm
     head_r = [heads_ratio] * n
     mlp_r = [mlp_ratio] * n
     if adaptive:
