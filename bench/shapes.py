@@ -6,7 +6,8 @@ and runs in every tool. All shapes use the Llama layout (Qwen2's q/k/v biases, 0
 left out): llama.cpp's convert_hf_to_gguf.py refuses a Qwen2 model whose BPE pre-tokenizer it does not
 recognise, and the sample's tokenizer is one, so a "qwen2" folder would only measure the peer's crash. Weights are bf16 like the real checkpoints, drawn N(0, 0.02) tensor by tensor
 (norms at 1) and written in 2 GB shards, so building the 1.5B shape needs memory for one shard, not
-the model. Folders are cached under bench/out/shapes/NAME and rebuilt only when missing.
+the model. Folders are cached under bench/out/shapes/NAME and rebuilt only when missing. Another seed
+gives a second model of the same shape (two-model merges), cached under NAME-seedN.
 
     python bench/shapes.py qwen2.5-0.5b     # prints the folder
 """
@@ -39,8 +40,8 @@ SHAPES = {
 SHARD_BYTES = 2 * 10 ** 9
 
 
-def build(name: str, folder: Path | None = None) -> Path:
-    """The HF folder of shape ``name`` (built once)."""
+def build(name: str, folder: Path | None = None, seed: int = 0) -> Path:
+    """The HF folder of shape ``name`` with weights drawn from ``seed`` (built once)."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -49,7 +50,7 @@ def build(name: str, folder: Path | None = None) -> Path:
     sys.path.insert(0, str(ROOT))
     from slmctl.io.resolve import resolve
 
-    folder = folder or CACHE / name
+    folder = folder or CACHE / (name if seed == 0 else f"{name}-seed{seed}")
     if (folder / ".complete").is_file():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -65,7 +66,7 @@ def build(name: str, folder: Path | None = None) -> Path:
                                eos_token_id=vocab.get("eos_token_id"), torch_dtype="bfloat16", **spec)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(cfg)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     skip = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     # written shard by shard so only one shard's tensors are in memory
     names = [(n, tuple(p.shape)) for n, p in meta.state_dict().items() if n not in skip]
