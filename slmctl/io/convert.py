@@ -56,10 +56,9 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        w = ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
-        for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
-            w.add(name, t.to(target))
-        w.close()
+        with ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
+            for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
+                w.add(name, t.to(target))
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     return out
 

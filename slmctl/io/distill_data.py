@@ -199,15 +199,10 @@ def save_student(model, src_folder: Path, out: Path, *, prov: dict, force: bool)
             if name != "config.json" and (Path(src_folder) / name).is_file():
                 shutil.copyfile(Path(src_folder) / name, tmp / name)
         model.config.save_pretrained(tmp)
-        w = ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
-        try:
-            from ..hf import unique_state_items
+        from ..hf import unique_state_items
 
+        with ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
             for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
                 w.add(name, t.detach().float().cpu())
-        except BaseException:
-            w.abort()
-            raise
-        w.close()
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     return out

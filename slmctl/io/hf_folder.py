@@ -27,15 +27,10 @@ def write_hf_folder(out: Path, *, src_dir: Path, config: dict[str, Any], tensors
             if name != "config.json" and (src_dir / name).is_file():
                 shutil.copyfile(src_dir / name, tmp / name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        w = ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
-        try:
+        with ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
             for name, t in tensors:
                 w.add(name, t)
-        except BaseException:
-            w.abort()
-            raise
-        w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
-        w.close()
+            w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     return out
 

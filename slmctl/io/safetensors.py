@@ -162,6 +162,9 @@ class ShardedWriter:
     Each shard's tensor bytes go to a scratch file as they arrive (memory stays near one tensor);
     on close the header is written and the bytes are appended behind it. With one shard the file
     is ``model.safetensors``; with more, ``model-0000i-of-0000n.safetensors`` plus an index.
+
+    As a context manager it closes on success (unless closed already; ``meta`` may be completed inside
+    the block) and, on an exception, removes the scratch files and lets the exception through.
     """
 
     def __init__(self, folder: Path, *, max_shard_size: int | None = None, metadata: dict[str, str] | None = None,
@@ -174,7 +177,17 @@ class ShardedWriter:
         self.prefix = prefix
         self._shards: list[dict[str, Any]] = []
         self._names: set[str] = set()
+        self.paths: list[Path] | None = None  # set by close()
         self._new_shard()
+
+    def __enter__(self) -> "ShardedWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self.paths is None:
+            self.close()
 
     def _new_shard(self) -> None:
         i = len(self._shards)
@@ -210,7 +223,9 @@ class ShardedWriter:
         cur["entries"][name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [begin, begin + nbytes]}
 
     def close(self) -> list[Path]:
-        """Write headers and final shard files; return their paths."""
+        """Write headers and final shard files; return their paths (again, when called twice)."""
+        if self.paths is not None:
+            return self.paths
         n = len(self._shards)
         paths: list[Path] = []
         weight_map: dict[str, str] = {}
@@ -241,6 +256,7 @@ class ShardedWriter:
         if n > 1 and self.single_file is None:
             index = {"metadata": {"total_size": total, **self.meta}, "weight_map": weight_map}
             (self.folder / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        self.paths = paths
         return paths
 
     def abort(self) -> None:
@@ -256,11 +272,7 @@ class ShardedWriter:
 
 
 def write_tensors(folder: Path, tensors: Iterable[tuple[str, Any]], **kw) -> list[Path]:
-    w = ShardedWriter(folder, **kw)
-    try:
+    with ShardedWriter(folder, **kw) as w:
         for name, t in tensors:
             w.add(name, t)
-    except BaseException:
-        w.abort()
-        raise
-    return w.close()
+        return w.close()

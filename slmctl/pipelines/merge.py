@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 from .. import provenance
 from ..arch.names import DEPTH_KEYS, EMBEDDING_MARKS, TIED_HEAD, VOCAB_SUFFIXES, block_prefix, depth, split_block
 from ..errors import InputError, UnsupportedError, UsageError
+from ..recipe import MergeRecipe
 from ..io import mergekit_config as mkc
 from ..methods.merge.base import REQUIRED
 from ..surgery.layers import pick_layer_lists
@@ -512,17 +513,21 @@ def merge_tensor(p: Planned, tensors: dict, method, *, dtype=None, seed: int = 0
     return method.apply(tensors, base_t, p.params, p.options, gen)
 
 
-def merge(models: Sequence[str] = (), out: str | Path | None = None, *, method: str | None = None,
-          base: str | None = None, weights=None, t=None, density=None, lambda_=None, normalize: bool | None = None,
-          rescale: bool | None = None, gamma=None, epsilon=None, config: str | Path | dict | None = None,
-          lora: str | None = None, tokenizer_source: str | None = None, dtype: str | None = None,
-          out_dtype: str | None = None, seed: int = 0, max_shard_size=None, force: bool = False,
-          allow_pickle: bool = False, log: Log = _nolog, progress=None) -> Path:
+def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: MergeRecipe | None = None, *,
+          config: str | Path | dict | None = None, lora: str | None = None, force: bool = False,
+          allow_pickle: bool = False, log: Log = _nolog, progress=None, **options: Any) -> Path:
     """Merge models into an HF folder at ``out``: from flags, a mergekit config, or a LoRA fold.
 
     ``slmctl merge A B --method slerp --t 0.5 -o OUT``; ``--method ties --base BASE --density 0.5``;
     ``--config merge.yml`` (mergekit YAML); ``--lora ADAPTER BASE`` (fold a PEFT adapter).
+    ``recipe`` holds the flags (slmctl.recipe.MergeRecipe); keyword ``options`` are its fields, building one
+    (``merge([a, b], out, method="slerp", t="0.5")``) or replacing the given recipe's.
     """
+    asked = MergeRecipe.build(recipe, **options)
+    method, base, weights, t, density = asked.method, asked.base, asked.weights, asked.t, asked.density
+    lambda_, normalize, rescale, gamma, epsilon = asked.lambda_, asked.normalize, asked.rescale, asked.gamma, asked.epsilon
+    tokenizer_source, dtype, out_dtype, seed = asked.tokenizer_source, asked.dtype, asked.out_dtype, asked.seed
+    max_shard_size = asked.max_shard_size
     from ..io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file
@@ -599,8 +604,7 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, *, method: 
                 shutil.copyfile(gen_cfg, tmp / "generation_config.json")
             (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2) + "\n")
             (tmp / "mergekit_config.yml").write_text(mkc.to_yaml(doc))
-            w = ShardedWriter(tmp, max_shard_size=shard)  # the provenance goes into the headers on close
-            try:
+            with ShardedWriter(tmp, max_shard_size=shard) as w:  # the provenance goes into the headers on close
                 items = progress(plan.tensors, desc="merge") if progress else plan.tensors
                 for p in items:
                     loaded = {k: opened[k].tensors[v].load() for k, v in p.inputs.items()}
@@ -613,12 +617,9 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, *, method: 
                         res = res.to(getattr(torch, out_dt))
                     w.add(p.name, res)
                     del res
-                prov = provenance.build("merge", recipe, [rec.result() for m in opened.values() for rec in m.inputs])
+                prov = provenance.build("merge", recipe, [rec.result() for m in opened.values() for rec in m.inputs],
+                                        typed=asked)
                 w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
-            except BaseException:
-                w.abort()
-                raise
-            w.close()
             write_provenance_file(tmp / PROVENANCE_FILE, prov)
     finally:
         hasher.close()
