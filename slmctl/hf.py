@@ -25,6 +25,36 @@ def quiet_transformers() -> None:
         pass
 
 
+def load_model(path, *, trust_remote_code: bool = False, what: str = "this model", cls=None, hint: str | None = None,
+               **kw):
+    """A float32 transformers model, in eval mode, from an HF folder (or the folder of ``path``).
+
+    The one ``from_pretrained`` every verb goes through: transformers' progress output quieted, a model's
+    own code run only with ``trust_remote_code`` (off unless the user passes --trust-remote-code), and a
+    model transformers cannot build reported as an UnsupportedError naming the folder. ``cls`` defaults to
+    AutoModelForCausalLM; ``hint`` replaces the --trust-remote-code advice; ``kw`` goes to from_pretrained.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from .errors import UnsupportedError
+
+    quiet_transformers()
+    if cls is None:
+        from transformers import AutoModelForCausalLM as cls
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    try:
+        model = cls.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=trust_remote_code, **kw)
+    except (ValueError, KeyError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if hint is None and not trust_remote_code:
+            hint = "pass --trust-remote-code if the model needs its own code and you trust it"
+        raise UnsupportedError(f"{folder}: transformers cannot build {what} ({first})", hint=hint) from None
+    return model.eval()
+
+
 def unique_state_items(model):
     """(name, tensor) of ``model.state_dict()`` with tied weights once (the first name), as transformers saves."""
     seen: set[int] = set()

@@ -177,17 +177,12 @@ def _f16():
 
 
 def _from_pretrained(art):
-    import torch
-    from transformers import AutoModelForCausalLM
+    from ..hf import load_model
 
-    from ..hf import quiet_transformers
-
-    quiet_transformers()
     if (art.config or {}).get("slmctl_per_layer"):
         raise RuntimeError("config.json has per-layer widths (slmctl_per_layer), which transformers cannot build; "
                            "export to GGUF (llama.cpp's deci architecture) to run it")
-    folder = art.path if art.path.is_dir() else art.path.parent
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return load_model(art.path)
 
 
 def _recorded_hf_input(art):

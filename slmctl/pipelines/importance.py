@@ -14,6 +14,7 @@ import numpy as np
 
 from ..arch import spec_for
 from ..errors import InputError
+from ..hf import load_model
 
 
 CTX, CHUNKS = 512, 32  # llama-imatrix's default chunk size; 16k tokens
@@ -27,7 +28,6 @@ def compute_imatrix(art, text: str | None = None, *, data=None, ctx: int = CTX, 
     The windows are the first ``chunks`` of ``text``, or ``chunks`` drawn (seed 0) from ``data``'s calibration
     region (sources as slmctl.calib reads them: several, weighted; chat through the chat template)."""
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
     from ..calib import token_windows
@@ -48,8 +48,7 @@ def compute_imatrix(art, text: str | None = None, *, data=None, ctx: int = CTX, 
         wins = token_windows(lambda t: tok(t, add_special_tokens=False)["input_ids"], text, ctx, chunks)
     if not wins:
         raise InputError("the calibration text is shorter than one window", hint="pass more text with --data")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code).eval()
+    model = load_model(folder, trust_remote_code=trust_remote_code)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []

@@ -212,11 +212,9 @@ class TorchTarget(Target):
 
             log(f"{folder.name}: quantised weights dequantised to float32 on load (the grid's values, no int kernels)")
             return TorchSession(load_dequantized_model(artifact), self._device(device))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-        except (ValueError, KeyError) as exc:
-            raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})") from None
-        return TorchSession(model, self._device(device))
+        from ..hf import load_model
+
+        return TorchSession(load_model(folder, hint=""), self._device(device))
 
     def load_config(self, config: dict, *, device=None, seed: int = 0, log: Log = _nolog) -> Session:
         import torch
