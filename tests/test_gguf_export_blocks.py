@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from slmctl.methods.quantize.gguf_blocks import BLOCK_BYTES, GGUF_BLOCK_TYPES, quantize_bf16
+from slmctl.io.gguf_types import block_bytes
+from slmctl.methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
 
 gguf = pytest.importorskip("gguf")
+BLOCK_BYTES = {k: block_bytes(k) for k in GGUF_BLOCK_TYPES}  # gguf-py's sizes of the types slmctl packs
 TYPES = sorted(BLOCK_BYTES)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slmctl.io.gguf_types import block_bytes, block_size
 from slmctl.methods.quantize import gguf_kquants as K
 
 KINDS = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
@@ -45,7 +46,7 @@ def ggml():
     def quantize(kind, x, qw=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
         rows, cols = x.shape
-        nbytes, n = K.BLOCK[kind]
+        nbytes, n = block_bytes(kind), block_size(kind)
         out = np.zeros((rows, cols // n * nbytes), dtype=np.uint8)
         q = None if qw is None else np.ascontiguousarray(qw, dtype=np.float32)
         lib.ggml_quantize_chunk(GGML_ID[kind], x.ctypes.data, out.ctypes.data, 0, rows, cols,

@@ -16,6 +16,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .gguf_types import ggml_types
+
 ALIGNMENT = 32
 
 # GGUF value types (gguf.md)
@@ -25,13 +27,6 @@ _SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: 
 _NP = {U8: "<u1", I8: "<i1", U16: "<u2", I16: "<i2", U32: "<u4", I32: "<i4", F32: "<f4", BOOL: "<u1", U64: "<u8",
        I64: "<i8", F64: "<f8"}
 
-# ggml tensor types: name -> (id, elements per block, bytes per block)
-GGML_TYPES = {
-    "f32": (0, 1, 4), "f16": (1, 1, 2), "q4_0": (2, 32, 18), "q4_1": (3, 32, 20), "q5_0": (6, 32, 22),
-    "q5_1": (7, 32, 24), "q8_0": (8, 32, 34), "bf16": (30, 1, 2),
-    "q2_k": (10, 256, 84), "q3_k": (11, 256, 110), "q4_k": (12, 256, 144), "q5_k": (13, 256, 176),
-    "q6_k": (14, 256, 210),
-}
 
 
 class GGUFWriterError(RuntimeError):
@@ -48,7 +43,7 @@ class _Info:
 
 
 def tensor_nbytes(shape: tuple[int, ...], gtype: str) -> int:
-    _, blk, size = GGML_TYPES[gtype]
+    _, blk, size = ggml_types()[gtype]
     row = shape[-1] if shape else 1
     if row % blk:
         raise GGUFWriterError(f"row of {row} is not a multiple of the {gtype} block ({blk})")
@@ -127,7 +122,7 @@ class GGUFStreamWriter:
     def add_tensor_info(self, name: str, shape: tuple[int, ...], gtype: str) -> None:
         if self._state not in ("kv", "infos"):
             raise GGUFWriterError(f"tensor info {name!r} added after data writing began")
-        if gtype not in GGML_TYPES:
+        if gtype not in ggml_types():
             raise GGUFWriterError(f"unknown ggml type {gtype!r}")
         if len(name.encode()) >= 64:
             raise GGUFWriterError(f"tensor name {name!r} is longer than 63 bytes")
@@ -150,7 +145,7 @@ class GGUFStreamWriter:
         for i in self._infos:
             dims = tuple(reversed(i.shape)) or (1,)  # ggml order: fastest dimension first
             head.append(_str(i.name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
-                        + struct.pack("<IQ", GGML_TYPES[i.gtype][0], i.offset))
+                        + struct.pack("<IQ", ggml_types()[i.gtype][0], i.offset))
         blob = b"".join(head)
         self._f.write(blob)
         self._f.write(b"\0" * _pad(len(blob)))

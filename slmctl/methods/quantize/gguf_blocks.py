@@ -12,13 +12,13 @@ from typing import Callable
 
 import numpy as np
 
+from ...io.gguf_types import block_bytes
 from ...registry import Registry
 
 QK = 32  # every legacy type uses blocks of 32 weights
 
 # name -> (bytes per block of 32, quantiser)
 GGUF_BLOCK_TYPES: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("GGUF block type")
-BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24}
 
 
 def _blocks(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -130,7 +130,7 @@ def quantize_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def packed_row_bytes(kind: str, row: int) -> int:
-    return row // QK * BLOCK_BYTES[kind]
+    return row // QK * block_bytes(kind)
 
 
 # ---------------------------------------------------------------- an existing integer grid onto GGUF blocks

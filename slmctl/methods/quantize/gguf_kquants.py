@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...io.gguf_types import block_bytes, block_size
+
 F = np.float32
 QK_K = 256
 GROUP_MAX_EPS = F(1e-15)
 
-#: bytes per block and weights per block of every type slmctl writes itself
-BLOCK = {"q8_0": (34, 32), "q4_0": (18, 32), "q4_1": (20, 32), "q5_0": (22, 32), "q5_1": (24, 32),
-         "q2_k": (84, 256), "q3_k": (110, 256), "q4_k": (144, 256), "q5_k": (176, 256), "q6_k": (210, 256)}
 #: code range (inclusive) of each type's codes as ``Blocks.codes`` holds them
 CODE_RANGE = {"q8_0": (-128, 127), "q4_0": (0, 15), "q4_1": (0, 15), "q5_0": (0, 31), "q5_1": (0, 31),
               "q2_k": (0, 3), "q3_k": (0, 7), "q4_k": (0, 15), "q5_k": (0, 31), "q6_k": (0, 63)}
@@ -311,7 +310,7 @@ def search(kind: str, x: np.ndarray, qw: np.ndarray | None = None) -> Blocks:
     """
     x = np.ascontiguousarray(x, dtype=F)
     per_row = x.shape[-1]
-    n = BLOCK[kind][1]
+    n = block_size(kind)
     b = _rows(x, n)
     qwb = None if qw is None else _qw_blocks(qw, b, n)
     return _SEARCH[kind](b, qwb, x.reshape(-1, per_row))
@@ -545,7 +544,7 @@ def pack(blk: Blocks) -> np.ndarray:
 
 def unpack(kind: str, data: np.ndarray) -> Blocks:
     """GGUF bytes -> Blocks (fields and codes) of ``kind``."""
-    nbytes, n = BLOCK[kind]
+    nbytes, n = block_bytes(kind), block_size(kind)
     raw = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1, nbytes)
     nb = len(raw)
 

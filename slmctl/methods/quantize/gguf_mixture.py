@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: file type -> (base ggml type, llama_ftype number)
-FTYPES = {"q4_0": ("q4_0", 2), "q4_1": ("q4_1", 3), "q8_0": ("q8_0", 7), "q5_0": ("q5_0", 8), "q5_1": ("q5_1", 9),
-          "q2_k": ("q2_k", 10), "q3_k_s": ("q3_k", 11), "q3_k_m": ("q3_k", 12), "q3_k_l": ("q3_k", 13),
-          "q4_k_s": ("q4_k", 14), "q4_k_m": ("q4_k", 15), "q5_k_s": ("q5_k", 16), "q5_k_m": ("q5_k", 17),
-          "q6_k": ("q6_k", 18)}
-BLOCK_SIZE = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32, "q2_k": 256, "q3_k": 256, "q4_k": 256,
-              "q5_k": 256, "q6_k": 256, "f16": 1, "f32": 1, "bf16": 1}
+from ...io.gguf_types import block_size
+
+#: file type -> its base ggml type (the llama_ftype numbers: io.gguf_types.file_types)
+FTYPES = {"q4_0": "q4_0", "q4_1": "q4_1", "q8_0": "q8_0", "q5_0": "q5_0", "q5_1": "q5_1", "q2_k": "q2_k",
+          "q3_k_s": "q3_k", "q3_k_m": "q3_k", "q3_k_l": "q3_k", "q4_k_s": "q4_k", "q4_k_m": "q4_k", "q5_k_s": "q5_k",
+          "q5_k_m": "q5_k", "q6_k": "q6_k"}
 FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 #: tensor-name fragments llama.cpp never quantises (beyond 1-D tensors and norms)
 _KEEP = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", "shortconv.conv.weight", "attn_rel_b.weight",
@@ -66,10 +65,10 @@ def _more_bits(i: int, n: int) -> bool:
 
 def fallback(gtype: str, ncols: int) -> str:
     """The type llama.cpp writes when rows of ``ncols`` do not fill ``gtype``'s blocks."""
-    if ncols % BLOCK_SIZE[gtype] == 0:
+    if ncols % block_size(gtype) == 0:
         return gtype
     t = FALLBACK.get(gtype, gtype)
-    return t if ncols % BLOCK_SIZE[t] == 0 else "f16"
+    return t if ncols % block_size(t) == 0 else "f16"
 
 
 def tensor_types(tensors: list[tuple[str, tuple[int, ...]]], ftype: str, info: ModelInfo, *,
@@ -80,7 +79,7 @@ def tensor_types(tensors: list[tuple[str, tuple[int, ...]]], ftype: str, info: M
     """
     if ftype not in FTYPES:
         raise ValueError(f"unknown file type {ftype}")
-    base = FTYPES[ftype][0]
+    base = FTYPES[ftype]
     cats = [(n, s, _category(n)) for n, s in tensors if quantizable(n, s)]
     tied = not any(c == "output" for _, _, c in cats)
     n_wv = sum(1 for _, _, c in cats if c in ("attn_v", "attn_qkv", "attn_kv_b"))
@@ -91,7 +90,7 @@ def tensor_types(tensors: list[tuple[str, tuple[int, ...]]], ftype: str, info: M
         t = base
         ncols = shape[-1]
         if cat == "output" or (tied and cat == "token_embd"):
-            if falcon or ncols % BLOCK_SIZE[t]:
+            if falcon or ncols % block_size(t):
                 t = "q8_0"
             elif t != "q8_0":
                 t = "q6_k"
