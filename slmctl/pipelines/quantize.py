@@ -254,16 +254,11 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
         config = dict(art.config)
         config["quantization_config"] = qc_json
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        w = ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)})
-        try:
+        with ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
             if method == "rtn":
                 _rtn_stream(art, w, cfg, add_packed, progress, skip)
             else:
                 _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress, skip)
-        except BaseException:
-            w.abort()
-            raise
-        w.close()
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     if losses:
         stats["gptq_loss"] = sum(losses)
