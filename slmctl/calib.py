@@ -538,3 +538,11 @@ def describe_mix() -> list[dict]:
              "calib_chars": sum(len(d.text or json.dumps(d.messages)) for d in _mix_docs(p, "calib")),
              "eval_chars": sum(len(d.text or json.dumps(d.messages)) for d in _mix_docs(p, "eval"))}
             for p, w in MIX_PARTS]
+
+
+def calibration_windows(tok, *, data, field: str, samples: int, seq_len: int, seed: int, log=None):
+    """(windows, provenance of the calibration set): ``samples`` windows of ``seq_len`` tokens drawn seeded from
+    ``data`` (one source or several, weighted; chat rendered through ``tok``'s template), see ``draw_windows``."""
+    if samples < 1 or seq_len < 2:
+        raise UsageError("--samples must be at least 1 and --seq-len at least 2")
+    return draw_windows(tok, data, n=samples, ctx=seq_len, seed=seed, purpose="calib", field=field, log=log)

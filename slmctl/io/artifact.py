@@ -172,7 +172,8 @@ def open_artifact(path: str | os.PathLike, *, allow_pickle: bool = False) -> Art
     if fmt == "onnx":
         from . import onnx as onnx_io
 
-        return onnx_io.open_onnx(path)
+        cfg, meta, tensors, files, model = onnx_io.read_onnx(path)
+        return Artifact(path, "onnx", cfg, meta, tensors, files, onnx=model)
     # HF folder
     config = _read_json(path / "config.json")
     if not isinstance(config, dict):

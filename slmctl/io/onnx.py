@@ -10,8 +10,9 @@ lie inside that file.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
 from ..errors import FormatError, InputError, UnsupportedError
-from .artifact import Artifact
 from .lazy import LazyTensor
 
 # TensorProto.DataType -> (torch dtype name, bytes per element); others are listed but not loaded
@@ -156,7 +157,9 @@ def _loader(t, shape: tuple[int, ...], ext: tuple[Path, int, int | None] | None,
     return load
 
 
-def open_onnx(path: Path) -> Artifact:
+def read_onnx(path: Path) -> tuple[dict | None, dict, dict[str, LazyTensor], list[Path], Any]:
+    """(config, metadata, lazy tensors, files, the ONNX ModelProto without external data) of an ONNX model;
+    io.artifact.open_artifact wraps them in an Artifact."""
     import onnx
 
     f = model_file(path)
@@ -201,7 +204,7 @@ def open_onnx(path: Path) -> Artifact:
             cfg = None
         if not isinstance(cfg, dict):
             cfg = None
-    return Artifact(path, "onnx", cfg, meta, tensors, [f], onnx=model)
+    return cfg, meta, tensors, [f], model
 
 
-__all__ = ["open_onnx", "model_file", "external_location"]
+__all__ = ["read_onnx", "model_file", "external_location"]

@@ -152,8 +152,12 @@ class Dist:
 
 # ---------------------------------------------------------------- helpers
 def _load_model(art, trust_remote_code: bool, *, trainable: bool, role: str):
-    from ..hf import load_model
+    import torch
+    from transformers import AutoModelForCausalLM
 
+    from ..hf import quiet_transformers
+
+    quiet_transformers()
     p = art.path
     kw: dict[str, Any] = {}
     if art.format == "gguf":
@@ -169,7 +173,12 @@ def _load_model(art, trust_remote_code: bool, *, trainable: bool, role: str):
     else:
         raise UnsupportedError(f"{p}: the {role} is {art.format}; distillation needs an HF folder",
                                hint="distil the HF model and export it afterwards")
-    model = load_model(folder, trust_remote_code=trust_remote_code, what=f"the {role}", **kw)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code, **kw)
+    except (ValueError, KeyError, OSError) as exc:
+        raise UnsupportedError(f"{folder}: transformers cannot build the {role} ({str(exc).splitlines()[0]})",
+                               hint="pass --trust-remote-code if the model needs its own code and you trust it") from None
     return model, Path(folder)
 
 

@@ -82,7 +82,7 @@ class GGUFQuant:
             check_imatrix(self.importance, planned, self.imatrix_source)
         self.mixture = {p.gguf: p.gtype for p in planned}
         # decoder-layer weights GPTQ can take: stored as HF has them up to a row permutation
-        from .export.gguf import _tensor_op
+        from .export.gguf_build import _tensor_op
 
         self._by_hf = {p.hf: p for p in planned if p.bid is not None and p.hf and p.make is None
                        and not any(p.hf.endswith("." + s) for s in spec.transpose) and _tensor_op(spec, p.hf) is None}
@@ -90,7 +90,7 @@ class GGUFQuant:
     # ------------------------------------------------------------ data
     def tensors(self, planned, spec, cfg, load) -> Any:
         """Yield (planned tensor, its GGUF data) in file order."""
-        from .export.gguf import _convert
+        from .export.gguf_build import _convert
 
         layered = self.method == "gptq"
         gen = self._layers(spec, cfg) if layered else None
@@ -255,7 +255,7 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
     from .. import provenance
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file
-    from .export.gguf import write_gguf
+    from .export.gguf_build import write_gguf
 
     t = normalise_ftype(ftype)
     out = Path(out)
@@ -284,7 +284,7 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
         recipe["imatrix"] = str(imatrix)
     if data and (method == "gptq" or importance is None):
         from ..layerwise import LayerwiseModel
-        from .quantize import calibration_windows
+        from ..calib import calibration_windows
 
         lm = LayerwiseModel(art, trust_remote_code=trust_remote_code)
         windows, info = calibration_windows(lm.tokenizer(), data=data, field=field, samples=samples, seq_len=seq_len,

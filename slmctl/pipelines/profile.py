@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from typing import Any, Callable, Sequence
 
@@ -77,7 +75,7 @@ def converter(fmt: str):
 
 def _measure_model(tgt, art, model, path, workdir, *, ctx, batch, repeats, warmup, decode_tokens, decode_ctx, device,
                    layers, log) -> dict[str, Any]:
-    from ..profiling.latency import PeakRSS, measure, rss_bytes
+    from ..profiling.latency import PeakRSS, machine_info, measure, rss_bytes
 
     src_format = art.format
     art = tgt.prepare(art, model, workdir=workdir, log=log, converter=converter)
@@ -110,29 +108,3 @@ def _measure_model(tgt, art, model, path, workdir, *, ctx, batch, repeats, warmu
         }
     finally:
         session.close()
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                            "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        info["load_avg_1m"] = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        pass
-    return info

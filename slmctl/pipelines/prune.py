@@ -36,15 +36,22 @@ def _check_method(method: str) -> None:
 
 def load_model(art, path: Path, trust_remote_code: bool = False):
     """The artifact as an fp32 transformers model; per-layer widths (slmctl_per_layer) are rebuilt without remote code."""
-    from ..hf import load_model as hf_model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..hf import quiet_transformers
     from ..surgery.width import PER_LAYER_KEY, load_per_layer_model
 
-    if (art.config or {}).get(PER_LAYER_KEY):
-        try:
+    quiet_transformers()
+    folder = path if path.is_dir() else path.parent
+    try:
+        if (art.config or {}).get(PER_LAYER_KEY):
             return load_per_layer_model(art, trust_remote_code)
-        except ValueError as exc:
-            raise UnsupportedError(f"{path}: transformers cannot build this model ({str(exc).splitlines()[0]})") from None
-    return hf_model(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})") from None
+    return model.eval()
 
 
 def calibration_ids(tok, *, data, field: str, samples: int, seqlen: int, seed: int, info: dict | None = None):

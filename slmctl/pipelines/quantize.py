@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import provenance
+from ..calib import calibration_windows  # noqa: F401  (was defined here; bench scripts import it from here)
 from ..errors import InputError, UnsupportedError, UsageError
 
 Log = Callable[[str], None]
@@ -38,16 +39,6 @@ def default_output(ref: str, path: Path, method: str, cfg) -> Path:
         return base.parent / f"{stem}-{name}"
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", ref.split(":")[-1].split("/")[-1]).strip("-") or "model"
     return Path.cwd() / f"{stem}-{name}"
-
-
-def calibration_windows(tok, *, data, field: str, samples: int, seq_len: int, seed: int, log: Log = _nolog):
-    """(windows, provenance of the calibration set): ``samples`` windows of ``seq_len`` tokens drawn seeded from
-    ``data`` (one source or several, weighted; chat rendered through ``tok``'s template), see slmctl.calib."""
-    from ..calib import draw_windows
-
-    if samples < 1 or seq_len < 2:
-        raise UsageError("--samples must be at least 1 and --seq-len at least 2")
-    return draw_windows(tok, data, n=samples, ctx=seq_len, seed=seed, purpose="calib", field=field, log=log)
 
 
 def _quantize_gguf(art, out, *, qtype, allow_requantize, force, log):

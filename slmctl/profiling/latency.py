@@ -12,6 +12,7 @@ token ids (latency does not depend on the text), seeded so runs compare.
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
 from typing import Any, Callable
@@ -183,3 +184,29 @@ def efficiency(weight_bytes: int, decode: list[dict], bandwidth_gbs: float) -> d
     return {"weight_bytes_per_token": int(weight_bytes), "tokens_per_s": b1["tokens_per_s"],
             "achieved_gb_per_s": achieved, "bandwidth_gb_per_s": bandwidth_gbs, "fraction": achieved / bandwidth_gbs,
             "roofline_tokens_per_s": bandwidth_gbs * 1e9 / weight_bytes}
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                            "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        info["load_avg_1m"] = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        pass
+    return info

@@ -251,7 +251,7 @@ def run_sweep(base_ref: str | None, *, params, target: str = "torch", depths: Se
            "effect": effect(cands, "1") if "1" in keys else None,
            "effect_large_batch": effect(cands, keys[-1]) if len(keys) > 1 else None,
            "notes": notes}
-    from ..pipelines.profile import machine_info
+    from .latency import machine_info
 
     rep["machine"] = machine_info()
     return rep

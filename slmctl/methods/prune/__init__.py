@@ -8,21 +8,5 @@ Structured methods (depth, width) and the adaptive allocation live in their own 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
-
-from ...registry import Registry
-
-
-@dataclass(frozen=True)
-class Pruner:
-    fn: Callable
-    needs: Optional[str]  # None, "norm" or "hessian"
-
-    def __call__(self, weight, stats=None, **kw):
-        return self.fn(weight, stats, **kw)
-
-
-UNSTRUCTURED: Registry[Pruner] = Registry("prune method")
-
+from .base import UNSTRUCTURED, Pruner  # noqa: F401  (the registry; re-exported)
 from . import magnitude, sparsegpt, wanda  # noqa: E402,F401  (they register themselves)
