@@ -38,3 +38,15 @@ METHODS: Registry[MergeMethod] = Registry("merge method")
 def register(m: MergeMethod) -> MergeMethod:
     METHODS.add(m.name, m, m.doc)
     return m
+
+
+def register_pairwise(name: str, fn: Callable[[float, Any, Any], Any], url: str, doc: str) -> MergeMethod:
+    """A method of exactly two models, the base and one other, steered by one option ``t``:
+    ``fn(t, base, other)`` (SLERP, NearSwap)."""
+
+    def apply(tensors, base, params, options, generator=None):
+        (other,) = tensors.values()
+        return fn(float(options["t"]), base, other)
+
+    return register(MergeMethod(name, apply, url, base="required", options={"t": REQUIRED}, min_models=1,
+                                max_models=1, doc=doc))

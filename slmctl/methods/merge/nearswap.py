@@ -5,7 +5,7 @@ Reference: https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001 ; mergek
 
 from __future__ import annotations
 
-from .base import REQUIRED, MergeMethod, register
+from .base import register_pairwise
 
 
 def nearswap(t: float, base, other):
@@ -16,13 +16,5 @@ def nearswap(t: float, base, other):
     return w * other + (1 - w) * base
 
 
-def _apply(tensors, base, params, options, generator=None):
-    (other,) = tensors.values()
-    return nearswap(float(options["t"]), base, other)
-
-
-register(MergeMethod(
-    "nearswap", _apply, "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001", base="required",
-    options={"t": REQUIRED}, min_models=1, max_models=1,
-    doc="NearSwap: swap in the other model's entries that lie within --t of the base's.",
-))
+register_pairwise("nearswap", nearswap, "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
+                  "NearSwap: swap in the other model's entries that lie within --t of the base's.")

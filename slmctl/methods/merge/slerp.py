@@ -9,7 +9,7 @@ two agree to rounding.
 
 from __future__ import annotations
 
-from .base import REQUIRED, MergeMethod, register
+from .base import register_pairwise
 
 DOT_THRESHOLD = 0.9995
 CHUNK = 1 << 20  # entries per chunk of float32 scratch
@@ -50,13 +50,5 @@ def slerp(t: float, v0, v1, *, dot_threshold: float = DOT_THRESHOLD, eps: float 
     return out.reshape(v0.shape)
 
 
-def _apply(tensors, base, params, options, generator=None):
-    (other,) = tensors.values()
-    return slerp(float(options["t"]), base, other)
-
-
-register(MergeMethod(
-    "slerp", _apply, "https://en.wikipedia.org/wiki/Slerp", base="required",
-    options={"t": REQUIRED}, min_models=1, max_models=1,
-    doc="Spherical interpolation from the base (t=0) to the other model (t=1); exactly two models, --t.",
-))
+register_pairwise("slerp", slerp, "https://en.wikipedia.org/wiki/Slerp",
+                  "Spherical interpolation from the base (t=0) to the other model (t=1); exactly two models, --t.")

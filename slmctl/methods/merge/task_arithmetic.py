@@ -70,8 +70,8 @@ def task_arithmetic(base, deltas, weights: Sequence[float], *, consensus: str | 
     return (base + mixed).to(base.dtype)
 
 
-def _make(name: str, consensus: str | None, sparsification: str | None, normalize: bool, rescale: bool,
-          url: str, doc: str) -> MergeMethod:
+def _make(name: str, url: str, doc: str, *, consensus: str | None = None, sparsification: str | None = None,
+          normalize: bool = False, rescale: bool = False) -> MergeMethod:
     tparams: dict = {"weight": REQUIRED, "density": 1.0}
     if sparsification == "magnitude_outliers":
         tparams["gamma"] = 0.01
@@ -123,19 +123,24 @@ def _make(name: str, consensus: str | None, sparsification: str | None, normaliz
     ))
 
 
-_make("task_arithmetic", None, None, False, False, "https://arxiv.org/abs/2212.04089",
+_make("task_arithmetic", "https://arxiv.org/abs/2212.04089",
       "base + sum of weighted task vectors (model - base); --base, --weights, --lambda.")
-_make("ties", "sum", "magnitude", True, False, "https://arxiv.org/abs/2306.01708",
-      "TIES: keep the --density largest deltas, elect signs, average agreeing deltas; --base.")
-_make("dare_ties", "sum", "random", False, True, "https://arxiv.org/abs/2311.03099",
-      "DARE + TIES sign election: drop deltas at random (keep --density, --seed), rescale; --base.")
-_make("dare_linear", None, "random", False, True, "https://arxiv.org/abs/2311.03099",
-      "DARE: drop deltas at random (keep --density, --seed), rescale, add weighted; --base.")
-_make("breadcrumbs", None, "magnitude_outliers", False, False, "https://arxiv.org/abs/2312.06795",
-      "Model breadcrumbs: drop the largest (gamma) and smallest deltas, keep --density; --base.")
-_make("breadcrumbs_ties", "sum", "magnitude_outliers", False, False, "https://arxiv.org/abs/2312.06795",
-      "Breadcrumbs with TIES sign election; --base.")
-_make("della", "sum", "della_magprune", True, True, "https://arxiv.org/abs/2406.11617",
-      "DELLA: magnitude-ranked random drop (density +/- epsilon), rescale, sign election; --base.")
-_make("della_linear", None, "della_magprune", False, True, "https://arxiv.org/abs/2406.11617",
-      "DELLA without sign election; --base.")
+_make("ties", "https://arxiv.org/abs/2306.01708",
+      "TIES: keep the --density largest deltas, elect signs, average agreeing deltas; --base.",
+      consensus="sum", sparsification="magnitude", normalize=True)
+_make("dare_ties", "https://arxiv.org/abs/2311.03099",
+      "DARE + TIES sign election: drop deltas at random (keep --density, --seed), rescale; --base.",
+      consensus="sum", sparsification="random", rescale=True)
+_make("dare_linear", "https://arxiv.org/abs/2311.03099",
+      "DARE: drop deltas at random (keep --density, --seed), rescale, add weighted; --base.",
+      sparsification="random", rescale=True)
+_make("breadcrumbs", "https://arxiv.org/abs/2312.06795",
+      "Model breadcrumbs: drop the largest (gamma) and smallest deltas, keep --density; --base.",
+      sparsification="magnitude_outliers")
+_make("breadcrumbs_ties", "https://arxiv.org/abs/2312.06795", "Breadcrumbs with TIES sign election; --base.",
+      consensus="sum", sparsification="magnitude_outliers")
+_make("della", "https://arxiv.org/abs/2406.11617",
+      "DELLA: magnitude-ranked random drop (density +/- epsilon), rescale, sign election; --base.",
+      consensus="sum", sparsification="della_magprune", normalize=True, rescale=True)
+_make("della_linear", "https://arxiv.org/abs/2406.11617", "DELLA without sign election; --base.",
+      sparsification="della_magprune", rescale=True)
