@@ -82,41 +82,50 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     return _pack([_f16_bytes(d), q], shape)
 
 
+def _symmetric(x: np.ndarray, half: int):
+    """(shape, scale, codes) of ggml's symmetric grids: scale = signed absmax / -half,
+    q = trunc(x/scale + half + 0.5) clipped to 0..2*half-1."""
+    b, shape = _blocks(x)
+    d = (_signed_absmax(b) / np.float32(-half)).astype(np.float32)
+    q = np.trunc(b * _inverse(d) + np.float32(half + 0.5)).astype(np.uint8).clip(0, 2 * half - 1)
+    return shape, d, q
+
+
+def _affine(x: np.ndarray, top: int):
+    """(shape, scale, minimum, codes) of ggml's affine grids: scale = (max - min) / top,
+    q = trunc((x - min)/scale + 0.5) clipped to 0..top."""
+    b, shape = _blocks(x)
+    lo = b.min(axis=1, keepdims=True)
+    d = ((b.max(axis=1, keepdims=True) - lo) / np.float32(top)).astype(np.float32)
+    q = np.trunc((b - lo) * _inverse(d) + np.float32(0.5)).astype(np.uint8).clip(0, top)
+    return shape, d, lo, q
+
+
 @GGUF_BLOCK_TYPES.register("q4_0")
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     """4-bit symmetric: scale = signed absmax / -8, q = trunc(x/scale + 8.5) clipped to 0..15."""
-    b, shape = _blocks(x)
-    d = (_signed_absmax(b) / np.float32(-8)).astype(np.float32)
-    q = np.trunc(b * _inverse(d) + np.float32(8.5)).astype(np.uint8).clip(0, 15)
+    shape, d, q = _symmetric(x, 8)
     return _pack([_f16_bytes(d), _nibbles(q)], shape)
 
 
 @GGUF_BLOCK_TYPES.register("q4_1")
 def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     """4-bit affine: scale = (max - min) / 15 and an f16 minimum per block."""
-    b, shape = _blocks(x)
-    lo = b.min(axis=1, keepdims=True)
-    d = ((b.max(axis=1, keepdims=True) - lo) / np.float32(15)).astype(np.float32)
-    q = np.trunc((b - lo) * _inverse(d) + np.float32(0.5)).astype(np.uint8).clip(0, 15)
+    shape, d, lo, q = _affine(x, 15)
     return _pack([_f16_bytes(d), _f16_bytes(lo), _nibbles(q)], shape)
 
 
 @GGUF_BLOCK_TYPES.register("q5_0")
 def quantize_q5_0(x: np.ndarray) -> np.ndarray:
     """5-bit symmetric: scale = signed absmax / -16; the fifth bits packed in a 32-bit mask."""
-    b, shape = _blocks(x)
-    d = (_signed_absmax(b) / np.float32(-16)).astype(np.float32)
-    q = np.trunc(b * _inverse(d) + np.float32(16.5)).astype(np.uint8).clip(0, 31)
+    shape, d, q = _symmetric(x, 16)
     return _pack([_f16_bytes(d), _high_bits(q), _nibbles(q)], shape)
 
 
 @GGUF_BLOCK_TYPES.register("q5_1")
 def quantize_q5_1(x: np.ndarray) -> np.ndarray:
     """5-bit affine: scale = (max - min) / 31, f16 minimum, fifth bits in a 32-bit mask."""
-    b, shape = _blocks(x)
-    lo = b.min(axis=1, keepdims=True)
-    d = ((b.max(axis=1, keepdims=True) - lo) / np.float32(31)).astype(np.float32)
-    q = np.trunc((b - lo) * _inverse(d) + np.float32(0.5)).astype(np.uint8).clip(0, 31)
+    shape, d, lo, q = _affine(x, 31)
     return _pack([_f16_bytes(d), _f16_bytes(lo), _high_bits(q), _nibbles(q)], shape)
 
 
