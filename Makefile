@@ -75,9 +75,10 @@ $(PEERS)/%/.ok:
 bench: $(STAMP) $(PEER_ENVS)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SLMCTL_PEERS=$(PEERS) $(PY) bench/run.py $(ONLY)
 
-# the parity tests against the peer tools (merges vs mergekit, GPTQ vs GPTQModel, prune vs llm-compressor)
+# the parity tests against the peer tools (merges vs mergekit, GPTQ vs GPTQModel, prune vs llm-compressor,
+# ONNX vs optimum-cli's export, GGUF tensors vs llama.cpp's converter)
 test-peers: $(STAMP) $(PEER_ENVS)
-	SLMCTL_PEERS=$(PEERS) $(PY) -m pytest -m slow -q -p no:randomly tests/test_merge_mergekit.py tests/test_quantize_gptqmodel.py tests/test_prune_llmcompressor.py
+	SLMCTL_PEERS=$(PEERS) $(PY) -m pytest -m slow -q -p no:randomly tests/test_merge_mergekit.py tests/test_quantize_gptqmodel.py tests/test_prune_llmcompressor.py tests/test_peer_parity.py
 
 clean:
 	rm -rf out bench/out
