@@ -73,9 +73,17 @@ class Target:
     formats: tuple[str, ...] = ()
     description: str = ""
     exports: str | None = None  # the target's own format, when export() is implemented
+    requires: tuple[tuple[str, str], ...] = ()  # (module it imports, the package that provides it)
 
     def available(self) -> str | None:
         """None when the target can run here, else why not (a missing package, no device)."""
+        import importlib
+
+        for module, package in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                return f"{package} is not installed"
         return None
 
     def devices(self) -> list[str]:

@@ -66,13 +66,7 @@ class LlamaCppTarget(Target):
 
     name = "llamacpp"
     formats = ("gguf",)
-
-    def available(self):
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            return "llama-cpp-python is not installed"
-        return None
+    requires = (("llama_cpp", "llama-cpp-python"),)
 
     def load(self, artifact, *, device=None, log: Log = _nolog) -> Session:
         arch = artifact.metadata.get("general.architecture", "")

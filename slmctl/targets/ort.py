@@ -124,13 +124,7 @@ class OnnxRuntimeTarget(Target):
 
     name = "onnxruntime"
     formats = ("onnx",)
-
-    def available(self):
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed"
-        return None
+    requires = (("onnxruntime", "onnxruntime"),)
 
     def devices(self):
         import onnxruntime as ort

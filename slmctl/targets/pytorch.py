@@ -167,14 +167,7 @@ class TorchTarget(Target):
 
     name = "torch"
     formats = ("hf", "safetensors")
-
-    def available(self):
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as exc:
-            return f"{exc.name} is not installed"
-        return None
+    requires = (("torch", "torch"), ("transformers", "transformers"))
 
     def devices(self):
         import torch
