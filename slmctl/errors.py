@@ -44,6 +44,11 @@ class NetworkError(SlmctlError):
 
 
 class GateFailed(SlmctlError):
-    """A quality gate was crossed (exit 3)."""
+    """A quality gate was crossed (exit 3). ``failed``: one message per gate crossed. Raised after the
+    result is printed and the output written (slmctl.eval.compare.enforce), so the output is kept."""
 
     exit_code = 3
+
+    def __init__(self, message: str, hint: str | None = None, *, failed: list[str] | None = None):
+        super().__init__(message, hint)
+        self.failed = list(failed or [message])

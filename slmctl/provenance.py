@@ -6,6 +6,8 @@ byte-identical outputs; slmctl.json beside it adds the creation time.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import platform
 from importlib import metadata
@@ -39,8 +41,29 @@ def input_record(ref: str, path: Path, artifact=None) -> dict[str, Any]:
     return rec
 
 
-def build(verb: str, recipe: dict[str, Any], inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"tool": "slmctl", "verb": verb, "recipe": recipe, "inputs": inputs, "versions": versions()}
+_ASKED: contextvars.ContextVar = contextvars.ContextVar("slmctl_asked_recipe", default=None)
+
+
+@contextlib.contextmanager
+def asking(recipe):
+    """While a verb's pipeline runs, the slmctl.recipe.Recipe it was given: every record built meanwhile
+    (by whichever exporter, quantiser or writer the verb reaches) keeps it."""
+    token = _ASKED.set(recipe)
+    try:
+        yield recipe
+    finally:
+        _ASKED.reset(token)
+
+
+def build(verb: str, recipe: dict[str, Any], inputs: list[dict[str, Any]], typed=None) -> dict[str, Any]:
+    """The record of one step: ``recipe`` is what was done (the method's resolved settings and measurements);
+    ``typed`` (default: the one ``asking`` holds), the slmctl.recipe.Recipe that was asked, is kept with its
+    schema as ``typed_recipe`` (slmctl.recipe.from_provenance reads it back)."""
+    prov = {"tool": "slmctl", "verb": verb, "recipe": recipe, "inputs": inputs, "versions": versions()}
+    typed = typed if typed is not None else _ASKED.get()
+    if typed is not None:
+        prov["typed_recipe"] = typed.record()
+    return prov
 
 
 def dumps(prov: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ def _exc(name: str) -> tuple[type, ...]:
 _EXIT, _USAGE, _CLICK, _ABORT = _exc("Exit"), _exc("UsageError"), _exc("ClickException"), _exc("Abort")
 
 from .. import __version__
-from ..errors import SlmctlError
+from ..errors import GateFailed, SlmctlError
 
 app = typer.Typer(
     name="slmctl",
@@ -86,6 +86,10 @@ _register()
 
 
 def _report(err: SlmctlError) -> None:
+    if isinstance(err, GateFailed):  # the result is already printed: one line per gate crossed
+        for f in err.failed:
+            print(f"gate failed: {f}", file=sys.stderr)
+        return
     print(f"error: {err.message}", file=sys.stderr)
     if err.hint:
         print(f"hint: {err.hint}", file=sys.stderr)

@@ -73,6 +73,14 @@ def distill(
     eval_windows: Annotated[int, typer.Option("--eval-windows", rich_help_panel=_C)] = 20,
     eval_ctx: Annotated[Optional[int], typer.Option("--eval-ctx", help="Window of the final report (default: --seq-len).",
                                                     rich_help_panel=_C)] = None,
+    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity "
+                                                              "of the distilled student above the teacher's, in %; "
+                                                              "exit 3 when crossed (the output is kept).",
+                                                              rich_help_panel=_C)] = None,
+    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: largest mean KL divergence from the "
+                                                     "teacher.", rich_help_panel=_C)] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Gate: smallest top-1 agreement with the "
+                                                      "teacher, in %.", rich_help_panel=_C)] = None,
     force: ForceOpt = False,
     json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -89,19 +97,24 @@ def distill(
     import os
 
     from .. import api
+    from ..eval.compare import enforce
+    from ..recipe import DistillRecipe
 
     out = Output(json, quiet)
-    rep = api.distill(teacher, student, output, data=data, field=field, steps=steps, seq_len=seq_len,
-                      batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                      schedule=schedule, decay_frac=decay_frac, loss=loss, beta=beta, temperature=temperature,
-                      kd_weight=kd_weight, ce_weight=ce_weight, hidden_loss=hidden_loss, hidden_weight=hidden_weight,
-                      topk=topk, teacher_cache=teacher_cache, select=select, select_keep=select_keep, clip=clip,
-                      freeze_embeddings=freeze_embeddings, seed=seed, heldout=heldout, max_tokens=max_tokens,
-                      eval_every=eval_every, checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
-                      resume=resume, report=report, eval_data=eval_data, eval_windows=eval_windows,
-                      eval_ctx=eval_ctx, force=force, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                      log=out.log, progress=out.progress)
+    recipe = DistillRecipe(data=data, field=field, steps=steps, seq_len=seq_len, batch_size=batch_size,
+                           grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule,
+                           decay_frac=decay_frac, loss=loss, beta=beta, temperature=temperature, kd_weight=kd_weight,
+                           ce_weight=ce_weight, hidden_loss=hidden_loss, hidden_weight=hidden_weight, topk=topk,
+                           select=select, select_keep=select_keep, clip=clip, freeze_embeddings=freeze_embeddings,
+                           seed=seed, heldout=heldout, max_tokens=max_tokens, eval_every=eval_every, report=report,
+                           eval_data=eval_data, eval_windows=eval_windows, eval_ctx=eval_ctx,
+                           max_ppl_increase=max_ppl_increase, max_kld=max_kld, min_top1=min_top1)
+    rep = api.distill(teacher, student, output, recipe, teacher_cache=teacher_cache,
+                      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, resume=resume, force=force,
+                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log,
+                      progress=out.progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # other data-parallel processes print nothing
     out.result(rep, human=str(rep["output"]))
+    enforce(rep)
     return 0

@@ -35,28 +35,29 @@ def eval_(
     from .. import api
     from ..calib import split_weight
     from ..errors import UsageError
+    from ..eval.compare import check_gates, enforce
+    from ..recipe import EvalRecipe
 
     out = Output(json, quiet)
-    domains = data or ["sample:shakespeare"]
+    r = EvalRecipe(data=data or ["sample:shakespeare"], field=field, reference=reference, ctx=ctx,
+                   windows=windows or None, backend=backend, max_ppl_increase=max_ppl_increase, max_kld=max_kld,
+                   min_top1=min_top1)
+    domains = r.domains()
     if any(split_weight(d)[1] is not None for d in domains):
         raise UsageError("eval measures each --data as its own domain; weights (SOURCE:WEIGHT) apply to calibration",
                          hint="drop the :WEIGHT suffix")
-    kw = dict(field=field, reference=reference, ctx=ctx, windows=windows or None, backend=backend,
+    kw = dict(field=r.field, reference=r.reference, ctx=r.ctx, windows=r.windows, backend=r.backend,
               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log, progress=out.progress)
     if len(domains) > 1:
-        return _domains(api.evaluate_domains(model, domains, **kw), out, max_ppl_increase, max_kld, min_top1)
-    rep = api.evaluate(model, data=domains[0], **kw)
-    from ..eval.run import gates
-
-    failed = gates(rep, max_ppl_increase=max_ppl_increase, max_kld=max_kld, min_top1=min_top1)
-    rep["gates"] = {"passed": not failed, "failed": failed}
-    out.result(rep, human=render(rep))
-    if failed:
-        for f in failed:
-            print(f"gate failed: {f}", file=__import__("sys").stderr)
-        return 3
+        res = api.evaluate_domains(model, domains, **kw)
+        check_gates(res, [(rep["data"], rep) for rep in res["domains"]], **r.gate_limits())
+        out.result(res, human=render_domains(res))
+    else:
+        res = api.evaluate(model, data=domains[0], **kw)
+        check_gates(res, res, **r.gate_limits())
+        out.result(res, human=render(res))
+    enforce(res)
     return 0
-
 
 def render(rep: dict) -> str:
     rows = [("model", f"{rep['model']} ({rep['format']}, {rep['backend']})"),
@@ -77,23 +78,6 @@ def render(rep: dict) -> str:
         rows.append(("gates", "passed" if g["passed"] else "FAILED: " + "; ".join(g["failed"])))
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
-
-
-def _domains(res: dict, out: Output, max_ppl_increase, max_kld, min_top1) -> int:
-    """One row per domain; gates on every domain."""
-    import sys
-
-    from ..eval.run import gates
-
-    failed = []
-    for rep in res["domains"]:
-        failed += [f"{rep['data']}: {f}" for f in gates(rep, max_ppl_increase=max_ppl_increase, max_kld=max_kld,
-                                                      min_top1=min_top1)]
-    res["gates"] = {"passed": not failed, "failed": failed}
-    out.result(res, human=render_domains(res))
-    for f in failed:
-        print(f"gate failed: {f}", file=sys.stderr)
-    return 3 if failed else 0
 
 
 def render_domains(res: dict) -> str:

@@ -59,13 +59,15 @@ def merge(
     Streams one tensor at a time; prints the output folder.
     """
     from .. import api
+    from ..recipe import MergeRecipe
 
     out = Output(json, quiet)
-    path = api.merge(models or [], output, method=method, base=base, weights=weights, t=t, density=density,
-                     lambda_=lambda_, normalize=normalize, rescale=rescale, gamma=gamma, epsilon=epsilon,
-                     config=config, lora=lora, tokenizer_source=tokenizer_source, dtype=dtype, out_dtype=out_dtype,
-                     seed=seed, max_shard_size=max_shard_size, force=force, allow_pickle=allow_pickle, log=out.log,
-                     progress=lambda it, desc="": out.progress(it, desc=desc, unit="tensor"))
+    recipe = MergeRecipe(method=method, base=base, weights=weights, t=t, density=density, lambda_=lambda_,
+                         normalize=normalize, rescale=rescale, gamma=gamma, epsilon=epsilon,
+                         tokenizer_source=tokenizer_source, dtype=dtype, out_dtype=out_dtype, seed=seed,
+                         max_shard_size=max_shard_size)
+    path = api.merge(models or [], output, recipe, config=config, lora=lora, force=force, allow_pickle=allow_pickle,
+                     log=out.log, progress=lambda it, desc="": out.progress(it, desc=desc, unit="tensor"))
     out.result({"output": str(path), "method": "lora" if lora else (method or "config" if config else method or "linear")},
                human=str(path))
     return 0

@@ -63,6 +63,7 @@ def profile(
     random weights, measured at batch 1 and a large batch, with the Pareto front.
     """
     from .. import api
+    from ..recipe import ProfileRecipe
 
     if json and csv:
         raise UsageError("--json and --csv both print the result; choose one")
@@ -71,18 +72,19 @@ def profile(
     if sweep is None and (params or base or depths or budget_ms is not None):
         raise UsageError("--params, --base, --depths and --budget-ms go with --sweep depth-width")
     if sweep is not None:
-        rep = api.profile(model, target=target, sweep=sweep, params=params, base=base, depths=depths_l,
-                          ctx=ctx_l or [128], batch=batch_l or [1, 16], repeats=repeats, warmup=warmup,
-                          decode_tokens=decode_tokens, device=device, budget_ms=budget_ms, log=out.log,
-                          progress=lambda it, desc="": out.progress(it, desc=desc))
+        recipe = ProfileRecipe(target=target, sweep=sweep, params=params, base=base, depths=depths_l,
+                               ctx=ctx_l or [128], batch=batch_l or [1, 16], repeats=repeats, warmup=warmup,
+                               decode_tokens=decode_tokens, device=device, budget_ms=budget_ms)
+        rep = api.profile(model, recipe, log=out.log, progress=lambda it, desc="": out.progress(it, desc=desc))
         from ..profiling.report import render_sweep, sweep_rows, to_csv
 
         human = to_csv(sweep_rows(rep)) if csv else render_sweep(rep)
         plotter = "plot_sweep"
     else:
-        rep = api.profile(model, target=target, ctx=ctx_l or [128, 512], batch=batch_l or [1, 4], repeats=repeats,
-                          warmup=warmup, decode_tokens=decode_tokens, decode_ctx=decode_ctx, device=device,
-                          layers=layers, bandwidth=bandwidth, allow_pickle=allow_pickle, log=out.log)
+        recipe = ProfileRecipe(target=target, ctx=ctx_l or [128, 512], batch=batch_l or [1, 4], repeats=repeats,
+                               warmup=warmup, decode_tokens=decode_tokens, decode_ctx=decode_ctx, device=device,
+                               layers=layers, bandwidth=bandwidth)
+        rep = api.profile(model, recipe, allow_pickle=allow_pickle, log=out.log)
         from ..profiling.report import profile_rows, render_profile, to_csv
 
         human = to_csv(profile_rows(rep)) if csv else render_profile(rep)

@@ -58,25 +58,23 @@ def prune(
     saw (sample:unseen:readme). Writes an HF folder
     and prints its path (or the full report with --json).
     """
-    import sys
-
     from .. import api
+    from ..eval.compare import enforce
+    from ..recipe import PruneRecipe
 
     out = Output(json, quiet)
-    rep = api.prune(model, output, method=method, sparsity=sparsity, pattern=pattern, adaptive=adaptive,
-                    adaptive_metric=adaptive_metric, adaptive_lambda=adaptive_lambda, layers=layers, ratio=ratio,
-                    depth_metric=depth_metric, heads_ratio=heads_ratio, mlp_ratio=mlp_ratio, hidden_ratio=hidden_ratio,
-                    data=data or "sample:mix", field=field, samples=samples, seqlen=seqlen, seed=seed, eval_data=eval_data, eval_ctx=eval_ctx,
-                    eval_windows=eval_windows, max_ppl_increase=max_ppl_increase, max_shard_size=max_shard_size,
-                    force=force, trust_remote_code=trust_remote_code, log=out.log,
+    recipe = PruneRecipe(method=method, sparsity=sparsity, pattern=pattern, adaptive=adaptive,
+                         adaptive_metric=adaptive_metric, adaptive_lambda=adaptive_lambda, layers=layers, ratio=ratio,
+                         depth_metric=depth_metric, heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,
+                         hidden_ratio=hidden_ratio, data=data or "sample:mix", field=field, samples=samples,
+                         seqlen=seqlen, seed=seed, eval_data=eval_data, eval_ctx=eval_ctx, eval_windows=eval_windows,
+                         max_ppl_increase=max_ppl_increase, max_shard_size=max_shard_size)
+    rep = api.prune(model, output, recipe, force=force, trust_remote_code=trust_remote_code, log=out.log,
                     progress=lambda it, desc="": out.progress(it, desc=desc))
     for line in summary(rep):
         out.log(line)
     out.result(rep, human=rep["output"])
-    if not rep["gates"]["passed"]:
-        for f in rep["gates"]["failed"]:
-            print(f"gate failed: {f}", file=sys.stderr)
-        return 3
+    enforce(rep)
     return 0
 
 
@@ -96,7 +94,7 @@ def summary(rep: dict) -> list[str]:
                          f"mlp {r['intermediate_size']}")
     q = rep.get("quality")
     if q:
-        from ..pipelines.quantize import domain_lines
+        from ..eval.compare import domain_lines
 
         lines.append(f"perplexity {q['ppl_before']:.4f} -> {q['ppl_after']:.4f} ({q['ppl_increase_pct']:+.2f}%) "
                      f"on {q['windows']} x {q['ctx']} tokens of {q['data']}"

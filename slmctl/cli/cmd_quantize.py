@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -59,30 +58,23 @@ def quantize(
     GGUF inputs take --type (llama.cpp types); ONNX inputs are quantised through onnxruntime.
     """
     from .. import api
-    from ..errors import UsageError
-    from ..pipelines.quantize import render_report
+    from ..eval.compare import enforce, render_report
+    from ..recipe import QuantizeRecipe
 
     out = Output(json, quiet)
-    if max_ppl_increase is not None and not report:
-        raise UsageError("--max-ppl-increase needs the quality report", hint="drop --no-report")
-    res = api.quantize(model, output, bits=bits, method=method, group_size=group_size, sym=sym, fmt=format,
-                       data=data or "sample:mix", field=field, samples=samples, seq_len=seq_len, seed=seed, damp=damp,
-                       act_order=act_order, static_groups=static_groups, true_sequential=true_sequential,
-                       qtype=qtype, allow_requantize=allow_requantize, report=report, eval_data=eval_data,
-                       eval_ctx=eval_ctx, eval_windows=eval_windows, force=force,
-                       trust_remote_code=trust_remote_code, skip_incompatible=skip_incompatible, log=out.log,
+    recipe = QuantizeRecipe(bits=bits, method=method, group_size=group_size, sym=sym, fmt=format,
+                            data=data or "sample:mix", field=field, samples=samples, seq_len=seq_len, seed=seed,
+                            damp=damp, act_order=act_order, static_groups=static_groups,
+                            true_sequential=true_sequential, qtype=qtype, allow_requantize=allow_requantize,
+                            skip_incompatible=skip_incompatible, report=report, eval_data=eval_data,
+                            eval_ctx=eval_ctx, eval_windows=eval_windows, max_ppl_increase=max_ppl_increase)
+    res = api.quantize(model, output, recipe, force=force, trust_remote_code=trust_remote_code, log=out.log,
                        progress=lambda it=None, desc="", **kw: out.progress(it, desc=desc, **kw))
-    failed = []
     rep = res.get("report")
     if rep:
         out.log(render_report(rep))
-        if max_ppl_increase is not None and rep["ppl_increase_pct"] > max_ppl_increase:
-            failed.append(f"perplexity rose {rep['ppl_increase_pct']:.3f}% ({rep['ppl_before']:.4f} -> "
-                          f"{rep['ppl_after']:.4f}), limit {max_ppl_increase}%")
-        res["gates"] = {"passed": not failed, "failed": failed}
     if json and rep:
         rep.pop("eval", None)
     out.result(res, human=res["output"])
-    for f in failed:
-        print(f"gate failed: {f}", file=sys.stderr)
-    return 3 if failed else 0
+    enforce(res)
+    return 0

@@ -1,4 +1,4 @@
-"""evaluate(): windows of the same tokens through the model (and a reference), gates at the end."""
+"""evaluate(): windows of the same tokens through the model (and a reference); the gates are in compare.py."""
 
 from __future__ import annotations
 
@@ -102,18 +102,3 @@ def token_windows_for(tok, text: str, ctx: int, windows: int | None):
 
     return token_windows(_tokenize_fn(tok), text, ctx, windows)
 
-
-def gates(rep: dict, *, max_ppl_increase: float | None, max_kld: float | None, min_top1: float | None) -> list[str]:
-    """Messages for each gate crossed (empty when all pass)."""
-    failed = []
-    if (max_ppl_increase is not None or max_kld is not None or min_top1 is not None) and "kld" not in rep:
-        raise UsageError("quality gates compare against a reference model", hint="add --reference REF")
-    if max_ppl_increase is not None and rep["ppl_increase_pct"] > max_ppl_increase:
-        failed.append(f"perplexity rose {rep['ppl_increase_pct']:.3f}% ({rep['reference_ppl']:.4f} -> {rep['ppl']:.4f}), "
-                      f"limit {max_ppl_increase}%: over by {rep['ppl_increase_pct'] - max_ppl_increase:.3f} points")
-    if max_kld is not None and rep["kld"]["mean"] > max_kld:
-        failed.append(f"mean KL divergence {rep['kld']['mean']:.6f} exceeds {max_kld} by {rep['kld']['mean'] - max_kld:.6f}")
-    if min_top1 is not None and rep["top1_agreement_pct"] < min_top1:
-        failed.append(f"top-1 agreement {rep['top1_agreement_pct']:.2f}% is below {min_top1}% "
-                      f"by {min_top1 - rep['top1_agreement_pct']:.2f} points")
-    return failed

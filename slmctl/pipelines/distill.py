@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+import dataclasses
+from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import provenance
 from ..errors import InputError, UnsupportedError, UsageError
+from ..eval.compare import check_gates
+from ..recipe import DistillRecipe
 
 Log = Callable[[str], None]
 
@@ -29,63 +32,16 @@ def _nolog(msg: str) -> None:
     pass
 
 
-@dataclass
-class Recipe:
-    """What was asked. Everything that changes the trained weights is here; a resume must match it."""
+def _check_names(r: DistillRecipe) -> None:
+    """The recipe's loss, schedule and selector names against their registries (close-match hints)."""
+    from ..methods.distill import HIDDEN_LOSSES, LOSSES, SCHEDULES, SELECTORS
 
-    steps: int = 200
-    seq_len: int = 256
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 0
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    decay_frac: float = 0.2
-    loss: str = "fkl"
-    beta: float = 0.5
-    temperature: float = 1.0
-    kd_weight: float = 1.0
-    ce_weight: float = 0.0
-    hidden_loss: str | None = None
-    hidden_weight: float = 1.0
-    topk: int = 64
-    select: str | None = None
-    select_keep: float = 0.5
-    clip: float = 1.0
-    freeze_embeddings: bool = False
-    seed: int = 0
-    heldout: int = 8
-    max_tokens: int | None = None
-    data: str = "sample:shakespeare"
-    field: str = "text"
-    world_size: int = 1
-
-    def validate(self) -> None:
-        from ..methods.distill import HIDDEN_LOSSES, LOSSES, SCHEDULES, SELECTORS
-
-        for name, v in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum)):
-            if v < 1:
-                raise UsageError(f"{name} must be at least 1, got {v}")
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.temperature <= 0:
-            raise UsageError(f"--temperature must be positive, got {self.temperature}")
-        if not 0 <= self.beta <= 1:
-            raise UsageError(f"--beta must lie in [0, 1], got {self.beta}")
-        if self.kd_weight < 0 or self.ce_weight < 0 or self.hidden_weight < 0:
-            raise UsageError("loss weights must not be negative")
-        if self.kd_weight == 0 and self.ce_weight == 0 and not self.hidden_loss:
-            raise UsageError("every loss has weight 0", hint="set --kd-weight, --ce-weight or --hidden-loss")
-        LOSSES.get(self.loss)
-        SCHEDULES.get(self.schedule)
-        if self.hidden_loss:
-            HIDDEN_LOSSES.get(self.hidden_loss)
-        if self.select:
-            SELECTORS.get(self.select)
-        if self.topk < 1:
-            raise UsageError(f"--topk must be at least 1, got {self.topk}")
+    LOSSES.get(r.loss)
+    SCHEDULES.get(r.schedule)
+    if r.hidden_loss:
+        HIDDEN_LOSSES.get(r.hidden_loss)
+    if r.select:
+        SELECTORS.get(r.select)
 
 
 # ---------------------------------------------------------------- process group
@@ -152,12 +108,8 @@ class Dist:
 
 # ---------------------------------------------------------------- helpers
 def _load_model(art, trust_remote_code: bool, *, trainable: bool, role: str):
-    import torch
-    from transformers import AutoModelForCausalLM
+    from ..hf import load_model
 
-    from ..hf import quiet_transformers
-
-    quiet_transformers()
     p = art.path
     kw: dict[str, Any] = {}
     if art.format == "gguf":
@@ -173,12 +125,7 @@ def _load_model(art, trust_remote_code: bool, *, trainable: bool, role: str):
     else:
         raise UnsupportedError(f"{p}: the {role} is {art.format}; distillation needs an HF folder",
                                hint="distil the HF model and export it afterwards")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code, **kw)
-    except (ValueError, KeyError, OSError) as exc:
-        raise UnsupportedError(f"{folder}: transformers cannot build the {role} ({str(exc).splitlines()[0]})",
-                               hint="pass --trust-remote-code if the model needs its own code and you trust it") from None
+    model = load_model(folder, trust_remote_code=trust_remote_code, what=f"the {role}", **kw)
     return model, Path(folder)
 
 
@@ -219,7 +166,7 @@ class _Ctx:
     teacher: Any
     student: Any
     vocab: int
-    recipe: Recipe
+    recipe: DistillRecipe
     device: Any
     projector: Any = None
     pairs: list = dc_field(default_factory=list)
@@ -326,23 +273,18 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- the pipeline
-def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:shakespeare", field: str = "text",
-            steps: int = 200, seq_len: int = 256, batch_size: int = 4, grad_accum: int = 1, lr: float = 2e-4,
-            weight_decay: float = 0.0, warmup: int | None = None, schedule: str = "cosine", min_lr_ratio: float = 0.1,
-            decay_frac: float = 0.2, loss: str = "fkl", beta: float = 0.5, temperature: float = 1.0,
-            kd_weight: float = 1.0, ce_weight: float = 0.0, hidden_loss: str | None = None, hidden_weight: float = 1.0,
-            topk: int = 64, teacher_cache: str | Path | None = None, select: str | None = None,
-            select_keep: float = 0.5, clip: float = 1.0, freeze_embeddings: bool = False, seed: int = 0,
-            heldout: int = 8,
-            max_tokens: int | None = None, eval_every: int = 0, checkpoint_every: int = 0,
-            checkpoint_dir: str | Path | None = None, resume: bool = False, keep_checkpoint: bool = True,
-            report: bool = True, eval_data: str = "sample:shakespeare", eval_ctx: int | None = None,
-            eval_windows: int = 20, force: bool = False, allow_pickle: bool = False, trust_remote_code: bool = False,
-            log: Log = _nolog, progress=None, on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+def distill(teacher: str, student: str, out: str | Path, recipe: DistillRecipe | None = None, *,
+            teacher_cache: str | Path | None = None, checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None,
+            resume: bool = False, keep_checkpoint: bool = True, force: bool = False, allow_pickle: bool = False,
+            trust_remote_code: bool = False, log: Log = _nolog, progress=None,
+            on_step: Callable[[int, dict], None] | None = None, **options: Any) -> dict[str, Any]:
     """Distil ``teacher`` into ``student`` on ``data``; write the trained student (an HF folder) to ``out``.
 
     Returns the run's report: output path, training history, held-out KL/perplexity before and after,
     and (with ``report``) an eval of the teacher, the starting student and the result on ``eval_data``.
+    ``recipe`` says what to do (slmctl.recipe.DistillRecipe); keyword ``options`` are its fields, building one
+    (``distill(t, s, out, steps=50, lr=1e-4)``) or replacing the given recipe's. The other keywords say how
+    this run goes (caches, checkpoints, files) and do not change the trained weights.
     """
     import torch
 
@@ -358,20 +300,21 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
     threads = torch.get_num_threads()
     if os.environ.get("SLMCTL_THREADS"):
         torch.set_num_threads(max(1, int(os.environ["SLMCTL_THREADS"])))
+    asked = DistillRecipe.build(recipe, **options)
+    steps, seq_len, batch_size, grad_accum, lr = asked.steps, asked.seq_len, asked.batch_size, asked.grad_accum, asked.lr
+    weight_decay, warmup, schedule, min_lr_ratio = asked.weight_decay, asked.warmup, asked.schedule, asked.min_lr_ratio
+    decay_frac, temperature, kd_weight, hidden_loss = asked.decay_frac, asked.temperature, asked.kd_weight, asked.hidden_loss
+    topk, select, clip, freeze_embeddings, seed = asked.topk, asked.select, asked.clip, asked.freeze_embeddings, asked.seed
+    heldout, max_tokens, data, field = asked.heldout, asked.max_tokens, asked.data, asked.field
+    eval_every, report, eval_data, eval_windows = asked.eval_every, asked.report, asked.eval_data, asked.eval_windows
     if warmup is None:
         warmup = min(100, steps // 20)
     dist = Dist()
-    recipe = Recipe(steps=steps, seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                    weight_decay=weight_decay, warmup=warmup, schedule=schedule, min_lr_ratio=min_lr_ratio,
-                    decay_frac=decay_frac, loss=loss, beta=beta, temperature=temperature, kd_weight=kd_weight,
-                    ce_weight=ce_weight, hidden_loss=hidden_loss, hidden_weight=hidden_weight, topk=topk,
-                    select=select, select_keep=select_keep, clip=clip, freeze_embeddings=freeze_embeddings,
-                    seed=seed, heldout=heldout,
-                    max_tokens=max_tokens, data=data, field=field, world_size=dist.world)
+    recipe = dataclasses.replace(asked, warmup=warmup)  # what this run trains with
     log = log if dist.main else _nolog
     progress = progress if dist.main else None
     try:
-        recipe.validate()
+        _check_names(recipe)
         if teacher_cache is not None and hidden_loss:
             raise UsageError("--hidden-loss needs the teacher's hidden states, which the logit cache does not hold",
                              hint="drop --teacher-cache, or the hidden-state loss")
@@ -466,7 +409,7 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
         start = 0
         history: list[dict[str, Any]] = []
         held_start = None
-        rdict = asdict(recipe)
+        rdict = {**recipe.training(), "world_size": dist.world}  # a checkpoint records it; a resume must match
         if resume:
             st = dd.load_checkpoint(ckpt_dir)
             if st is None:
@@ -578,7 +521,8 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
         rec_doc = dict(rdict)
         rec_doc["tokens_sha256"] = tokens_sha
         prov = provenance.build("distill", rec_doc, [dict(provenance.input_record(teacher, t_path, t_art), role="teacher"),
-                                                     dict(provenance.input_record(student, s_path, s_art), role="student")])
+                                                     dict(provenance.input_record(student, s_path, s_art), role="student")],
+                                typed=asked)
         dd.save_student(s_model, s_folder, out, prov=prov, force=force)
         log(f"wrote {out}")
         if not keep_checkpoint:
@@ -586,8 +530,13 @@ def distill(teacher: str, student: str, out: str | Path, *, data: str = "sample:
         elif last_ckpt is not None or (ckpt_dir / dd.CKPT_FILE).is_file():
             result["checkpoint"] = str(ckpt_dir)
         if report:
-            result["eval"] = eval_report(teacher, student, str(out), data=eval_data,
-                                         ctx=eval_ctx or seq_len, windows=eval_windows, log=log)
+            result["eval"] = ev = eval_report(teacher, student, str(out), data=eval_data,
+                                              ctx=asked.eval_ctx or seq_len, windows=eval_windows, log=log)
+            d = ev["distilled"]  # the gates compare the distilled student with the teacher
+            check_gates(result, {"ppl_before": ev["teacher"]["ppl"], "ppl_after": d["ppl"],
+                                 "ppl_increase_pct": 100.0 * (d["ppl"] / ev["teacher"]["ppl"] - 1.0),
+                                 "kld_mean": d["kld"], "top1_agreement_pct": d["top1_agreement_pct"]},
+                        **asked.gate_limits())
         dist.barrier()
         return result
     finally:

@@ -6,6 +6,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..errors import UsageError
+from ..recipe import ProfileRecipe
 
 Log = Callable[[str], None]
 
@@ -14,16 +15,18 @@ def _nolog(msg: str) -> None:
     pass
 
 
-def profile(model: str | None = None, *, target: str = "torch", ctx: Sequence[int] = (128, 512),
-            batch: Sequence[int] = (1, 4), repeats: int = 10, warmup: int = 2, decode_tokens: int = 16,
-            decode_ctx: int | None = None, device: str | None = None, layers: bool = True, bandwidth: bool = True,
-            sweep: str | None = None, params: str | int | None = None, base: str | None = None,
-            depths: Sequence[int] | None = None, budget_ms: float | None = None, allow_pickle: bool = False,
-            log: Log = _nolog, progress=None) -> dict[str, Any]:
-    """Profile ``model`` on ``target``; with ``sweep="depth-width"``, sweep shapes at ``params`` parameters."""
-    if sweep is not None:
-        if sweep != "depth-width":
-            raise UsageError(f"unknown sweep {sweep!r}", hint="valid: depth-width")
+def profile(model: str | None = None, recipe: ProfileRecipe | None = None, *, allow_pickle: bool = False,
+            log: Log = _nolog, progress=None, **options: Any) -> dict[str, Any]:
+    """Profile ``model`` on ``target``; with ``sweep="depth-width"``, sweep shapes at ``params`` parameters.
+
+    ``recipe`` says what to measure (slmctl.recipe.ProfileRecipe); keyword ``options`` are its fields,
+    building one (``profile(m, target="onnxruntime", ctx=[128])``) or replacing the given recipe's."""
+    asked = ProfileRecipe.build(recipe, **options)
+    target, ctx, batch, repeats, warmup = asked.target, asked.ctx, asked.batch, asked.repeats, asked.warmup
+    decode_tokens, decode_ctx, device, layers = asked.decode_tokens, asked.decode_ctx, asked.device, asked.layers
+    bandwidth, sweep, params, base = asked.bandwidth, asked.sweep, asked.params, asked.base
+    depths, budget_ms = asked.depths, asked.budget_ms
+    if sweep is not None:  # the recipe checked its name
         from ..profiling.sweep import run_sweep
 
         if model is not None and base is not None:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import provenance
+from ..eval.compare import check_gates, quality_report
 from ..errors import InputError, UnsupportedError, UsageError
+from ..recipe import PruneRecipe
 
 Log = Callable[[str], None]
 METHODS = ("magnitude", "wanda", "sparsegpt", "depth", "width")
@@ -36,22 +38,15 @@ def _check_method(method: str) -> None:
 
 def load_model(art, path: Path, trust_remote_code: bool = False):
     """The artifact as an fp32 transformers model; per-layer widths (slmctl_per_layer) are rebuilt without remote code."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ..hf import quiet_transformers
+    from ..hf import load_model as hf_model
     from ..surgery.width import PER_LAYER_KEY, load_per_layer_model
 
-    quiet_transformers()
-    folder = path if path.is_dir() else path.parent
-    try:
-        if (art.config or {}).get(PER_LAYER_KEY):
+    if (art.config or {}).get(PER_LAYER_KEY):
+        try:
             return load_per_layer_model(art, trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})") from None
-    return model.eval()
+        except ValueError as exc:
+            raise UnsupportedError(f"{path}: transformers cannot build this model ({str(exc).splitlines()[0]})") from None
+    return hf_model(path, trust_remote_code=trust_remote_code)
 
 
 def calibration_ids(tok, *, data, field: str, samples: int, seqlen: int, seed: int, info: dict | None = None):
@@ -78,15 +73,12 @@ def _torch_dtype(st_dtype: str):
     return getattr(torch, DTYPES[st_dtype][1]) if st_dtype in DTYPES else None
 
 
-def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: float = 0.5, pattern: str | None = None,
-          adaptive: bool = False, adaptive_metric: str | None = None, adaptive_lambda: float = 0.08,
-          layers: int | None = None, ratio: float | None = None, depth_metric: str = "bi",
-          heads_ratio: float = 0.0, mlp_ratio: float = 0.0, hidden_ratio: float = 0.0,
-          data: str | list[str] = "sample:mix", field: str = "text", samples: int = 32, seqlen: int = 256,
-          seed: int = 0, eval_data: str | list | None = None, eval_ctx: int = 256, eval_windows: int = 8,
-          max_ppl_increase: float | None = None, max_shard_size: str | int | None = None, force: bool = False,
-          trust_remote_code: bool = False, log: Log = _nolog, progress=None) -> dict[str, Any]:
-    """Prune ``model`` into an HF folder at ``out``; returns the report (per-layer sizes, parameters, quality)."""
+def prune(model: str, out: str | Path, recipe: PruneRecipe | None = None, *, force: bool = False,
+          trust_remote_code: bool = False, log: Log = _nolog, progress=None, **options: Any) -> dict[str, Any]:
+    """Prune ``model`` into an HF folder at ``out``; returns the report (per-layer sizes, parameters, quality).
+
+    ``recipe`` says what to do (slmctl.recipe.PruneRecipe); keyword ``options`` are its fields, building
+    one (``prune(m, out, method="wanda", sparsity=0.5)``) or replacing the given recipe's."""
     import torch
 
     from ..io.resolve import load_artifact
@@ -94,24 +86,16 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
     from ..io.safetensors import parse_size
     from ..methods.prune.masks import parse_pattern
 
+    asked = PruneRecipe.build(recipe, **options)
+    method, sparsity, pattern, adaptive = asked.method, asked.sparsity, asked.pattern, asked.adaptive
+    adaptive_metric, adaptive_lambda, layers, ratio = asked.adaptive_metric, asked.adaptive_lambda, asked.layers, asked.ratio
+    depth_metric, heads_ratio, mlp_ratio, hidden_ratio = asked.depth_metric, asked.heads_ratio, asked.mlp_ratio, asked.hidden_ratio
+    data, field, samples, seqlen, seed = asked.data, asked.field, asked.samples, asked.seqlen, asked.seed
+    eval_data, eval_ctx, eval_windows = asked.eval_data, asked.eval_ctx, asked.eval_windows
     _check_method(method)
     out = Path(out)
     pat = parse_pattern(pattern)
-    shard = parse_size(max_shard_size)
-    if method in ("depth", "width") and pat:
-        raise UsageError("--pattern applies to magnitude, wanda and sparsegpt")
-    if pat and adaptive:
-        raise UsageError("--adaptive cannot be combined with an N:M --pattern (every layer has the same pattern)")
-    if method in ("magnitude", "wanda", "sparsegpt") and not pat and not 0.0 < sparsity < 1.0:
-        raise UsageError(f"--sparsity {sparsity} must be between 0 and 1", hint="e.g. --sparsity 0.5")
-    if method == "depth" and (layers is None) == (ratio is None):
-        raise UsageError("depth pruning needs exactly one of --layers K or --ratio R")
-    if method == "width":
-        for name, r in (("--heads-ratio", heads_ratio), ("--mlp-ratio", mlp_ratio), ("--hidden-ratio", hidden_ratio)):
-            if not 0.0 <= r < 1.0:
-                raise UsageError(f"{name} {r} must be in [0, 1)")
-        if not (heads_ratio or mlp_ratio or hidden_ratio):
-            raise UsageError("width pruning needs --heads-ratio, --mlp-ratio and/or --hidden-ratio above 0")
+    shard = parse_size(asked.max_shard_size)
     check_output(out, force)  # fail before the slow part
 
     t0 = time.perf_counter()
@@ -140,7 +124,7 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
     if calibrated and info:
         inputs.append({"ref": info["data"], "role": "calibration", "sha256": info["sha256"],
                        "windows": samples, "seq_len": seqlen, "calibration": info})
-    prov = provenance.build("prune", recipe, inputs)
+    prov = provenance.build("prune", recipe, inputs, typed=asked)
     from ..io.hf_folder import write_hf_folder
 
     params_before = sum(t.numel for t in art.tensors.values())
@@ -170,17 +154,9 @@ def prune(model: str, out: str | Path, *, method: str = "magnitude", sparsity: f
     rep["prune_seconds"] = time.perf_counter() - t0
     from ..calib import report_domains
 
-    rep["quality"] = _quality(out, path, config, data=report_domains(data, eval_data), calib=data, field=field,
+    rep["quality"] = _quality(str(out), str(path), data=report_domains(data, eval_data), calib=data, field=field,
                               ctx=eval_ctx, windows=eval_windows, log=log) if eval_windows else None
-    failed = []
-    q = rep["quality"]
-    if max_ppl_increase is not None:
-        if q is None:
-            raise UsageError("--max-ppl-increase needs the evaluation (do not pass --eval-windows 0)")
-        if q["ppl_increase_pct"] > max_ppl_increase:
-            failed.append(f"perplexity rose {q['ppl_increase_pct']:.3f}% ({q['ppl_before']:.4f} -> {q['ppl_after']:.4f}), "
-                          f"limit {max_ppl_increase}%: over by {q['ppl_increase_pct'] - max_ppl_increase:.3f} points")
-    rep["gates"] = {"passed": not failed, "failed": failed}
+    check_gates(rep, rep["quality"] or {}, max_ppl_increase=asked.max_ppl_increase)
     return rep
 
 
@@ -335,7 +311,7 @@ def _unstructured_layerwise(ctx, *, pruner, target, pat, pattern, adaptive, metr
             finish()
         return gen(), dict(art.config), recipe, rows
 
-    from ..layerwise import LayerwiseModel, iter_layers, run_layer
+    from ..layerwise import iter_layers
 
     lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
     hidden = _calib_hidden(ctx, lm)
@@ -409,7 +385,7 @@ def _depth(ctx, *, layers, ratio, metric):
         raise UsageError(f"cannot remove {k} of {n} layers", hint=f"choose --layers between 1 and {n - 1}")
     stats = None
     if metric != "last":  # one decoder layer in memory at a time
-        from ..layerwise import LayerwiseModel, iter_layers, run_layer
+        from ..layerwise import iter_layers
 
         lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
         hidden = _calib_hidden(ctx, lm)
@@ -446,7 +422,7 @@ def _depth(ctx, *, layers, ratio, metric):
 def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
     import torch
 
-    from ..layerwise import LayerwiseModel, final_norm, iter_layers, run_layer
+    from ..layerwise import final_norm, iter_layers
     from ..methods.prune.adaptive import allocate
     from ..methods.prune.depth import BoundaryCos
     from ..methods.prune.width import Importance, head_activations, keep_count, keep_heads, top_k
@@ -538,23 +514,11 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
 
 
 # ---------------------------------------------------------------- quality
-def _quality(out: Path, src: Path, config: dict, *, data, calib, field, ctx, windows, log) -> dict[str, Any] | None:
-    """Perplexity of input and output on held-out text of each domain in ``data`` (the calibration domain's
-    eval region and one it did not see, by default), KL and top-1 against the input; the first domain fills
-    the top-level figures. ``slmctl eval`` loads per-layer widths too (slmctl.surgery.width.load_per_layer_model).
-    """
-    from .evaluate import evaluate
-    from ..calib import domain_role, label
-
-    rows = []
-    for d in data:
-        rep = evaluate(str(out), data=d, field=field, reference=str(src), ctx=ctx, windows=windows, log=log)
-        rows.append({"data": label(d), "role": domain_role(d, calib), "ppl_before": rep["reference_ppl"],
-                     "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"], "kld_mean": rep["kld"]["mean"],
-                     "top1_agreement_pct": rep["top1_agreement_pct"], "ctx": ctx, "windows": rep["windows"]})
-        log(f"{rows[-1]['data']}: perplexity {rows[-1]['ppl_before']:.4f} -> {rows[-1]['ppl_after']:.4f} "
-            f"({rows[-1]['ppl_increase_pct']:+.2f}%), KL {rows[-1]['kld_mean']:.4f}, "
-            f"top-1 {rows[-1]['top1_agreement_pct']:.1f}%")
-    q = {k: v for k, v in rows[0].items() if k != "role"}
-    q["domains"] = rows
+def _quality(out: str, src: str, *, data, calib, field, ctx, windows, log) -> dict[str, Any]:
+    """The quality report (slmctl.eval.compare) of the pruned model against its input on held-out text of each
+    domain in ``data`` (the calibration domain's eval region and one it did not see, by default); the first
+    domain fills the top-level figures. ``slmctl eval`` loads per-layer widths too
+    (slmctl.surgery.width.load_per_layer_model)."""
+    q = quality_report(out, src, data=data, calib=calib, field=field, ctx=ctx, windows=windows, log=log)
+    q.pop("eval")
     return q

@@ -19,7 +19,9 @@ from typing import Any, Callable
 
 from .. import provenance
 from ..calib import calibration_windows  # noqa: F401  (was defined here; bench scripts import it from here)
+from ..eval.compare import check_gates, quality_report
 from ..errors import InputError, UnsupportedError, UsageError
+from ..recipe import QuantizeRecipe
 
 Log = Callable[[str], None]
 METHODS = ("rtn", "gptq", "awq")
@@ -53,15 +55,32 @@ def _quantize_gguf(art, out, *, qtype, allow_requantize, force, log):
     return quantize_gguf(art.path, out, qtype, allow_requantize=allow_requantize, force=force, log=log)
 
 
-def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method: str = "gptq",
-             group_size: int = 128, sym: bool = True, fmt: str = "gptq", data: str | list[str] = "sample:mix",
-             field: str = "text", samples: int = 64, seq_len: int = 512, seed: int = 0, damp: float = 0.01,
-             act_order: bool = True, static_groups: bool = True, true_sequential: bool = True,
-             qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
-             eval_data: str | list | None = None, eval_ctx: int = 512, eval_windows: int = 16,
-             force: bool = False, trust_remote_code: bool = False, skip_incompatible: bool = False,
-             log: Log = _nolog, progress=None) -> dict[str, Any]:
-    """Quantise ``model``'s linear weights; returns {"output", "method", ..., "report": {...}}."""
+def quantize(model: str, out: str | Path | None = None, recipe: QuantizeRecipe | None = None, *, force: bool = False,
+             trust_remote_code: bool = False, log: Log = _nolog, progress=None, **options: Any) -> dict[str, Any]:
+    """Quantise ``model``'s linear weights (or a GGUF / ONNX model to one of their types); returns {"output",
+    "method", ..., "report": {...}, "gates": {...}}: the quality report (slmctl.eval.compare) and the gate on it.
+
+    ``recipe`` says what to do (slmctl.recipe.QuantizeRecipe); keyword ``options`` are its fields, building
+    one (``quantize(m, out, method="rtn", bits=8)``) or replacing the given recipe's."""
+    asked = QuantizeRecipe.build(recipe, **options)
+    fields = {k: v for k, v in asked.to_dict().items() if k != "max_ppl_increase"}
+    with provenance.asking(asked):
+        res = _quantize(model, out, **fields, force=force, trust_remote_code=trust_remote_code, log=log,
+                        progress=progress)
+    if res.get("report"):
+        check_gates(res, res["report"], max_ppl_increase=asked.max_ppl_increase)
+    return res
+
+
+def _quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method: str = "gptq",
+              group_size: int = 128, sym: bool = True, fmt: str = "gptq", data: str | list[str] = "sample:mix",
+              field: str = "text", samples: int = 64, seq_len: int = 512, seed: int = 0, damp: float = 0.01,
+              act_order: bool = True, static_groups: bool = True, true_sequential: bool = True,
+              qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
+              eval_data: str | list | None = None, eval_ctx: int = 512, eval_windows: int = 16,
+              force: bool = False, trust_remote_code: bool = False, skip_incompatible: bool = False,
+              log: Log = _nolog, progress=None) -> dict[str, Any]:
+    """quantize() with the recipe's fields as keywords."""
     from ..io.resolve import load_artifact
     from ..io.quantized_formats import FORMATS
     from ..methods.quantize.common import QuantConfig, load_methods
@@ -147,7 +166,7 @@ def quantize(model: str, out: str | Path | None = None, *, bits: int = 4, method
         from ..calib import report_domains
 
         result["report"] = quality_report(str(out), model, data=report_domains(data, eval_data), calib=data,
-                                          ctx=eval_ctx, windows=eval_windows,
+                                          field=field, ctx=eval_ctx, windows=eval_windows,
                                           stats=stats, log=log, progress=progress)
     return result
 
@@ -314,57 +333,3 @@ def _dtype(st_dtype: str):
     from ..io.safetensors import DTYPES
 
     return getattr(torch, DTYPES[st_dtype][1]) if st_dtype in DTYPES else torch.float32
-
-
-def quality_report(out: str, ref: str, *, data, ctx: int, windows: int, stats: dict, calib=None,
-                   log: Log = _nolog, progress=None) -> dict[str, Any]:
-    """Perplexity before/after, KL and top-1 agreement on each domain of ``data`` (a source, or a list of
-    domains: the first fills the top-level figures), size and bits per weight. ``calib``: the calibration
-    data, to mark each domain as the calibration domain or one it did not see."""
-    from ..io.resolve import load_artifact
-    from .evaluate import evaluate
-    from ..calib import domain_role, label
-
-    domains = [data] if isinstance(data, str) else list(data)
-    rows, first = [], None
-    for d in domains:
-        log(f"quality report: {windows} window(s) of {ctx} tokens of {label(d)} (held-out region)")
-        rep = evaluate(out, data=d, reference=ref, ctx=ctx, windows=windows, log=log, progress=progress)
-        first = first or rep
-        rows.append({"data": label(d), "role": domain_role(d, calib) if calib is not None else None,
-                     "windows": rep["windows"], "ppl_before": rep["reference_ppl"], "ppl_after": rep["ppl"],
-                     "ppl_increase_pct": rep["ppl_increase_pct"], "kld_mean": rep["kld"]["mean"],
-                     "top1_agreement_pct": rep["top1_agreement_pct"]})
-    rep = first
-    before = load_artifact(ref)[0].size_on_disk()
-    after = load_artifact(out)[0].size_on_disk()
-    params = stats.get("quantized_params") or 0
-    r = {"data": label(domains[0]), "ctx": ctx, "windows": rep["windows"], "ppl_before": rep["reference_ppl"],
-         "ppl_after": rep["ppl"], "ppl_increase_pct": rep["ppl_increase_pct"], "kld_mean": rep["kld"]["mean"],
-         "top1_agreement_pct": rep["top1_agreement_pct"], "size_before": before, "size_after": after,
-         "bits_per_weight": (8 * stats["quantized_bytes"] / params) if params else None,
-         "domains": rows, "eval": rep}
-    return r
-
-
-def domain_lines(rows: list[dict]) -> list[str]:
-    """The per-domain part of a quality report (quantize and prune): one line per domain."""
-    w = max(len(x["data"]) for x in rows)
-    return [f"  {x['data']:<{w}}  {x['ppl_before']:.4f} -> {x['ppl_after']:.4f} ({x['ppl_increase_pct']:+.3f}%)  "
-            f"KL {x['kld_mean']:.6f}  top-1 {x['top1_agreement_pct']:.2f}%"
-            + (f"  [{x['role']}]" if x.get("role") else "") for x in rows]
-
-
-def render_report(r: dict[str, Any]) -> str:
-    mb = 1024 * 1024
-    rows = [("perplexity", f"{r['ppl_before']:.4f} -> {r['ppl_after']:.4f} ({r['ppl_increase_pct']:+.3f}%)"),
-            ("KL mean", f"{r['kld_mean']:.6f}"), ("top-1 agreement", f"{r['top1_agreement_pct']:.2f}%"),
-            ("size", f"{r['size_before'] / mb:.1f} MiB -> {r['size_after'] / mb:.1f} MiB")]
-    if r.get("bits_per_weight"):
-        rows.append(("bits per weight", f"{r['bits_per_weight']:.3f} (quantised linears, with scales and zeros)"))
-    rows.append(("measured on", f"{r['windows']} x {r['ctx']} tokens of {r['data']}"))
-    w = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{w}}  {v}" for k, v in rows]
-    if len(r.get("domains") or ()) > 1:
-        lines += ["per domain (perplexity before -> after, KL, top-1):", *domain_lines(r["domains"])]
-    return "\n".join(lines)

@@ -31,7 +31,7 @@ def stream_tensors(art, dtype: str, progress=None):
 
 
 @EXPORTERS.register("hf")
-def export_hf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log, progress=None, **_):
+def export_hf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log, progress=None):
     """An HF folder: config, tokenizer and sharded safetensors, with provenance."""
     from ...io.convert import gguf_to_hf
     from ...io.hf_folder import write_hf_folder

@@ -15,7 +15,7 @@ Log = Callable[[str], None]
 
 @EXPORTERS.register("safetensors")
 def export_safetensors(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log: Log,
-                       progress=None, **_):
+                       progress=None):
     """One .safetensors file with every tensor and the provenance in its header."""
     from ...io.artifact import PROVENANCE_KEY
     from ...io.atomic import atomic_path
