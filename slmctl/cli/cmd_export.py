@@ -29,19 +29,11 @@ def export(
 ) -> None:
     """Convert a model between formats (HF folder, .safetensors, GGUF, ONNX). Prints the output path."""
     from .. import api
+    from ..recipe import ExportRecipe
 
     out = Output(json, quiet)
-    opts = {}
-    if outtype is not None:
-        opts["outtype"] = outtype
-    opts.update({k: v for k, v in (("imatrix", imatrix), ("data", data), ("method", method)) if v is not None})
-    if modelfile:
-        if format != "gguf":
-            from ..errors import UsageError
-
-            raise UsageError("--modelfile goes with --format gguf (an Ollama Modelfile points at a GGUF)")
-        opts["modelfile"] = True
-    path = api.export(model, output, format, dtype=dtype, max_shard_size=max_shard_size, force=force,
-                      allow_pickle=allow_pickle, log=out.log, progress=lambda it, desc="": out.progress(it, desc=desc),
-                      **opts)
+    recipe = ExportRecipe(fmt=format, dtype=dtype, max_shard_size=max_shard_size, outtype=outtype, imatrix=imatrix,
+                          data=data, method=method, modelfile=modelfile)
+    path = api.export(model, output, recipe, force=force, allow_pickle=allow_pickle, log=out.log,
+                      progress=lambda it, desc="": out.progress(it, desc=desc))
     out.result({"output": str(path), "format": format}, human=str(path))
