@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("api",),
     ("pipelines",),
     ("methods", "surgery", "eval", "targets", "profiling", "layerwise"),
-    ("io", "arch", "calib", "calib_chat", "hf", "provenance"),
+    ("io", "arch", "calib", "calib_chat", "hf", "device", "provenance"),
     ("errors", "registry", "recipe", "paths", "__init__"),
 ]
 
