@@ -48,8 +48,10 @@ states flow, for callers that register their own hooks.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 from .arch.names import BLOCK_CONTAINERS
 from .errors import InputError, UnsupportedError
@@ -76,11 +78,17 @@ def _decoder_layers(model, n_layers: int):
 class LayerwiseModel:
     """A causal LM whose decoder layers are loaded one at a time from the artifact's tensors."""
 
-    def __init__(self, art, *, trust_remote_code: bool = False):
+    def __init__(self, art, *, trust_remote_code: bool = False, device=None, spill_dir=None,
+                 activation_budget: int | str | None = None, log: Callable[[str], None] | None = None):
+        """``device``: where the layers' forwards run (None: --device / $SLMCTL_DEVICE, else auto; see
+        slmctl.device); ``spill_dir``: where activations over ``activation_budget`` bytes (default
+        $SLMCTL_ACTIVATION_BUDGET, else half the memory available now) go, in a temporary folder removed
+        at the end (default: the system's temporary folder; verbs pass their output's folder)."""
         import torch
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from .device import PeakMemory, resolve_device
         from .hf import quiet_transformers
         from .surgery.width import PER_LAYER_KEY, apply_per_layer
 
@@ -95,6 +103,10 @@ class LayerwiseModel:
             raise UnsupportedError(f"{art.path}: the model is already quantised ({_qmethod(cfg)})",
                                    hint="quantise the original floating-point model")
         self.config = cfg
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self._peak = PeakMemory(self.device)
+        self.log = log or (lambda msg: None)
+        self.spill = Spill(spill_dir, _budget(activation_budget), self.log)
         # parameters on the meta device, buffers (rotary inv_freq) real: nothing big is allocated
         with init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code, dtype=torch.float32)
@@ -247,6 +259,12 @@ class LayerwiseModel:
         self._kwargs = [_clean_kwargs(r) for r in records]
         return firsts
 
+    def device_report(self) -> dict[str, Any]:
+        """{"device", "peak_bytes" (accelerators: the most the device held), "spill": {...}} for a verb's report."""
+        rep = self._peak.report()
+        rep["spill"] = self.spill.report()
+        return rep
+
     def layer_kwargs(self, i: int) -> dict[str, Any]:
         if self._kwargs is None:
             raise RuntimeError("call embed() first")
@@ -325,26 +343,54 @@ def final_norm(model):
     return None
 
 
-def run_layer(layer, hidden: list, kwargs: dict[str, Any]) -> list:
-    """The layer's outputs for each window's hidden states."""
+@contextmanager
+def _placed(layer, hidden, kwargs: dict[str, Any], device, what: str):
+    """``layer`` and ``kwargs`` on ``device`` for one pass over ``hidden`` (yields (kwargs, to_dev, to_cpu));
+    the layer goes back to the CPU afterwards. On the CPU (or with no device) nothing moves.
+    Running out of device memory becomes a DeviceMemoryError naming ``what`` and the bytes needed."""
+    if device is None or device.type == "cpu":
+        yield kwargs, _same, _same
+        return
+    from .device import is_oom, nbytes, oom_error, to_device
+
+    try:
+        layer.to(device)
+        yield to_device(kwargs, device), (lambda t: t.to(device)), (lambda t: t.to("cpu"))
+    except Exception as exc:
+        if is_oom(exc):
+            # weights, the batch in and out, and the MLP's widest intermediate (about 4x the hidden size)
+            need = nbytes(layer) + 6 * (nbytes(hidden[0]) if len(hidden) else 0)
+            raise oom_error(device, what, need) from None
+        raise
+    finally:
+        layer.to("cpu")
+
+
+def _same(t):
+    return t
+
+
+def run_layer(layer, hidden: list, kwargs: dict[str, Any], *, device=None, what: str = "a decoder layer") -> list:
+    """The layer's outputs for each window's hidden states (run on ``device``, returned on the CPU)."""
     import torch
 
     outs = []
-    with torch.no_grad():
+    with torch.no_grad(), _placed(layer, hidden, kwargs, device, what) as (kw, to_dev, to_cpu):
         for h in hidden:
-            o = layer(h, **kwargs)
-            outs.append((o[0] if isinstance(o, tuple) else o).detach())
+            o = layer(to_dev(h), **kw)
+            outs.append(to_cpu((o[0] if isinstance(o, tuple) else o).detach()))
     return outs
 
 
 def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: list[str] | None = None,
                          on_input: Callable[[str, Any], None] | None = None,
-                         stop_early: bool = False) -> dict[str, list]:
+                         stop_early: bool = False, *, device=None, what: str = "a decoder layer") -> dict[str, list]:
     """Inputs of the linears (nn.Linear, GPT-2's Conv1D) of ``layer`` (all, or ``names``) while it runs on ``hidden``.
 
     With ``on_input`` each input goes to ``on_input(name, x)`` as it appears and nothing is kept.
     With ``stop_early`` each window's forward stops once every wanted linear has seen its input
     (the rest of the layer is not run: true-sequential methods capture an early group cheaply).
+    With ``device`` the layer runs there and the inputs are handed over (or kept) on the CPU.
     """
     import torch
 
@@ -358,7 +404,7 @@ def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: lis
         got[n] = []
 
         def hook(mod, args, n=n):
-            x = args[0].detach()
+            x = to_cpu(args[0].detach())
             if on_input is not None:
                 on_input(n, x)
             else:
@@ -373,12 +419,13 @@ def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: lis
         for h in handles:
             h.remove()
         raise KeyError(f"no linear module(s) {sorted(want - set(got))} in the layer")
+    to_cpu = _same
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _placed(layer, hidden, kwargs, device, what) as (kw, to_dev, to_cpu):
             for h in hidden:
                 seen.clear()
                 try:
-                    layer(h, **kwargs)
+                    layer(to_dev(h), **kw)
                 except _Stop:
                     pass
     finally:
@@ -423,6 +470,16 @@ class LayerStep:
     kwargs: dict[str, Any]
     inputs: dict[str, list] = field(default_factory=dict)
     keep: bool = False
+    device: Any = None  # where the layer's forwards run (slmctl.device); None: the CPU
+
+    @property
+    def what(self) -> str:
+        return f"decoder layer {self.idx}"
+
+    def run(self, hidden: list | None = None) -> list:
+        """The layer's outputs (on the CPU) for ``hidden`` (default: the step's inputs), run on the step's device."""
+        return run_layer(self.layer, self.hidden if hidden is None else hidden, self.kwargs, device=self.device,
+                         what=self.what)
 
     def groups(self) -> list[list[str]]:
         """Linear names grouped by shared input, in forward order (see linear_groups)."""
@@ -430,7 +487,8 @@ class LayerStep:
 
     def recapture(self, names: list[str] | None = None, on_input=None, stop_early: bool = False) -> dict[str, list]:
         """Run the layer again as it is now and return the inputs of ``names`` (see capture_layer_inputs)."""
-        got = capture_layer_inputs(self.layer, self.hidden, self.kwargs, names, on_input, stop_early)
+        got = capture_layer_inputs(self.layer, self.hidden, self.kwargs, names, on_input, stop_early,
+                                   device=self.device, what=self.what)
         if on_input is None:
             self.inputs.update(got)
         return got
@@ -446,14 +504,144 @@ def iter_layers(lm: LayerwiseModel, windows: list[list[int]] | None = None, *, h
     elif lm._kwargs is None:
         raise RuntimeError("call lm.embed() first to record the layers' arguments")
     idxs = range(lm.n_layers)
-    for i in (progress(idxs, desc="layers") if progress else idxs):
-        layer = lm.load_layer(i)
-        kw = lm.layer_kwargs(i)
-        step = LayerStep(i, layer, hidden, kw)
-        if capture:
-            step.inputs = capture_layer_inputs(layer, hidden, kw)
-        yield step
-        step.inputs = {}
-        hidden = run_layer(layer, hidden, kw)
-        if not step.keep:
-            lm.free_layer(i)
+    try:
+        hidden = lm.spill.hold(hidden, "layer 0 input")
+        for i in (progress(idxs, desc="layers") if progress else idxs):
+            layer = lm.load_layer(i)
+            kw = lm.layer_kwargs(i)
+            step = LayerStep(i, layer, hidden, kw, device=lm.device)
+            if capture:
+                step.inputs = capture_layer_inputs(layer, hidden, kw, device=lm.device, what=step.what)
+            yield step
+            step.inputs = {}
+            hidden = lm.spill.advance(step)
+            if not step.keep:
+                lm.free_layer(i)
+    finally:
+        lm.spill.close()
+    if lm.device.type != "cpu":
+        peak = lm.device_report().get("peak_bytes")
+        lm.log(f"{lm.device}: peak {peak / 2**20:.0f} MiB on the device (one decoder layer and its activations)"
+               if peak is not None else f"layers ran on {lm.device}")
+
+
+# ---------------------------------------------------------------- activations over the memory budget
+def _budget(value: int | str | None) -> int | None:
+    """Bytes of activations kept in memory: ``value``, $SLMCTL_ACTIVATION_BUDGET, else half of MemAvailable."""
+    import os
+
+    from .io.safetensors import parse_size
+
+    raw = value if value is not None else os.environ.get("SLMCTL_ACTIVATION_BUDGET")
+    if raw is not None:
+        n = parse_size(raw)
+        if n is None or n < 0:
+            raise InputError(f"activation budget {raw!r} is not a size", hint="e.g. 2GB or 500MB")
+        return n
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return None
+
+
+class SpilledActivations(Sequence):
+    """One layer boundary's activations on disk, one safetensors file per batch, read back one at a time."""
+
+    def __init__(self, folder: Path, tag: str, tensors=()):
+        self.folder, self.tag = folder, tag
+        self.paths: list[Path] = []
+        for t in tensors:
+            self.append(t)
+
+    def append(self, t) -> None:
+        from safetensors.torch import save_file
+
+        p = self.folder / f"{self.tag}-{len(self.paths)}.safetensors"
+        save_file({"h": t.contiguous()}, str(p))
+        self.paths.append(p)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        from safetensors.torch import load_file
+
+        return load_file(str(self.paths[k]))["h"]
+
+    def remove(self) -> None:
+        for p in self.paths:
+            p.unlink(missing_ok=True)
+
+
+class Spill:
+    """Keeps a layer boundary's activations in memory while they fit ``budget`` bytes, else on disk in a
+    temporary folder under ``folder`` (removed by ``close``). Values are bit-exact either way. The boundary
+    before the current one stays readable too (callers compare a layer's input with its output)."""
+
+    def __init__(self, folder, budget: int | None, log: Callable[[str], None]):
+        self.folder, self.budget, self.log = folder, budget, log
+        self.dir: Path | None = None
+        self.current: SpilledActivations | None = None
+        self.previous: SpilledActivations | None = None
+        self.count = 0
+        self.largest = 0
+
+    def hold(self, hidden, tag: str):
+        from .device import nbytes
+
+        if isinstance(hidden, SpilledActivations):
+            return hidden
+        size = nbytes(list(hidden))  # the list of batches in memory
+        if self.budget is None or size <= self.budget:
+            self._retire(None)
+            return hidden
+        import tempfile
+
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix=".slmctl-activations-", dir=self.folder))
+            self.log(f"calibration activations ({size / 2**20:.0f} MiB per layer boundary) are over the "
+                     f"{self.budget / 2**20:.0f} MiB budget: kept on disk in {self.dir}")
+        new = SpilledActivations(self.dir, f"h{self.count}", hidden)
+        self.count += 1
+        self.largest = max(self.largest, size)
+        self._retire(new)
+        return new
+
+    def _retire(self, new: SpilledActivations | None) -> None:
+        """``new`` becomes the current boundary; the one before the previous is deleted."""
+        if self.previous is not None:
+            self.previous.remove()
+        self.previous, self.current = self.current, new
+
+    def advance(self, step: "LayerStep"):
+        """The step's layer run on its inputs; outputs written batch by batch when the inputs are on disk."""
+        if self.current is None or step.hidden is not self.current:
+            return self.hold(step.run(), f"layer {step.idx} output")
+        old = self.current
+        new = SpilledActivations(self.dir, f"h{self.count}")
+        size = 0
+        for h in old:
+            out = step.run([h])[0]
+            size += out.numel() * out.element_size()
+            new.append(out)
+        self.count += 1
+        self.largest = max(self.largest, size)
+        self._retire(new)
+        return new
+
+    def close(self) -> None:
+        import shutil
+
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = self.current = self.previous = None
+
+    def report(self) -> dict[str, Any]:
+        return {"spilled": self.count > 0, "layer_boundaries": self.count, "bytes": self.largest,
+                "budget_bytes": self.budget}

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from .options import AllowPickleOpt, FieldOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, TrustRemoteCodeOpt
+from .options import DeviceOpt, ThreadsOpt, apply_runtime
 from .output import Output
 
 _T = "Training"
@@ -86,6 +87,8 @@ def distill(
     quiet: QuietOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
 ) -> int:
     """Knowledge distillation: train a student (often a pruned model) to match a teacher.
 
@@ -101,6 +104,7 @@ def distill(
     from ..recipe import DistillRecipe
 
     out = Output(json, quiet)
+    apply_runtime(device, threads)
     recipe = DistillRecipe(data=data, field=field, steps=steps, seq_len=seq_len, batch_size=batch_size,
                            grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule,
                            decay_frac=decay_frac, loss=loss, beta=beta, temperature=temperature, kd_weight=kd_weight,

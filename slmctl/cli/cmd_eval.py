@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from .options import AllowPickleOpt, DataOpt, FieldOpt, JsonOpt, ModelArg, QuietOpt, TrustRemoteCodeOpt
+from .options import DeviceOpt, ThreadsOpt, apply_runtime
 from .output import Output
 
 
@@ -24,6 +25,8 @@ def eval_(
     quiet: QuietOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
 ) -> int:
     """Perplexity, and KL divergence / top-1 agreement against a reference; gates exit 3.
 
@@ -39,6 +42,7 @@ def eval_(
     from ..recipe import EvalRecipe
 
     out = Output(json, quiet)
+    apply_runtime(device, threads)
     r = EvalRecipe(data=data or ["sample:shakespeare"], field=field, reference=reference, ctx=ctx,
                    windows=windows or None, backend=backend, max_ppl_increase=max_ppl_increase, max_kld=max_kld,
                    min_top1=min_top1)

@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from .options import DataOpt, FieldOpt, ForceOpt, JsonOpt, MaxShardOpt, ModelArg, OutOpt, QuietOpt, TrustRemoteCodeOpt
+from .options import DeviceOpt, ThreadsOpt, apply_runtime
 from .output import Output
 
 
@@ -50,6 +51,8 @@ def prune(
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
 ) -> int:
     """Prune a model: unstructured or N:M sparsity, whole layers (depth) or heads/channels (width).
 
@@ -63,6 +66,7 @@ def prune(
     from ..recipe import PruneRecipe
 
     out = Output(json, quiet)
+    apply_runtime(device, threads)
     recipe = PruneRecipe(method=method, sparsity=sparsity, pattern=pattern, adaptive=adaptive,
                          adaptive_metric=adaptive_metric, adaptive_lambda=adaptive_lambda, layers=layers, ratio=ratio,
                          depth_metric=depth_metric, heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,

@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from .options import DataOpt, FieldOpt, ForceOpt, JsonOpt, ModelArg, QuietOpt, TrustRemoteCodeOpt
+from .options import DeviceOpt, ThreadsOpt, apply_runtime
 from .output import Output
 
 
@@ -50,6 +51,8 @@ def quantize(
     json: JsonOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
 ) -> int:
     """Quantise the linear weights (RTN, GPTQ or AWQ) to safetensors that GPTQModel, transformers and vLLM load.
 
@@ -62,6 +65,7 @@ def quantize(
     from ..recipe import QuantizeRecipe
 
     out = Output(json, quiet)
+    apply_runtime(device, threads)
     recipe = QuantizeRecipe(bits=bits, method=method, group_size=group_size, sym=sym, fmt=format,
                             data=data or "sample:mix", field=field, samples=samples, seq_len=seq_len, seed=seed,
                             damp=damp, act_order=act_order, static_groups=static_groups,

@@ -26,3 +26,17 @@ DataOpt = Annotated[Optional[list[str]], typer.Option(
     show_default=False)]
 FieldOpt = Annotated[str, typer.Option("--field", help="Text field of JSONL/parquet records.")]
 MaxShardOpt = Annotated[Optional[str], typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 2GB.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="Where the model runs: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps "
+                     "[env: SLMCTL_DEVICE]. Layer-by-layer methods hold one decoder layer on the device at a time.",
+    show_default="auto")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads for torch [env: SLMCTL_THREADS] (default: torch's, one per physical core).",
+    show_default=False)]
+
+
+def apply_runtime(device: str | None, threads: int | None) -> None:
+    """--device / --threads for this process (slmctl.device.configure): a bad device is a usage error."""
+    from ..device import configure
+
+    configure(device, threads)

@@ -72,7 +72,9 @@ class TorchBackend(Backend):
         if artifact.config is None:
             raise InputError(f"{p}: no config.json, so transformers cannot build the model",
                              hint="evaluate the HF folder instead of the bare .safetensors file")
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        from ..device import current
+
+        self.device = current()  # --device / $SLMCTL_DEVICE; auto: CUDA, then MPS, then the CPU
         kw = {}
         if artifact.format == "safetensors" and p.name != "model.safetensors":
             raise UnsupportedError(f"{p}: transformers loads model.safetensors from a folder",

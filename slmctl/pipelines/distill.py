@@ -55,11 +55,14 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.started = False
-        if torch.cuda.is_available() and os.environ.get("SLMCTL_DEVICE", "") != "cpu":
-            self.device = torch.device("cuda", self.local_rank)
+        from ..device import current
+
+        dev = current()  # --device / $SLMCTL_DEVICE (auto: CUDA, then MPS, then the CPU)
+        if dev.type == "cuda":  # one GPU per process: torchrun / accelerate give each its local rank
+            self.device = torch.device("cuda", self.local_rank if self.world > 1 else dev.index or 0)
             torch.cuda.set_device(self.device)
         else:
-            self.device = torch.device("cpu")
+            self.device = dev
         if self.world > 1:
             import torch.distributed as dist
 

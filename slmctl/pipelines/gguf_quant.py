@@ -212,7 +212,7 @@ def layerwise_imatrix(lm, windows, progress=None) -> dict[str, np.ndarray]:
             h.remove()
         for grp, mapping, acc in pending[1:]:
             if acc["n"]:
-                mean = (acc["s"] / acc["n"]).numpy().astype(np.float32)
+                mean = (acc["s"] / acc["n"]).cpu().numpy().astype(np.float32)
                 for n in grp:
                     g = spec.gguf_name(mapping[f"{n}.weight"])
                     if g is not None:
@@ -286,7 +286,7 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
         from ..layerwise import LayerwiseModel
         from ..calib import calibration_windows
 
-        lm = LayerwiseModel(art, trust_remote_code=trust_remote_code)
+        lm = LayerwiseModel(art, trust_remote_code=trust_remote_code, spill_dir=out.parent, log=log)
         windows, info = calibration_windows(lm.tokenizer(), data=data, field=field, samples=samples, seq_len=seq_len,
                                             seed=seed, log=log)
         inputs.append({"ref": info["data"], "role": "calibration", "sha256": info["sha256"], "windows": len(windows),

@@ -106,7 +106,7 @@ def prune(model: str, out: str | Path, recipe: PruneRecipe | None = None, *, for
     torch.manual_seed(seed)
     calib = {"data": data, "samples": samples, "seqlen": seqlen, "seed": seed}
     ctx = dict(art=art, path=path, ref=model, log=log, progress=progress, calib=calib, field=field,
-               trust_remote_code=trust_remote_code)
+               trust_remote_code=trust_remote_code, spill_dir=out.parent)
     if method == "depth":
         state_iter, config, recipe, layer_rows = _depth(ctx, layers=layers, ratio=ratio, metric=depth_metric)
     elif method == "width":
@@ -152,6 +152,8 @@ def prune(model: str, out: str | Path, recipe: PruneRecipe | None = None, *, for
     if config.get("slmctl_per_layer"):
         rep["formats_note"] = PER_LAYER_NOTE
     rep["prune_seconds"] = time.perf_counter() - t0
+    if ctx.get("device"):  # the layer engine's device, its peak memory, and any activations spilled to disk
+        rep["device"] = ctx["device"]()
     from ..calib import report_domains
 
     rep["quality"] = _quality(str(out), str(path), data=report_domains(data, eval_data), calib=data, field=field,
@@ -208,6 +210,17 @@ def _transposed(config: dict) -> tuple[str, ...]:
         return spec_for(config).transpose
     except UnsupportedError:  # no GGUF spec: a family without Conv1D weights as far as slmctl knows
         return ()
+
+
+def _engine(ctx):
+    """The layer engine on the artifact (device from --device / $SLMCTL_DEVICE; activations over the memory
+    budget spill beside the output); its device report lands in ``ctx["device"]``."""
+    from ..layerwise import LayerwiseModel
+
+    lm = LayerwiseModel(ctx["art"], trust_remote_code=ctx["trust_remote_code"], spill_dir=ctx.get("spill_dir"),
+                        log=ctx["log"])
+    ctx["device"] = lm.device_report
+    return lm
 
 
 def _calib_hidden(ctx, lm, chunk: int = 8) -> list:
@@ -313,7 +326,7 @@ def _unstructured_layerwise(ctx, *, pruner, target, pat, pattern, adaptive, metr
 
     from ..layerwise import iter_layers
 
-    lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
+    lm = _engine(ctx)
     hidden = _calib_hidden(ctx, lm)
 
     def lin_of(layer):
@@ -335,7 +348,7 @@ def _unstructured_layerwise(ctx, *, pruner, target, pat, pattern, adaptive, metr
                 scores.append(outlier_ratio([wanda_score(linear_weight(m), st[nm]["sq_norm"])
                                              for nm, m in lin_of(step.layer).items()]))
             if step.idx == n - 1:
-                last = run_layer(step.layer, step.hidden, step.kwargs)
+                last = step.run()
                 s_, k_ = zip(*(token_cos(a, b) for a, b in zip(prev, last)))
                 cos[n - 1] = sum(s_) / sum(k_)
         if metric == "bi":
@@ -387,13 +400,13 @@ def _depth(ctx, *, layers, ratio, metric):
     if metric != "last":  # one decoder layer in memory at a time
         from ..layerwise import iter_layers
 
-        lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
+        lm = _engine(ctx)
         hidden = _calib_hidden(ctx, lm)
         stats = BoundaryCos(n, k)
         for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
             stats.push(step.hidden)
             if step.idx == n - 1:
-                stats.push(run_layer(step.layer, step.hidden, step.kwargs))
+                stats.push(step.run())
         del lm
     drop = choose_layers(n, k, metric, stats)
     ctx["log"](f"dropping layer(s) {drop} of {n} ({metric})")
@@ -444,24 +457,25 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
     bc = BoundaryCos(n, 1)
 
     def hook_layer(layer, i):
+        # on an accelerator the layer runs there: the statistics are kept on the CPU (.cpu(): no copy on the CPU)
         hooks = [layer.self_attn.o_proj.register_forward_pre_hook(
-                     lambda m, a, i=i: imp_h[i].add(head_activations(a[0], H))),
-                 layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: imp_m[i].add(a[0]))]
+                     lambda m, a, i=i: imp_h[i].add(head_activations(a[0], H).cpu())),
+                 layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: imp_m[i].add(a[0].cpu()))]
         for norm in fam["norms"]:
             mod = getattr(layer, norm, None)
             if mod is not None:
-                hooks.append(mod.register_forward_hook(lambda m, a, o: imp_d.add(o)))
+                hooks.append(mod.register_forward_hook(lambda m, a, o: imp_d.add(o.cpu())))
         return hooks
 
     # one decoder layer in memory at a time
-    lm = LayerwiseModel(art, trust_remote_code=ctx["trust_remote_code"])
+    lm = _engine(ctx)
     hidden = _calib_hidden(ctx, lm)
     last = None
     for step in iter_layers(lm, hidden=hidden, capture=False, progress=ctx["progress"]):
         bc.push(step.hidden)
         hooks = hook_layer(step.layer, step.idx)
         try:
-            outs = run_layer(step.layer, step.hidden, step.kwargs)
+            outs = step.run()
         finally:
             for h in hooks:
                 h.remove()

@@ -221,11 +221,11 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
     stats = {"quantized_linears": 0, "quantized_params": 0, "quantized_bytes": 0}
     inputs = [provenance.input_record(ref, path, art)]
     losses: list[float] = []
-    windows = None
+    windows = lm = None
     if method != "rtn":
         from ..layerwise import LayerwiseModel
 
-        lm = LayerwiseModel(art, trust_remote_code=trust_remote_code)
+        lm = LayerwiseModel(art, trust_remote_code=trust_remote_code, spill_dir=Path(out).parent, log=log)
         tok = lm.tokenizer()
         windows, info = calibration_windows(tok, data=data, field=field, samples=samples, seq_len=seq_len,
                                             seed=seed, log=log)
@@ -272,6 +272,8 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
     if losses:
         stats["gptq_loss"] = sum(losses)
+    if lm is not None:
+        stats["device"] = lm.device_report()
     return stats
 
 

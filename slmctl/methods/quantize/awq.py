@@ -184,8 +184,6 @@ def quantize_awq(layer, cfg: QuantConfig, *, names: list[str], step, awq: AWQCon
     """
     import torch
 
-    from ...layerwise import run_layer
-
     acfg = awq or AWQConfig()
     want = set(names)
     groups = [[n for n in grp if n in want] for grp in step.groups()]
@@ -197,7 +195,7 @@ def quantize_awq(layer, cfg: QuantConfig, *, names: list[str], step, awq: AWQCon
     step.recapture([grp[0] for grp in groups],
                    on_input=lambda n, x: feats[n].append(x.reshape(-1, x.shape[-1])[::stride].float()))
     X = {n: torch.cat(v, 0) for n, v in feats.items()}
-    ref_out = run_layer(layer, step.hidden[:1], step.kwargs)[0]
+    ref_out = step.run(step.hidden[:1])[0]
     info = {}
     with torch.no_grad():
         for grp in groups:
@@ -217,7 +215,7 @@ def quantize_awq(layer, cfg: QuantConfig, *, names: list[str], step, awq: AWQCon
             for n in grp:
                 layer.get_submodule(n).weight.data *= s
             _fold(layer, prev[0], prev[1], s)
-            new_out = run_layer(layer, step.hidden[:1], step.kwargs)[0]
+            new_out = step.run(step.hidden[:1])[0]
             if not torch.allclose(new_out, ref_out, rtol=1e-3, atol=1e-3 * float(ref_out.abs().max())):
                 for n in grp:  # the fold is not exact for this architecture: undo it
                     layer.get_submodule(n).weight.data = saved[n]
