@@ -11,7 +11,14 @@ time. Rows:
 * llama.cpp + imatrix: the same with an importance matrix over the same windows, handed to
   llama_model_quantize (the matrix is slmctl's, computed in one layer-by-layer pass; the time of computing it
   is in the row);
-* slmctl gptq: `slmctl quantize MODEL --format gguf --type T --method gptq` on the same windows.
+* slmctl gptq: `slmctl quantize MODEL --format gguf --type T --method gptq` on the same windows;
+* AutoRound (iters=0, its "optimised RTN"): auto-round's own GGUF export (``format="gguf:T"``) in its own venv
+  (.peers/autoround, `make peers`), fed the same windows as token ids; BENCH_GQ_AR_ITERS=0,200 adds its tuned
+  rows (sign-gradient descent: many times the time, left out of the default run to keep it near 30 minutes);
+* ONNX int4 (with Q4_0's rows): `slmctl quantize MODEL.onnx --bits 4 -g 32` (slmctl's calibrated MatMulNBits: the
+  same importance-weighted block-32 scales as Q4_0 and GPTQ codes) on the float ONNX export, beside
+  onnxruntime's own MatMulNBits quantiser (`--type default`, RTN) at the same block size; BENCH_GQ_ONNX=0 drops
+  them.
 
 Writes bench/results/gguf_quant.{json,md}. Types: BENCH_GQ_TYPES (q4_0,q4_k_m,q3_k_m,q2_k).
 """
@@ -24,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timing import heavy, measure, write_results  # noqa: E402  (bench/ is on sys.path)
+from timing import PEERS, heavy, measure, write_results  # noqa: E402  (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = os.environ.get("BENCH_GQ_MODEL", "sample:smollm2-135m")
@@ -34,6 +41,9 @@ SEQLEN = int(os.environ.get("BENCH_GQ_SEQLEN", "512"))
 WINDOWS = int(os.environ.get("BENCH_GQ_WINDOWS", "8"))
 CTX = int(os.environ.get("BENCH_GQ_CTX", "512"))
 TYPES = os.environ.get("BENCH_GQ_TYPES", "q4_0,q4_k_m,q3_k_m,q2_k").split(",")
+AR_ITERS = [int(i) for i in os.environ.get("BENCH_GQ_AR_ITERS", "0").split(",") if i.strip()]
+AR_PY = Path(os.environ.get("BENCH_AUTOROUND_PYTHON", str(PEERS / "autoround/bin/python")))
+ONNX = os.environ.get("BENCH_GQ_ONNX", "1") != "0"
 LOCK = os.environ.get("BENCH_LOCK")  # run each command under this flock (the shared heavy-job lock)
 PY = sys.executable
 
@@ -60,6 +70,36 @@ LLAMA_Q = r'''
 import sys
 from slmctl.pipelines.export.gguf import quantize_gguf
 quantize_gguf(sys.argv[1], sys.argv[2], sys.argv[3], imatrix=sys.argv[4] if len(sys.argv) > 4 else None, force=True)
+'''
+
+# the calibration windows slmctl draws, as token ids for the peers
+WINDOWS_IDS = r'''
+import json, sys
+from slmctl.api import load_artifact
+from slmctl.eval.backends import load_tokenizer
+from slmctl.pipelines.quantize import calibration_windows
+art, path = load_artifact(sys.argv[1])
+wins, _ = calibration_windows(load_tokenizer(art), data=sys.argv[3], field="text", samples=int(sys.argv[4]),
+                              seq_len=int(sys.argv[5]), seed=0)
+json.dump({"hf": str(path), "ids": wins}, open(sys.argv[2], "w"))
+'''
+# AutoRound's own GGUF export (run by its venv's python) on the same windows, fed as a loader of token ids
+AUTOROUND = r'''
+import json, sys, torch
+from pathlib import Path
+from auto_round import AutoRound
+ids_file, out, fmt, iters = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+doc = json.load(open(ids_file))
+class Windows:
+    batch_size = 1
+    def __iter__(self):
+        for w in doc["ids"]:
+            yield torch.tensor([w], dtype=torch.long)
+ar = AutoRound(doc["hf"], scheme=fmt.upper().replace("GGUF:", "gguf:"), iters=iters, nsamples=len(doc["ids"]),
+               seqlen=len(doc["ids"][0]), dataset=Windows(), device_map="cpu")
+ar.quantize_and_save(str(out), format=fmt)
+files = sorted(out.rglob("*.gguf"))
+print(files[0])
 '''
 
 
@@ -92,24 +132,52 @@ def main() -> int:
     prev = Path(os.environ.get("SLMCTL_BENCH_RESULTS", ROOT / "bench" / "results")) / "gguf_quant.json"
     if os.environ.get("BENCH_GQ_APPEND") and prev.is_file():  # add types to the previous run's rows
         rows = [r for r in json.loads(prev.read_text())["rows"] if r["type"] not in TYPES]
+    ids = out / "windows.json"
+    have_ar = AR_PY.is_file()
+    if have_ar:
+        run([PY, "-c", WINDOWS_IDS, MODEL, str(ids), DATA, str(SAMPLES), str(SEQLEN)])
+        (out / "autoround.py").write_text(AUTOROUND)
+    else:
+        print(f"AutoRound rows skipped: no {AR_PY} (make peers)", file=sys.stderr)
+    onnx_fp = out / "onnx-fp32"
+    t_onnx = None
+    if ONNX and "q4_0" in TYPES:
+        t_onnx = run([PY, "-m", "slmctl", "export", MODEL, "--format", "onnx", "-o", str(onnx_fp), "--force", "--quiet"])
     for t in TYPES:
         tools = ["llama.cpp", "llama.cpp + imatrix", "slmctl gptq"] + (["slmctl gptq, no act-order"]
                                                                         if os.environ.get("BENCH_GQ_NOACT") else [])
+        tools += [f"AutoRound iters={i}" for i in AR_ITERS] if have_ar else []
+        tools += ["onnxruntime int4 RTN b32", "slmctl ONNX int4 gptq b32"] if t == "q4_0" and t_onnx else []
         for tool in tools:
-            path = out / f"{tool.replace(' ', '').replace('+', '-').replace('.', '').replace(',', '')}-{t}.gguf"
+            slug = tool.replace(' ', '').replace('+', '-').replace('.', '').replace(',', '').replace('=', '')
+            path = out / f"{slug}-{t}.gguf"
             if tool == "llama.cpp":
                 m = run([PY, "-c", LLAMA_Q, str(f16), str(path), t])
                 wall = m["wall_s"] + t_f16["wall_s"]
             elif tool == "llama.cpp + imatrix":
                 m = run([PY, "-c", LLAMA_Q, str(f16), str(path), t, str(im)])
                 wall = m["wall_s"] + t_f16["wall_s"] + t_im["wall_s"]
+            elif tool.startswith("AutoRound"):
+                m = run([str(AR_PY), str(out / "autoround.py"), str(ids), str(out / f"{slug}-{t}"), f"gguf:{t}",
+                         tool.split("=")[1]])
+                path = Path(m["stdout"].strip().splitlines()[-1])
+                wall = m["wall_s"]
+            elif "ONNX" in tool or "onnxruntime" in tool:
+                path = out / f"{slug}"
+                kind = ["--bits", "4"] if "slmctl" in tool else ["--type", "default"]
+                m = run([PY, "-m", "slmctl", "quantize", str(onnx_fp), *kind, "-g", "32", "--sym", "--data", DATA,
+                         "--samples", str(SAMPLES), "--seq-len", str(SEQLEN), "--no-report", "-o", str(path), "--force",
+                         "--quiet"])
+                wall = m["wall_s"] + t_onnx["wall_s"]
             else:
                 m = run([PY, "-m", "slmctl", "quantize", MODEL, "--format", "gguf", "--type", t, "--method", "gptq",
                          "--data", DATA, "--samples", str(SAMPLES), "--seq-len", str(SEQLEN), "--no-report", "-o",
                          str(path), "--force", "--quiet"] + (["--no-act-order"] if "no act-order" in tool else []))
                 wall = m["wall_s"]
             ev = evaluate(path)
-            row = {"type": t, "tool": tool, "bytes": path.stat().st_size, "wall_s": round(wall, 1),
+            size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir()
+                                                                   if f.name.startswith("model.onnx"))
+            row = {"type": t, "tool": tool, "bytes": size, "wall_s": round(wall, 1),
                    "peak_rss_mib": m["peak_rss_mib"], "load_before": m["load_before"], "contended": m["contended"], **ev}
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
@@ -137,13 +205,29 @@ def report(rows: list[dict], t_f16: dict, t_im: dict) -> None:
                      f"{r['kld']:.5f} | {r['top1']:.1f} | {r['wall_s']:.0f} | {r['kld'] / ref['kld']:.2f} | "
                      f"{rise / rrise if rrise else float('nan'):.2f} | {r['load_before'][0]:.1f} |")
     types = ",".join(dict.fromkeys(r["type"] for r in rows))
+    lines += ["", "Targets (issue 20), slmctl gptq against each peer's row of the same type:", ""]
+    for t in dict.fromkeys(r["type"] for r in rows):
+        mine = next((x for x in rows if x["type"] == t and x["tool"] == "slmctl gptq"), None)
+        if mine is None:
+            continue
+        for peer in [x for x in rows if x["type"] == t and not x["tool"].startswith(("slmctl", "onnxruntime"))]:
+            rise, prise = mine["ppl"] - fp32, peer["ppl"] - fp32
+            lines.append(f"- {t.upper()} vs {peer['tool']}: KL {mine['kld'] / peer['kld']:.2f}x, ppl rise "
+                         f"{rise / prise if prise else float('nan'):.2f}x, size {mine['bytes'] / peer['bytes']:.3f}x")
+        onnx = next((x for x in rows if x["type"] == t and x["tool"].startswith("slmctl ONNX")), None)
+        if onnx is not None:
+            lines.append(f"- slmctl ONNX int4 (block 32) vs slmctl GGUF {t.upper()}: KL {onnx['kld'] / mine['kld']:.2f}x "
+                         f"(target <= 1.2x), size {onnx['bytes'] / mine['bytes']:.3f}x")
+    if any(r["contended"] for r in rows):
+        lines += ["", "Wall times were measured on a contended machine (load column): quality columns are not "
+                  "affected by load, the wall times are not final."]
     lines += ["", f"Command: `python bench/bench_gguf_quant.py` (under the shared heavy-job lock) with BENCH_GQ_TYPES={types}, "
               f"BENCH_GQ_SAMPLES={SAMPLES}, BENCH_GQ_WINDOWS={WINDOWS}; load = 1-minute load average before the "
               "quantisation run (2-core machine shared with other jobs)."]
     md = "\n".join(lines)
     write_results("gguf_quant", {"rows": rows, "fp32_ppl": fp32, "samples": SAMPLES, "seq_len": SEQLEN,
                                  "windows": WINDOWS, "ctx": CTX, "types": types}, md,
-                  packages=("llama-cpp-python", "numpy"))
+                  packages=("llama-cpp-python", "numpy", "onnxruntime"))
     print(md)
 
 

@@ -241,6 +241,20 @@ def test_imatrix_of_another_model_names_the_mismatch(tiny_llama, tmp_path, cli):
     assert code == 1 and "blk.0.attn_q.weight has 48 values" in err and not out
 
 
+def test_quantised_gguf_input_needs_allow_requantize(tiny_llama, tmp_path, cli):
+    """An already quantised GGUF is refused, naming its types and the flag; with --allow-requantize it is quantised."""
+    pytest.importorskip("llama_cpp")
+    q8 = tmp_path / "q8.gguf"
+    code, _, err = cli("export", str(tiny_llama), "--format", "gguf", "--outtype", "q8_0", "-o", str(q8))
+    assert code == 0, err
+    code, out, err = cli("quantize", str(q8), "--type", "q4_0", "-o", str(tmp_path / "q4.gguf"))
+    assert code == 1 and "already quantised (Q8_0)" in err and "--allow-requantize" in err and not out
+    assert not (tmp_path / "q4.gguf").exists()
+    code, out, err = cli("quantize", str(q8), "--type", "q4_0", "--allow-requantize", "-o", str(tmp_path / "q4.gguf"))
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "q4.gguf") and (tmp_path / "q4.gguf").stat().st_size < q8.stat().st_size
+
+
 def test_gptq_needs_calibration_text(tiny_llama, tmp_path, cli):
     code, _, err = cli("export", str(tiny_llama), "--format", "gguf", "--outtype", "q4_0", "--method", "gptq",
                        "-o", str(tmp_path / "x.gguf"))

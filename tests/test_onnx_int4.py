@@ -105,3 +105,23 @@ def llama_onnx_int4_src(tiny_llama, tmp_path_factory):
         code = main(["export", str(tiny_llama), "--format", "onnx", "-o", str(out)])
     assert code == 0, se.getvalue()
     return out
+
+
+def test_export_onnx_bits4(tiny_llama, tmp_path, text_file, cli):
+    """`slmctl export MODEL --format onnx --bits 4`: the verified float export, quantised by slmctl's calibrated
+    MatMulNBits; onnxruntime runs it; --bits with another format is a usage error."""
+    out = tmp_path / "q4"
+    code, stdout, stderr = cli("export", str(tiny_llama), "--format", "onnx", "--bits", "4", "--data", str(text_file),
+                               "-o", str(out))
+    assert code == 0, stderr
+    assert stdout.strip() == str(out)
+    assert not [p for p in tmp_path.iterdir() if p.name != "q4"]  # the float export was temporary
+    m = onnx.load(str(out / "model.onnx"))
+    assert sum(x.op_type == "MatMulNBits" for x in m.graph.node) == 2 * 7
+    prov = json.loads({p.key: p.value for p in m.metadata_props}["slmctl.provenance"])
+    assert prov["recipe"]["algorithm"] == "gptq"
+    code, stdout, stderr = cli("eval", str(out), "--data", str(text_file), "--ctx", "32", "--windows", "2", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["backend"] == "onnxruntime"
+    code, _, stderr = cli("export", str(tiny_llama), "--format", "gguf", "--bits", "4", "-o", str(tmp_path / "x.gguf"))
+    assert code == 2 and "--bits goes with --format onnx" in stderr

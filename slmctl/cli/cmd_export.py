@@ -19,6 +19,9 @@ def export(
     method: Annotated[Optional[str], typer.Option("--method", "-m", help="GGUF quantised types: gptq (error-correcting, "
                                                   "needs --data), imatrix (importance-weighted scales) or rtn (llama.cpp's "
                                                   "reference). Default: gptq with --data, imatrix with --imatrix, else rtn.")] = None,
+    bits: Annotated[Optional[int], typer.Option("--bits", "-b", help="ONNX: quantise the export, 4 (MatMulNBits: "
+                                                "slmctl's calibrated GPTQ with --data, default sample:mix) or 8 "
+                                                "(onnxruntime's dynamic int8).")] = None,
     modelfile: Annotated[bool, typer.Option("--modelfile", help="GGUF: also write an Ollama Modelfile beside it "
                                                                 "(chat template and stop tokens from the tokenizer).")] = False,
     max_shard_size: MaxShardOpt = None,
@@ -33,7 +36,7 @@ def export(
 
     out = Output(json, quiet)
     recipe = ExportRecipe(fmt=format, dtype=dtype, max_shard_size=max_shard_size, outtype=outtype, imatrix=imatrix,
-                          data=data, method=method, modelfile=modelfile)
+                          data=data, method=method, bits=bits, modelfile=modelfile)
     path = api.export(model, output, recipe, force=force, allow_pickle=allow_pickle, log=out.log,
                       progress=lambda it, desc="": out.progress(it, desc=desc))
     out.result({"output": str(path), "format": format}, human=str(path))

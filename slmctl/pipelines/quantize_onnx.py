@@ -470,7 +470,7 @@ def quantize_onnx_verb(model: str, out: str | Path | None = None, *, bits: int |
     """``slmctl quantize MODEL.onnx``: quantise (4-bit: slmctl's calibrated GPTQ by default, or one of onnxruntime's
     quantisers named by --type), then the quality report every quantiser gives (perplexity of the input and the
     output on held-out text, KL, top-1 agreement, size, bits per weight)."""
-    from .quantize import quality_report
+    from ..eval.compare import quality_report
 
     t0 = time.perf_counter()
     nbits, algo = parse_qtype(qtype, bits, method if method in ALGORITHMS else "gptq")
@@ -487,3 +487,31 @@ def quantize_onnx_verb(model: str, out: str | Path | None = None, *, bits: int |
         result["report"] = quality_report(str(target), model, data=eval_data, ctx=eval_ctx, windows=eval_windows,
                                           stats=stats, log=log, progress=progress)
     return result
+
+
+def export_quantized(exporter, art, ref: str, out: Path, *, bits: int, method: str | None = None,
+                     data: str | list[str] | None = None, block_size: int = 32, symmetric: bool = True,
+                     force: bool = False, log: Callable[[str], None] = _nolog, **options: Any) -> Path:
+    """``slmctl export MODEL --format onnx --bits 4|8``: the float export (``exporter``, verified against PyTorch),
+    then this module's quantisation of it (4-bit: slmctl's calibrated GPTQ by default, ``--data`` the calibration
+    text) into ``out``; the float export is a temporary sibling of ``out``."""
+    import shutil
+    import tempfile
+
+    from ..io.atomic import check_output
+
+    if bits not in (4, 8):
+        raise UsageError(f"ONNX export takes --bits 4 (MatMulNBits) or 8 (dynamic int8), not {bits}")
+    _, algo = parse_qtype(None, bits, method or "gptq")
+    if bits == 4 and algo not in ALGORITHMS:
+        raise UsageError(f"--method {method} does not apply to ONNX int4", hint="valid: " + ", ".join(ALGORITHMS))
+    check_output(Path(out), force)
+    calib = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
+    if isinstance(calib, (list, tuple)):
+        raise UsageError("ONNX calibration takes one --data text", hint="give --data once")
+    with tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.float-", dir=Path(out).parent) as d:
+        fp = exporter(art, ref, Path(d) / "float", force=True, log=log, **options)
+        res = quantize_onnx(str(fp), out, bits, algo=algo, force=force, log=log, block_size=block_size,
+                            symmetric=symmetric, calib=calib)
+        shutil.rmtree(fp, ignore_errors=True)
+    return res

@@ -136,9 +136,14 @@ def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: 
     from ...io.artifact import open_artifact
     from ...io.convert import write_provenance_file
 
+    src_art = open_artifact(src)
+    quantized = sorted({lt.dtype for lt in src_art.tensors.values()} - {"F32", "F16", "BF16"})
+    if quantized and not allow_requantize:  # llama.cpp would only answer with a failure code
+        raise InputError(f"{src} is already quantised ({', '.join(quantized)}): requantising it to {t.upper()} "
+                         "loses quality twice", hint="quantise the float model, or pass --allow-requantize")
     prov = provenance.build("quantize", {"format": "gguf", "type": t, "imatrix": imatrix is not None,
                                          "allow_requantize": allow_requantize},
-                            [provenance.input_record(str(src_gguf), src, open_artifact(src))])
+                            [provenance.input_record(str(src_gguf), src, src_art)])
     with atomic_path(out, force=force) as tmp:
         log(f"quantising {src.name} to {t.upper()} with llama.cpp{' and an importance matrix' if imatrix else ''}")
         model_quantize(src, tmp, file_types()[t], t, imatrix, nthread, allow_requantize)

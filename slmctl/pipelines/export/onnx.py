@@ -521,8 +521,17 @@ def _param_bytes(model, itemsize: int) -> int:
 
 @EXPORTERS.register("onnx")
 def export_onnx(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bool, log, progress=None,
-                opset: int = OPSET, external_data: bool | None = None, **_) -> Path:
-    """An ONNX folder (model.onnx, tokenizer, config), run by onnxruntime and checked against PyTorch."""
+                opset: int = OPSET, external_data: bool | None = None, bits: int | None = None,
+                method: str | None = None, data=None) -> Path:
+    """An ONNX folder (model.onnx, tokenizer, config), run by onnxruntime and checked against PyTorch;
+    with ``bits`` (4: MatMulNBits, 8: dynamic int8) that export quantised by pipelines/quantize_onnx."""
+    if bits:
+        from ..quantize_onnx import export_quantized
+
+        return export_quantized(export_onnx, art, ref, out, bits=bits, method=method,
+                                data=data, force=force, log=log, dtype=dtype,
+                                max_shard_size=max_shard_size, progress=progress, opset=opset,
+                                external_data=external_data)
     import torch
 
     from ...io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
