@@ -43,6 +43,20 @@ _LLAMA_BLOCK = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+# the Q and K projections llama.cpp's "normal" RoPE reads in another row order (ArchSpec.permuted)
+QK_PROJ = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.bias")
+# AWQ: the first linear of a group of linears sharing one input -> the modules that may produce that input
+# (block-relative; the first one present wins) and how an activation scale is folded into it: "norm" divides
+# the norm's weight, "rows" the producing linear's output rows. Llama-style names (Phi-3's fused qkv/gate_up
+# included); a group whose producer a family lacks (OLMo 2 has no pre-norms) is left unscaled
+AWQ_FOLDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "self_attn.q_proj": (("input_layernorm",), "norm"),
+    "self_attn.qkv_proj": (("input_layernorm",), "norm"),
+    "mlp.gate_proj": (("pre_feedforward_layernorm", "post_attention_layernorm"), "norm"),
+    "mlp.gate_up_proj": (("pre_feedforward_layernorm", "post_attention_layernorm"), "norm"),
+    "self_attn.o_proj": (("self_attn.v_proj",), "rows"),
+    "mlp.down_proj": (("mlp.up_proj",), "rows"),
+}
 
 
 def _weight_bias(hf: str, gguf: str) -> dict[str, str]:
@@ -92,6 +106,7 @@ class ArchSpec:
     # so pruning and quantisation leave them in full precision (and say so)
     mixers: tuple[str, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()  # (other HF prefix, the prefix the tables use), e.g. backbone. -> model.
+    model_types: tuple[str, ...] = ()  # config.json model_type values other than the spec's name (gemma3_text)
 
     def _canon(self, hf_name: str) -> str:
         for other, ours in self.aliases:
@@ -114,6 +129,37 @@ class ArchSpec:
         raise UnsupportedError(f"tensor {hf_name!r} has no GGUF name in the {self.name} spec",
                                hint="the model has a part slmctl's GGUF exporter does not know; "
                                     "open an issue with `slmctl inspect MODEL --json`")
+
+    # ---- tensor roles: what the GGUF writer and reader do to one HF tensor on the way
+    def transposed(self, hf_name: str) -> bool:
+        """Stored (in, out) by a Conv1D: GGUF wants it transposed."""
+        return any(hf_name.endswith("." + s) for s in self.transpose)
+
+    def permuted(self, hf_name: str) -> bool:
+        """A Q or K projection (weight or bias) whose rows llama.cpp wants in interleaved-pair RoPE order."""
+        return self.permute_qk and hf_name.endswith(QK_PROJ)
+
+    def shifted_norm(self, hf_name: str) -> bool:
+        """A (1 + w) norm weight (Gemma) that GGUF stores as w + 1."""
+        return self.norm_plus_one and hf_name.endswith("norm.weight")
+
+    def tensor_op(self, hf_name: str) -> str | None:
+        """The name of the reshaping op (tensor_ops) applied to this tensor, or None."""
+        return next((op for suffix, op in self.tensor_ops.items() if hf_name.endswith("." + suffix)), None)
+
+    def hf_top(self, gguf_name: str) -> str | None:
+        """The HF name of a tensor outside the blocks (``token_embd.weight`` -> the embedding), or None."""
+        return next((h for h, g in self.top.items() if g == gguf_name), None)
+
+    @property
+    def embedding(self) -> str:
+        """The HF name of the token embedding."""
+        return self.hf_top("token_embd.weight")
+
+    @property
+    def head(self) -> str | None:
+        """The HF name of the output head (None when the family has none of its own)."""
+        return self.hf_top("output.weight")
 
     def block_index(self, hf_name: str) -> int | None:
         hf_name = self._canon(hf_name)
@@ -173,7 +219,7 @@ _add(ArchSpec("gpt2", "gpt2", ("GPT2LMHeadModel",),
 # sliding and full layers with their own RoPE bases, the query scale folded into the Q norm
 _add(ArchSpec("gemma3", "gemma3", ("Gemma3ForCausalLM",), {**_LLAMA_TOP}, {**_GEMMA_BLOCK, **_QK_NORMS},
               hparams=_COMMON_HP, norm_plus_one=True, fold_query_scale=True, layer_pattern="swa",
-              skip=(r"^lm_head\.weight$", r"rotary_emb.*\.inv_freq$")))
+              skip=(r"^lm_head\.weight$", r"rotary_emb.*\.inv_freq$"), model_types=("gemma3_text",)))
 # SmolLM3: a llama with RoPE left out of every 4th layer (no_rope_layers)
 _add(ArchSpec("smollm3", "smollm3", ("SmolLM3ForCausalLM",), _LLAMA_TOP, _LLAMA_BLOCK, hparams=_COMMON_HP,
               permute_qk=True, layer_pattern="no_rope", skip=(r"rotary_emb\.inv_freq$",)))
@@ -244,6 +290,9 @@ def spec_for(config: dict[str, Any], where: str = "config.json") -> ArchSpec:
                                hint="text-only families: " + ", ".join(sorted(ARCHS)))
     if mt in ARCHS:
         return ARCHS.get(mt)
+    for name in ARCHS:
+        if mt in ARCHS.get(name).model_types:
+            return ARCHS.get(name)
     raise UnsupportedError(f"{where}: architecture {archs[0] if archs else mt!r} has no GGUF spec",
                            hint="supported: " + ", ".join(sorted(ARCHS)))
 

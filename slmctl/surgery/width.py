@@ -1,19 +1,20 @@
 """Shrink attention heads, MLP channels and hidden channels of Llama-style models, config included.
 
-The family table is data: where each projection lives and which norms carry the hidden size.
+The family table is data: where each projection lives and which norms carry the hidden size; where the
+blocks, the embedding, the head and the final norm live comes from the family's ArchSpec.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..arch import head_dim, spec_for
 from ..errors import UnsupportedError, UsageError
 
-_LLAMA = dict(prefix="model.layers.{i}.", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+_LLAMA = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
               o="self_attn.o_proj", gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj",
               norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                     "post_feedforward_layernorm"),
-              final_norm="model.norm", embed="model.embed_tokens", lm_head="lm_head", hidden=True)
+                     "post_feedforward_layernorm"), hidden=True)
 WIDTH_FAMILIES: dict[str, dict[str, Any]] = {
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
     # Gemma scales the embeddings by sqrt(hidden_size): a narrower hidden size changes that constant
@@ -39,11 +40,10 @@ def family(config: dict[str, Any], *, hidden: bool = False) -> dict[str, Any]:
     if hidden and not fam["hidden"]:
         raise UnsupportedError(f"{mt}: pruning the hidden size is not supported (its embedding scale depends on it)",
                                hint="prune heads and MLP channels only (--heads-ratio, --mlp-ratio)")
-    return fam
-
-
-def head_dim(config: dict[str, Any]) -> int:
-    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    spec = spec_for(config)
+    return dict(fam, prefix=spec.block_prefix + "{i}.", embed=spec.embedding.removesuffix(".weight"),
+                lm_head=spec.head.removesuffix(".weight"),
+                final_norm=spec.hf_top("output_norm.weight").removesuffix(".weight"))
 
 
 def _span(units: list[int], size: int):
