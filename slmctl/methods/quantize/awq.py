@@ -18,18 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...arch import AWQ_FOLDS
 from ...errors import UsageError
 from .common import QUANTIZERS, QuantConfig, QuantResult, dequantize, minmax_qparams, quantize_affine
 
-# first linear of a group -> the modules that may feed it (first one present wins), and how to fold
-_PREV = {
-    "self_attn.q_proj": (("input_layernorm",), "norm"),
-    "self_attn.qkv_proj": (("input_layernorm",), "norm"),
-    "mlp.gate_proj": (("pre_feedforward_layernorm", "post_attention_layernorm"), "norm"),
-    "mlp.gate_up_proj": (("pre_feedforward_layernorm", "post_attention_layernorm"), "norm"),
-    "self_attn.o_proj": (("self_attn.v_proj",), "rows"),
-    "mlp.down_proj": (("mlp.up_proj",), "rows"),
-}
 _NO_CLIP = ("q_proj", "k_proj", "qkv_proj")
 
 
@@ -165,7 +157,7 @@ def _fold(layer, prev_name: str, kind: str, s) -> None:
 
 def _prev_for(layer, group: list[str]):
     names = dict(layer.named_modules())
-    spec = _PREV.get(group[0])
+    spec = AWQ_FOLDS.get(group[0])
     if spec is None:
         return None
     for cand in spec[0]:
