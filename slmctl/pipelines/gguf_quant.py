@@ -82,10 +82,8 @@ class GGUFQuant:
             check_imatrix(self.importance, planned, self.imatrix_source)
         self.mixture = {p.gguf: p.gtype for p in planned}
         # decoder-layer weights GPTQ can take: stored as HF has them up to a row permutation
-        from .export.gguf_build import _tensor_op
-
         self._by_hf = {p.hf: p for p in planned if p.bid is not None and p.hf and p.make is None
-                       and not any(p.hf.endswith("." + s) for s in spec.transpose) and _tensor_op(spec, p.hf) is None}
+                       and not spec.transposed(p.hf) and spec.tensor_op(p.hf) is None}
 
     # ------------------------------------------------------------ data
     def tensors(self, planned, spec, cfg, load) -> Any:
@@ -174,9 +172,9 @@ def _convert_rows(packed: np.ndarray, p, spec, cfg) -> np.ndarray:
     """The row reordering _convert applies to an HF weight (q/k permutation for llama.cpp's RoPE), on packed rows."""
     from ..arch import head_dim, permute_qk
 
-    if any(p.hf.endswith("." + s) for s in spec.transpose):
+    if spec.transposed(p.hf):
         raise InputError(f"{p.hf}: a transposed (Conv1D) weight cannot take GPTQ blocks", hint="use --method imatrix")
-    if spec.permute_qk and (p.hf.endswith("self_attn.q_proj.weight") or p.hf.endswith("self_attn.k_proj.weight")):
+    if spec.permuted(p.hf):
         packed = permute_qk(packed, packed.shape[0] // head_dim(cfg))
     return np.ascontiguousarray(packed)
 
