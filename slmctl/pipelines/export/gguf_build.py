@@ -71,10 +71,8 @@ TENSOR_OPS: dict[str, tuple[Callable[[tuple, dict], tuple], Callable[[np.ndarray
 
 
 def _tensor_op(spec: ArchSpec, hf_name: str):
-    for suffix, op in spec.tensor_ops.items():
-        if hf_name.endswith("." + suffix):
-            return TENSOR_OPS[op]
-    return None
+    op = spec.tensor_op(hf_name)
+    return TENSOR_OPS[op] if op is not None else None
 
 
 def _tensor_type(spec: ArchSpec, gguf_name: str, shape: tuple[int, ...], outtype: str) -> str:
@@ -96,7 +94,7 @@ def plan(art, spec: ArchSpec, outtype: str) -> list[_Planned]:
         if g is None or (g == "output.weight" and tied and spec.drop_output_when_tied):
             continue
         shape = tuple(lt.shape)
-        if any(name.endswith("." + s) for s in spec.transpose):
+        if spec.transposed(name):
             shape = tuple(reversed(shape))
         op = _tensor_op(spec, name)
         if op is not None:
@@ -182,14 +180,13 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -
     """
     from ...methods.quantize.gguf_blocks import quantize_on_grid
 
-    if any(p.hf.endswith("." + s) for s in spec.transpose):
+    if spec.transposed(p.hf):
         a = a.T
         grid = tuple(g.T for g in grid) if grid is not None else None
-    if spec.permute_qk and (p.hf.endswith("self_attn.q_proj.weight") or p.hf.endswith("self_attn.k_proj.weight")
-                            or p.hf.endswith("self_attn.q_proj.bias") or p.hf.endswith("self_attn.k_proj.bias")):
+    if spec.permuted(p.hf):
         a = permute_qk(a, a.shape[0] // head_dim(cfg))
         grid = tuple(permute_qk(g, g.shape[0] // head_dim(cfg)) for g in grid) if grid is not None else None
-    if spec.norm_plus_one and p.hf.endswith("norm.weight"):
+    if spec.shifted_norm(p.hf):
         a = a + np.float32(1)
     if spec.fold_query_scale and p.hf.endswith("self_attn.q_norm.weight"):
         a = a * np.float32(query_scale_fold(cfg))
