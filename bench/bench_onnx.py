@@ -157,7 +157,7 @@ def verify(hf: Path, model_file: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slmctl.pipelines.export.onnx import _prompt_ids, compare_decoder, reference_decoder
+    from slmctl.pipelines.export.onnx_verify import _prompt_ids, compare_decoder, reference_decoder
 
     m = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
     ref = reference_decoder(m, _prompt_ids(hf, m.config.vocab_size))

@@ -55,6 +55,6 @@ def _to_int32(words):
 
 
 def dequantize(q, scale, zero, g_idx):
-    """``scale * (q - zero)`` with per-column groups: (out, in) float32 (the same maths as methods.quantize)."""
+    """``scale * (q - zero)`` with per-column groups: (out, in) float32 (methods.quantize uses this one too)."""
     gi = g_idx.long()
     return scale[gi].T * (q.float() - zero[gi].T.float())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...errors import UsageError
+from ...io.quantized_formats.packing import dequantize  # noqa: F401  (the layouts' affine maths, one copy)
 from ...registry import Registry
 
 BITS = (2, 3, 4, 8)
@@ -148,12 +149,6 @@ def quantize_column(x, scale, zero, maxq: int):
 
     q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
     return scale * (q - zero)
-
-
-def dequantize(q, scale, zero, g_idx):
-    """``scale * (q - zero)`` with per-column groups: (out, in) float32."""
-    gi = g_idx.long()
-    return scale[gi].T * (q.float() - zero[gi].T.float())
 
 
 def rtn(w, cfg: QuantConfig, bias=None) -> QuantResult:
