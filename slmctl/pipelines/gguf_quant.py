@@ -342,7 +342,7 @@ def quantize_verb(art, ref: str, path, out, *, qtype: str | None, method: str, d
                   trust_remote_code=trust_remote_code, log=log, progress=progress)
     if report:
         from ..calib import report_domains
-        from .quantize import quality_report
+        from ..eval.compare import quality_report
 
         stats = {"quantized_bytes": res["bytes"]}
         res["report"] = quality_report(res["output"], ref, data=report_domains(data, eval_data), calib=data,
