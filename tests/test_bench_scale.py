@@ -71,16 +71,24 @@ def _result(scale, times: dict[str, list[float]], rss: list[float], llmc: list[f
 def test_verdicts_follow_the_targets(scale):
     # export grows linearly (exponent 1.0: met); eval grows as p^1.3 between b and c (MISSED);
     # GPTQ grows as p^1.4 (met <= 1.5) against llm-compressor's p^1.6 (no worse: met)
-    md = scale.render(_result(scale, {"export-f16": [1.0, 4.0, 16.0], "eval": [1.0, 4.0, 4.0 * 4 ** 1.3],
-                               "gptq": [2.0, 2 * 4 ** 1.4, 2 * 16 ** 1.4]},
-                              rss=[100.0, 200.0, 300.0], llmc=[None, 20.0, 20 * 4 ** 1.6]))
+    result = _result(scale, {"export-f16": [1.0, 4.0, 16.0], "eval": [1.0, 4.0, 4.0 * 4 ** 1.3],
+                             "gptq": [2.0, 2 * 4 ** 1.4, 2 * 16 ** 1.4]},
+                     rss=[100.0, 200.0, 300.0], llmc=[None, 20.0, 20 * 4 ** 1.6])
+    md = scale.render(result)
     lines = [ln for ln in md.splitlines() if ln.startswith("- ")]
     assert any(ln.startswith("- export-f16: growth exponent 1.00, 1.00") and ln.endswith(": met") for ln in lines), lines
     assert any(ln.startswith("- eval: growth exponent 1.00, 1.30") and ln.endswith("MISSED") for ln in lines), lines
     assert any(ln.startswith("- gptq: growth exponent 1.40, 1.40") and ln.endswith(": met") for ln in lines), lines
-    assert "- GPTQ exponent no worse than llm-compressor's on the same sizes: met (1.40 vs 1.60)" in lines
+    assert "- GPTQ exponent no worse than llmcompressor's on the same sizes: met (1.40 vs 1.60)" in lines
     # the streaming bound at these facts is 2 MB + 300 MB, about 288 MiB: 300 MiB at the largest size misses it
     assert "- export-f16: peak RSS under its bound at every size: MISSED" in lines
     # GPTQ's bound: 16 MB of weights x 4 plus 8 x 256 x 64 x 8 bytes, about 17 MiB: missed at 100 MiB
     assert "- gptq: peak RSS under its bound at every size: MISSED" in lines
     assert any("GPTQ at b vs llmcompressor: time 0.70x, peak RSS 0.50x (target <= 1): met" in ln for ln in lines)
+    # with a measured import floor the RSS verdicts also say whether the peak fits the bound plus the floor
+    result["import_floor_mib"] = 250.0
+    lines = scale.render(result).splitlines()
+    assert "- export-f16: peak RSS under its bound at every size: MISSED (under the bound plus the 250 MiB import " \
+           "floor: met)" in lines
+    assert "- gptq: peak RSS under its bound at every size: MISSED (under the bound plus the 250 MiB import floor: " \
+           "MISSED)" in lines
