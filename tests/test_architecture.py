@@ -175,9 +175,23 @@ def test_api_reexports_real_signatures():
             assert not any(p.kind is p.VAR_POSITIONAL for p in params), f"api.{name} takes *args"
 
 
-@pytest.mark.parametrize("name", ["layerwise", "imatrix", "importance", "llamacpp", "libllama", "profile",
-                                  "profiling"])
-def test_module_names_are_unique(name):
-    """One name, one module: the names that once meant two modules (issue 17) now name at most one."""
-    found = [m for m in _modules() if m.rsplit(".", 1)[-1] == name]
-    assert len(found) <= 1, f"{name}: {found}"
+# Pairs that still share a file name, each a known clean-up (issue 17); a new pair fails the test below.
+KNOWN_SHARED_NAMES = {"base.py": {"slmctl/methods/merge/base.py", "slmctl/targets/base.py"},
+                      "lora.py": {"slmctl/io/lora.py", "slmctl/methods/merge/lora.py"},
+                      "width.py": {"slmctl/methods/prune/width.py", "slmctl/surgery/width.py"}}
+
+
+def test_module_names_are_unique():
+    """One name, one module: two modules of the same file name at two levels (slmctl/imatrix.py beside
+    io/imatrix.py, llamacpp.py beside targets/llamacpp.py) read as one thing and are two."""
+    by_name: dict[str, set[str]] = {}
+    for mod, (path, is_pkg) in _modules().items():
+        if not is_pkg:
+            by_name.setdefault(path.name, set()).add(str(path.relative_to(ROOT.parent)))
+        elif path.parent.parent == ROOT:  # a top-level package (slmctl/profile/ beside pipelines/profile.py);
+            # methods/<verb>/ beside pipelines/<verb>.py is the layout DESIGN.md draws
+            by_name.setdefault(path.parent.name + ".py", set()).add(str(path.parent.relative_to(ROOT.parent)) + "/")
+    shared = {n: p for n, p in by_name.items() if len(p) > 1 and KNOWN_SHARED_NAMES.get(n) != p}
+    assert not shared, "modules that share a name:\n" + "\n".join(f"{n}: {sorted(p)}" for n, p in sorted(shared.items()))
+    for old in ("imatrix.py", "llamacpp.py", "profile.py", "layerwise.py"):  # the pairs issue 17 named
+        assert len(by_name.get(old, ())) <= 1, by_name[old]

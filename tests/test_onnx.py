@@ -189,7 +189,7 @@ def test_backend_without_past_inputs(tmp_path, tiny_llama, text_file):
 
 def test_export_mismatch_fails_loudly(llama_onnx, tiny_models, tmp_path, cli, monkeypatch):
     """A graph that computes another model's logits (same shapes) is an error, and nothing is written."""
-    import slmctl.pipelines.export.onnx as eo
+    import slmctl.pipelines.export.to_onnx as eo
 
     def wrong_graph(model, path, **kw):  # the tiny llama's graph for the tiny mistral
         shutil.copyfile(llama_onnx[0] / "model.onnx", path)
@@ -207,7 +207,7 @@ def test_export_mismatch_fails_loudly(llama_onnx, tiny_models, tmp_path, cli, mo
 @pytest.mark.slow
 def test_export_wrong_rope_fails_loudly(tiny_models, tmp_path, cli, monkeypatch):
     """An export whose RoPE frequencies are off (the bug optimum-onnx shipped: base 10000 for 100000) is an error."""
-    import slmctl.pipelines.export.onnx as eo
+    import slmctl.pipelines.export.to_onnx as eo
 
     real = eo.export_decoder
 

@@ -17,7 +17,7 @@ from ..errors import FormatError, UnsupportedError
 OWN_IMPORT = {"gemma3": ("gemma3", "gemma3_text"), "smollm3": ("smollm3", "smollm3"),
               "granite": ("granite", "granite"), "olmo2": ("olmo2", "olmo2"),
               "nemotron_h": ("nemotron_h", "nemotron_h")}
-# inverses of slmctl.pipelines.export.gguf.TENSOR_OPS (GGUF array -> HF tensor)
+# inverses of slmctl.pipelines.export.gguf_build.TENSOR_OPS (GGUF array -> HF tensor)
 _UNDO_OPS = {"squeeze": lambda t: t.unsqueeze(1), "neg_exp_col": lambda t: (-t.double()).log().float().reshape(-1),
              "col": lambda t: t.reshape(-1), "per_group": lambda t: t.reshape(-1)}
 

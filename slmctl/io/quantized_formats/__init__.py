@@ -35,9 +35,9 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ...errors import FormatError, UnsupportedError
-from .base import LAYOUTS, Layout
+from .layout import LAYOUTS, Layout
 from .compressed_tensors import CompressedTensors, ct_config, ct_tensors, ct_unpack
-from .gptq import GPTQ, gptq_config, gptq_tensors, gptq_unpack
+from .gptq_layout import GPTQ, gptq_config, gptq_tensors, gptq_unpack
 from .packing import dequantize, pack_rows, unpack_rows
 
 FORMATS = ("gptq", "compressed-tensors")

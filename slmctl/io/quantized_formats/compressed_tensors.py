@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import UnsupportedError
-from .base import LAYOUTS, Get, Layout
+from .layout import LAYOUTS, Get, Layout
 from .packing import pack_rows, unpack_rows
 
 

@@ -8,5 +8,5 @@ Structured methods (depth, width) and the adaptive allocation live in their own 
 
 from __future__ import annotations
 
-from .base import UNSTRUCTURED, Pruner  # noqa: F401  (the registry; re-exported)
+from .pruner import UNSTRUCTURED, Pruner  # noqa: F401  (the registry; re-exported)
 from . import magnitude, sparsegpt, wanda  # noqa: E402,F401  (they register themselves)

@@ -6,7 +6,7 @@ https://arxiv.org/abs/1506.02626 — the baseline of the Wanda and SparseGPT pap
 
 from __future__ import annotations
 
-from .base import UNSTRUCTURED, Pruner
+from .pruner import UNSTRUCTURED, Pruner
 from .masks import nm_mask, unstructured_mask
 
 

@@ -10,7 +10,7 @@ columns to its right through the Cholesky factor of H⁻¹.
 from __future__ import annotations
 
 from ...errors import SlmctlError
-from .base import UNSTRUCTURED, Pruner
+from .pruner import UNSTRUCTURED, Pruner
 
 
 def sparsegpt_prune(weight, stats, *, sparsity: float, pattern: tuple[int, int] | None = None,

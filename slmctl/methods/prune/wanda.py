@@ -6,7 +6,7 @@ https://arxiv.org/abs/2306.11695 ; code https://github.com/locuslab/wanda
 
 from __future__ import annotations
 
-from .base import UNSTRUCTURED, Pruner
+from .pruner import UNSTRUCTURED, Pruner
 from .masks import nm_mask, unstructured_mask
 
 

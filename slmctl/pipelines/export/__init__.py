@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ...errors import UsageError
 from ...recipe import EXPORT_FORMAT_OPTIONS, ExportRecipe
-from .registry import DTYPES, EXPORTERS, MODULES, get_exporter
+from .formats import DTYPES, EXPORTERS, MODULES, get_exporter
 
 Log = Callable[[str], None]
 

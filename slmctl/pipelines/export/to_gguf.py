@@ -17,7 +17,7 @@ from ... import provenance
 from ...errors import InputError, UnsupportedError, UsageError
 from ...io.gguf_types import file_types
 from .gguf_build import KQUANTS, LLAMA_TYPES, normalise_outtype, write_gguf
-from .registry import EXPORTERS
+from .formats import EXPORTERS
 
 Log = Callable[[str], None]
 

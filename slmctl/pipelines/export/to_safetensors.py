@@ -7,8 +7,8 @@ from typing import Callable
 
 from ... import provenance
 from ...errors import UnsupportedError, UsageError
-from .hf import stream_tensors
-from .registry import EXPORTERS
+from .to_hf import stream_tensors
+from .formats import EXPORTERS
 
 Log = Callable[[str], None]
 

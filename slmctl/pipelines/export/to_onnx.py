@@ -24,7 +24,7 @@ from ... import provenance
 from .onnx_graph import _longrope_in_graph, _name_dims, _onnx_attention_for, _optimize, _rsqrt_as_div
 from .onnx_verify import (DECODE_STEPS, ExportMismatch, _prompt_ids, check, compare_decoder,  # noqa: F401
                           compare_encoder, reference_decoder, reference_encoder)
-from .registry import EXPORTERS
+from .formats import EXPORTERS
 from ...errors import InputError, UnsupportedError, UsageError
 
 OPSET = 18

@@ -15,7 +15,7 @@ from ...registry import Registry
 EXPORTERS: Registry[Callable[..., Path]] = Registry("export format")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # format -> the module that registers its exporter
-MODULES = {"hf": "hf", "safetensors": "safetensors", "gguf": "gguf", "onnx": "onnx"}
+MODULES = {"hf": "to_hf", "safetensors": "to_safetensors", "gguf": "to_gguf", "onnx": "to_onnx"}
 
 
 def get_exporter(fmt: str) -> Callable[..., Path]:

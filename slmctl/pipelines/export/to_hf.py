@@ -7,7 +7,7 @@ from typing import Callable
 
 from ... import provenance
 from ...errors import InputError, UnsupportedError
-from .registry import EXPORTERS
+from .formats import EXPORTERS
 
 Log = Callable[[str], None]
 
