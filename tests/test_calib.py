@@ -119,7 +119,7 @@ def test_eval_gives_one_row_per_domain(cli, tiny_llama, text_file, tmp_path):
     assert code == 2 and "weights" in err
 
 
-def test_prune_defaults_to_the_mix_and_reports_an_unseen_domain(cli, tiny_llama, tmp_path):
+def test_prune_and_quantize_default_to_the_mix_and_report_an_unseen_domain(cli, tiny_llama, tmp_path):
     out = tmp_path / "pruned"
     code, stdout, err = cli("prune", str(tiny_llama), "-o", str(out), "--method", "wanda", "--samples", "4",
                             "--seqlen", "32", "--eval-ctx", "32", "--eval-windows", "1", "--json")
@@ -131,3 +131,10 @@ def test_prune_defaults_to_the_mix_and_reports_an_unseen_domain(cli, tiny_llama,
     rec = next(i for i in inputs if i.get("role") == "calibration")
     assert rec["ref"] == "sample:mix" and rec["calibration"]["mix_version"] == calib.MIX_VERSION
     assert [p["part"].split("/")[-1] for p in rec["calibration"]["parts"]] == [p for p, _ in calib.MIX_PARTS]
+    # quantize's report too: the calibration domain and one it never saw, named on stderr
+    code, stdout, err = cli("quantize", str(tiny_llama), "-o", str(tmp_path / "q"), "--method", "gptq", "-g", "32",
+                            "--samples", "4", "--seq-len", "32", "--eval-ctx", "32", "--eval-windows", "1", "--json")
+    assert code == 0, err
+    doms = json.loads(stdout)["report"]["domains"]
+    assert [(d["data"], d["role"]) for d in doms] == [("sample:mix", "calibration"), (calib.UNSEEN_REPORT, "unseen")]
+    assert "[calibration]" in err and f"{calib.UNSEEN_REPORT}" in err and "[unseen]" in err
