@@ -22,8 +22,8 @@ bench/run.py, the plot goes beside the results instead, so a smoke run never tou
 
 Budget (make bench, 2 quiet cores): about 25 minutes at the defaults. Environment, to scale down a smoke run:
 BENCH_SCALE_SHAPES (the three), BENCH_SCALE_VERBS (export-f16 export-q8_0 gptq wanda merge eval imatrix),
-BENCH_SCALE_ROUNDS (3: rounds of the cheap verbs below 1B parameters), BENCH_SCALE_BIG_ROUNDS (1: rounds at
-1B and above, and of GPTQ at every size), BENCH_SCALE_LLMC_SHAPES (qwen2.5-0.5b) and BENCH_SCALE_GPTQMODEL_SHAPES
+BENCH_SCALE_ROUNDS (3: rounds of the cheap verbs below BENCH_SCALE_BIG_PARAMS, 3e8 parameters: the 135M shape),
+BENCH_SCALE_BIG_ROUNDS (1: rounds from that size on, and of GPTQ at every size), BENCH_SCALE_LLMC_SHAPES (qwen2.5-0.5b) and BENCH_SCALE_GPTQMODEL_SHAPES
 (smollm2-135m qwen2.5-0.5b): where the GPTQ peers run ("" for none), BENCH_SCALE_CONVERTER_SHAPES (qwen2.5-1.5b),
 BENCH_SCALE_RETRIES (2: reruns of a contended round), BENCH_LOCK (run each command under this flock, the shared heavy-job lock).
 """
@@ -46,6 +46,7 @@ SHAPES = os.environ.get("BENCH_SCALE_SHAPES", "smollm2-135m qwen2.5-0.5b qwen2.5
 VERBS = os.environ.get("BENCH_SCALE_VERBS", "export-f16 export-q8_0 gptq wanda merge eval imatrix").split()
 ROUNDS = int(os.environ.get("BENCH_SCALE_ROUNDS", "3"))
 BIG_ROUNDS = int(os.environ.get("BENCH_SCALE_BIG_ROUNDS", "1"))
+BIG_PARAMS = float(os.environ.get("BENCH_SCALE_BIG_PARAMS", "3e8"))  # from this size on: BIG_ROUNDS
 # where each GPTQ peer runs: llm-compressor cannot quantise the 135M shape at g128 (its 576 columns are 4.5
 # groups; even bypass_divisibility_checks fails in its forward) and takes about 15 minutes and 8 GB at 1.5B
 PEER_SHAPES = {"llmcompressor": os.environ.get("BENCH_SCALE_LLMC_SHAPES", "qwen2.5-0.5b").split(),
@@ -195,7 +196,7 @@ def measure_verb(verb: str, shape: str, model: Path, other: Path, params: int) -
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         (cache / "hashes.json").unlink(missing_ok=True)  # slmctl hashes its inputs every time
 
-    rounds = BIG_ROUNDS if (verb == "gptq" or params >= 10 ** 9) else ROUNDS
+    rounds = BIG_ROUNDS if (verb == "gptq" or params >= BIG_PARAMS) else ROUNDS
     with heavy(LOCK):
         runs = alternate(cmds, rounds=rounds, before=before, cwd=ROOT, env=env, retries=RETRIES)
     entry = {"rounds": rounds, "commands": {k: portable(" ".join(map(str, v))) for k, v in cmds.items()},
@@ -241,7 +242,7 @@ def main() -> int:
         for verb in VERBS:
             data[shape]["verbs"][verb] = measure_verb(verb, shape, model, other, facts["parameters"])
     minutes = (time.time() - t0) / 60
-    result = {"shapes": SHAPES, "verbs": VERBS, "rounds": ROUNDS, "big_rounds": BIG_ROUNDS,
+    result = {"shapes": SHAPES, "verbs": VERBS, "rounds": ROUNDS, "big_rounds": BIG_ROUNDS, "big_params": BIG_PARAMS,
               "calibration": f"{SAMPLES}x{SEQLEN}", "eval": f"{WINDOWS}x{CTX}", "minutes": minutes,
               "load_start": load0, "load_end": os.getloadavg(), "gguf_section": gguf_section(),
               "gptqmodel_ext_cached": ext_cached, "import_floor_mib": floor, "results": data}
@@ -276,8 +277,9 @@ def render(result: dict) -> str:
     sizes = " / ".join(f"{s} ({res[s]['facts']['parameters'] / 1e6:.0f}M)" for s in shapes)
     L = ["## scale: time and memory against model size", "",
          f"Random-weight bf16 models of real shapes (`bench/shapes.py`, Llama layout, the sample's tokenizer): {sizes}. "
-         f"Each command a fresh process, start-up included; median [min-max] over {result['rounds']} rounds below 1B "
-         f"parameters, {result['big_rounds']} at 1B and above and for GPTQ at every size (the section has to fit a "
+         f"Each command a fresh process, start-up included; median [min-max] over {result['rounds']} rounds below "
+         f"{result.get('big_params', 1e9) / 1e6:.0f}M "
+         f"parameters, {result['big_rounds']} from there on and for GPTQ at every size (the section has to fit a "
          "`make bench` on two cores). Calibration: "
          f"{SAMPLES} x {SEQLEN} tokens of `{DATA}` (seed 0, the same token windows for every tool); eval: "
          f"{WINDOWS} x {CTX} tokens. slmctl hashes its inputs for provenance on every run (empty hash cache). "
