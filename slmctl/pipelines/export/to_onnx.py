@@ -208,24 +208,17 @@ def _refuse_recurrent(config: dict, folder: Path) -> None:
 
 
 def _load_model(folder: Path, kind: str, config: dict):
-    import torch
     import transformers
 
-    from ...hf import quiet_transformers
+    from ...hf import load_model
 
-    quiet_transformers()
-    try:
-        if kind == "decoder":
-            cls = transformers.AutoModelForCausalLM
-        else:
-            archs = config.get("architectures") or []
-            cls = transformers.AutoModelForSequenceClassification if any(
-                a.endswith("ForSequenceClassification") for a in archs) else transformers.AutoModel
-        model = cls.from_pretrained(str(folder), dtype=torch.float32)
-    except (ValueError, OSError, KeyError) as exc:
-        raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})",
-                               hint="export from an HF folder with config.json and safetensors weights") from None
-    return model.eval()
+    if kind == "decoder":
+        cls = transformers.AutoModelForCausalLM
+    else:
+        archs = config.get("architectures") or []
+        cls = transformers.AutoModelForSequenceClassification if any(
+            a.endswith("ForSequenceClassification") for a in archs) else transformers.AutoModel
+    return load_model(folder, cls=cls, hint="export from an HF folder with config.json and safetensors weights")
 
 
 def _param_bytes(model, itemsize: int) -> int:
