@@ -12,10 +12,10 @@ from .pipelines.distill import distill
 from .pipelines.evaluate import evaluate, evaluate_domains
 from .pipelines.export import DTYPES, EXPORTERS, export
 from .pipelines.inspect import inspect
-from .pipelines.merge import merge
+from .pipelines.merge import merge, merge_verb
 from .pipelines.profile import profile
 from .pipelines.prune import prune
 from .pipelines.quantize import quantize
 
 __all__ = ["DTYPES", "EXPORTERS", "card", "check_card", "distill", "evaluate", "evaluate_domains", "export",
-           "inspect", "load_artifact", "merge", "profile", "prune", "quantize"]
+           "inspect", "load_artifact", "merge", "merge_verb", "profile", "prune", "quantize"]

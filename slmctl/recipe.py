@@ -260,7 +260,8 @@ class ExportRecipe(Recipe):
 
 @dataclass(frozen=True)
 class MergeRecipe(Recipe):
-    """slmctl merge from flags (a --config file is its own recipe: mergekit's YAML)."""
+    """slmctl merge from flags (a --config file is its own recipe: mergekit's YAML), and the optional quality
+    report of the merged model against the base (off unless ``eval_windows``) with its gates."""
 
     verb: ClassVar[str] = "merge"
     flags: ClassVar[dict[str, str]] = {"lambda_": "--lambda"}
@@ -279,9 +280,20 @@ class MergeRecipe(Recipe):
     out_dtype: Optional[str] = None
     seed: int = 0
     max_shard_size: Union[str, int, None] = None
+    eval_data: Data = _report(None)
+    eval_ctx: int = _report(256)
+    eval_windows: int = _report(0)
+    max_ppl_increase: Optional[float] = _report(None)
+    max_kld: Optional[float] = _report(None)
+    min_top1: Optional[float] = _report(None)
 
     def __post_init__(self) -> None:
         self._within(0.0, 1.0, "gamma")
+        self._within(0.0, 100.0, "min_top1")
+        self._at_least(1, "eval_ctx")
+        self._at_least(0, "eval_windows")
+        self._gate_needs(self.eval_windows > 0, "the quality report", "add --eval-windows N (e.g. 8)",
+                         "max_ppl_increase", "max_kld", "min_top1")
 
 
 # distill's fields that change the trained weights: a resumed run must match them

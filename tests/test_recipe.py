@@ -165,3 +165,25 @@ def test_distill_gate_exits_3_and_keeps_the_output(cli, tiny_llama, text_file, t
     code, stdout, err = cli("distill", *common, "-o", str(tmp_path / "d2"), "--min-top1", "0")
     assert code == 0, err
     assert json.loads(stdout)["gates"] == {"passed": True, "failed": []}
+
+
+def test_merge_report_and_gate(cli, tiny_llama, text_file, tmp_path):
+    """merge's optional report (the merged model against the base) and its gate, through compare."""
+    code, _, err = cli("merge", str(tiny_llama), str(tiny_llama), "-o", str(tmp_path / "x"), "--max-kld", "1")
+    assert code == 2 and "--eval-windows" in err and not (tmp_path / "x").exists()
+    import shutil
+
+    twin = shutil.copytree(tiny_llama, tmp_path / "twin")
+    out = tmp_path / "m"
+    args = ("merge", str(tiny_llama), str(twin), "-m", "linear", "--eval-data", str(text_file),
+            "--eval-windows", "1", "--eval-ctx", "16", "--json")
+    code, stdout, err = cli(*args, "-o", str(out), "--max-ppl-increase", "-100")
+    assert code == 3, err
+    assert "gate failed: perplexity rose" in err and (out / "config.json").is_file()
+    doc = json.loads(stdout)
+    rep = doc["report"]
+    assert doc["method"] == "linear" and doc["gates"]["passed"] is False
+    # the linear merge of a model with itself is that model: no divergence from the base
+    assert rep["kld_mean"] < 1e-6 and rep["top1_agreement_pct"] == 100.0 and "eval" not in rep
+    code, stdout, err = cli(*args, "-o", str(tmp_path / "m2"), "--max-kld", "0.001")
+    assert code == 0, err

@@ -45,6 +45,20 @@ def merge(
                                                      "dtype).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random drops (dare_*, della); the same seed "
                                       "gives the same output.")] = 0,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Report domains, repeatable (a "
+                                                           "sample's eval region). Default: sample:mix and "
+                                                           "sample:unseen:readme.", show_default=False)] = None,
+    eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per report window.")] = 256,
+    eval_windows: Annotated[int, typer.Option("--eval-windows", help="Report windows: perplexity, KL and top-1 of "
+                                                                     "the merged model against the base (0: no "
+                                                                     "report).")] = 0,
+    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity "
+                                                              "rise over the base in %; exit 3 when crossed (the "
+                                                              "output is kept).")] = None,
+    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: largest mean KL divergence from the "
+                                                     "base.")] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Gate: smallest top-1 agreement with the "
+                                                      "base in %.")] = None,
     max_shard_size: MaxShardOpt = None,
     force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False,
@@ -59,15 +73,22 @@ def merge(
     Streams one tensor at a time; prints the output folder.
     """
     from .. import api
+    from ..eval.compare import enforce, render_report
     from ..recipe import MergeRecipe
 
     out = Output(json, quiet)
     recipe = MergeRecipe(method=method, base=base, weights=weights, t=t, density=density, lambda_=lambda_,
                          normalize=normalize, rescale=rescale, gamma=gamma, epsilon=epsilon,
                          tokenizer_source=tokenizer_source, dtype=dtype, out_dtype=out_dtype, seed=seed,
-                         max_shard_size=max_shard_size)
-    path = api.merge(models or [], output, recipe, config=config, lora=lora, force=force, allow_pickle=allow_pickle,
-                     log=out.log, progress=lambda it, desc="": out.progress(it, desc=desc, unit="tensor"))
-    out.result({"output": str(path), "method": "lora" if lora else (method or "config" if config else method or "linear")},
-               human=str(path))
+                         max_shard_size=max_shard_size, eval_data=eval_data, eval_ctx=eval_ctx,
+                         eval_windows=eval_windows, max_ppl_increase=max_ppl_increase, max_kld=max_kld,
+                         min_top1=min_top1)
+    res = api.merge_verb(models or [], output, recipe, config=config, lora=lora, force=force,
+                         allow_pickle=allow_pickle, log=out.log,
+                         progress=lambda it, desc="": out.progress(it, desc=desc, unit="tensor"))
+    if res.get("report"):
+        out.log(render_report(res["report"]))
+        res["report"].pop("eval", None)
+    out.result(res, human=res["output"])
+    enforce(res)
     return 0

@@ -626,3 +626,28 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: Mer
         for d in scratch:
             shutil.rmtree(d, ignore_errors=True)
     return out
+
+def merge_verb(models: Sequence[str] = (), out: str | Path | None = None, recipe: MergeRecipe | None = None, *,
+               config: str | Path | dict | None = None, lora: str | None = None, force: bool = False,
+               allow_pickle: bool = False, log: Log = _nolog, progress=None, **options: Any) -> dict[str, Any]:
+    """``slmctl merge``: merge() and, with ``eval_windows``, the quality report (slmctl.eval.compare) of the
+    merged model against the base (``--base``, the config's base_model, the LoRA's base, else the first
+    model) and its gates. Returns {"output", "method", "report"?, "gates"?}."""
+    asked = MergeRecipe.build(recipe, **options)
+    path = merge(models, out, asked, config=config, lora=lora, force=force, allow_pickle=allow_pickle, log=log,
+                 progress=progress)
+    method = "lora" if lora else (asked.method or ("config" if config is not None else "linear"))
+    res: dict[str, Any] = {"output": str(path), "method": method}
+    if asked.eval_windows:
+        from ..calib import report_domains
+        from ..eval.compare import check_gates, quality_report
+
+        base = asked.base or (models[0] if models else None)
+        if config is not None:
+            cfg = mkc.from_dict(config, where="merge config") if isinstance(config, dict) else mkc.load(config)
+            base = cfg.base_model or cfg.referenced_models()[0]
+        log(f"quality report against {base}")
+        res["report"] = quality_report(str(path), base, data=report_domains("sample:mix", asked.eval_data),
+                                       ctx=asked.eval_ctx, windows=asked.eval_windows, log=log)
+        check_gates(res, res["report"], **asked.gate_limits())
+    return res
