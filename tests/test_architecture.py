@@ -175,10 +175,8 @@ def test_api_reexports_real_signatures():
             assert not any(p.kind is p.VAR_POSITIONAL for p in params), f"api.{name} takes *args"
 
 
-# Pairs that still share a file name, each a known clean-up (issue 17); a new pair fails the test below.
-KNOWN_SHARED_NAMES = {"base.py": {"slmctl/methods/merge/base.py", "slmctl/targets/base.py"},
-                      "lora.py": {"slmctl/io/lora.py", "slmctl/methods/merge/lora.py"},
-                      "width.py": {"slmctl/methods/prune/width.py", "slmctl/surgery/width.py"}}
+# A pair that still shares a file name, a known clean-up (issue 17); a new pair fails the test below.
+KNOWN_SHARED_NAMES = {"width.py": {"slmctl/methods/prune/width.py", "slmctl/surgery/width.py"}}
 
 
 def test_module_names_are_unique():

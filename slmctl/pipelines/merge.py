@@ -133,7 +133,7 @@ class _Hasher:
 
 def _open(ref: str, *, allow_pickle: bool, log: Log, scratch: list[Path], hasher: _Hasher) -> Model:
     from ..io.resolve import load_artifact
-    from ..io.lora import read_adapter
+    from ..io.peft_adapter import read_adapter
 
     base_ref, lora_ref = _split_lora(ref)
     art, path = load_artifact(base_ref, allow_pickle=allow_pickle, log=log)
@@ -544,7 +544,7 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: Mer
                              hint="slmctl merge --lora ADAPTER BASE -o OUT")
         doc = {"merge_method": "passthrough", "models": [{"model": f"{models[0]}+{lora}"}]}
         if not (Path(lora) / "adapter_config.json").is_file():
-            from ..io.lora import read_adapter
+            from ..io.peft_adapter import read_adapter
 
             read_adapter(lora)  # raises the precise error
         if dtype:

@@ -1,6 +1,6 @@
 """Hardware targets: the Target interface, pluggy hookspecs, the plugin manager and the built-in targets."""
 
-from .base import Session, Target
+from .target import Session, Target
 from .hookspecs import hookimpl
 
 __all__ = ["Session", "Target", "hookimpl", "get_target", "list_plugins", "list_targets", "register_plugin",

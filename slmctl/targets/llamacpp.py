@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.libllama import AMX_ENV, NoExtraBuffers as _NoExtraBuffers, amx_disabled, open_llama  # noqa: F401
-from .base import Log, Session, Target, _nolog
+from .target import Log, Session, Target, _nolog
 
 
 def _threads() -> int:

@@ -21,7 +21,7 @@ import pluggy
 
 from ..errors import SlmctlError, UsageError
 from . import hookspecs
-from .base import Target
+from .target import Target
 
 GROUP = "slmctl.targets"
 ENV = "SLMCTL_LOAD_PLUGINS"

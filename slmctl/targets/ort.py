@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..errors import UnsupportedError
-from .base import Log, Session, Target, _nolog
+from .target import Log, Session, Target, _nolog
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
        "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}

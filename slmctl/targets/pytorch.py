@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from .base import Log, Session, Target, _nolog
+from .target import Log, Session, Target, _nolog
 
 
 def _threads() -> None:
