@@ -19,6 +19,10 @@ def test_tensor_roles_come_from_the_spec():
         "transformer.wte.weight", "lm_head.weight", "transformer.ln_f.weight")
     assert spec_for({"model_type": "gemma3_text"}) is gemma  # Gemma 3's text config names itself gemma3_text
     assert AWQ_FOLDS["mlp.down_proj"] == (("mlp.up_proj",), "rows")
+    # norms over the hidden size (width pruning cuts them with the hidden channels); per-head Q/K norms are not
+    assert ARCHS.get("qwen3").hidden_norms == ("input_layernorm", "post_attention_layernorm")
+    assert ARCHS.get("olmo2").hidden_norms == ("post_attention_layernorm", "post_feedforward_layernorm")
+    assert ARCHS.get("nemotron_h").hidden_norms == ("norm",)
 
 
 def test_ggml_types_are_gguf_pys():

@@ -152,6 +152,14 @@ class ArchSpec:
         return next((h for h, g in self.top.items() if g == gguf_name), None)
 
     @property
+    def hidden_norms(self) -> tuple[str, ...]:
+        """The block's norms over the hidden size (module names after the block prefix; per-head Q/K norms and
+        the final norm are not among them)."""
+        not_hidden = (*_QK_NORMS.values(), "ssm_norm.weight")  # per-head Q/K norms; Mamba-2's gated norm (inner width)
+        return tuple(h.removesuffix(".weight") for h, g in self.block.items()
+                     if g.endswith("norm.weight") and h.endswith(".weight") and g not in not_hidden)
+
+    @property
     def embedding(self) -> str:
         """The HF name of the token embedding."""
         return self.hf_top("token_embd.weight")

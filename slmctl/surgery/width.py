@@ -12,9 +12,7 @@ from ..arch import head_dim, spec_for
 from ..errors import UnsupportedError, UsageError
 
 _LLAMA = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
-              o="self_attn.o_proj", gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj",
-              norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                     "post_feedforward_layernorm"), hidden=True)
+              o="self_attn.o_proj", gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj", hidden=True)
 WIDTH_FAMILIES: dict[str, dict[str, Any]] = {
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
     # Gemma scales the embeddings by sqrt(hidden_size): a narrower hidden size changes that constant
@@ -41,8 +39,8 @@ def family(config: dict[str, Any], *, hidden: bool = False) -> dict[str, Any]:
         raise UnsupportedError(f"{mt}: pruning the hidden size is not supported (its embedding scale depends on it)",
                                hint="prune heads and MLP channels only (--heads-ratio, --mlp-ratio)")
     spec = spec_for(config)
-    return dict(fam, prefix=spec.block_prefix + "{i}.", embed=spec.embedding.removesuffix(".weight"),
-                lm_head=spec.head.removesuffix(".weight"),
+    return dict(fam, prefix=spec.block_prefix + "{i}.", norms=spec.hidden_norms,
+                embed=spec.embedding.removesuffix(".weight"), lm_head=spec.head.removesuffix(".weight"),
                 final_norm=spec.hf_top("output_norm.weight").removesuffix(".weight"))
 
 
