@@ -60,8 +60,8 @@ def load_float32(lazy, rows: tuple[int, int] | None = None) -> np.ndarray:
             for i in range(0, out.size, step):
                 buf = f.read(min(step, out.size - i) * src_dtype.itemsize)
                 part = np.frombuffer(buf, dtype=src_dtype)
-                if ent.dtype == "BF16":  # bf16 is the top half of a float32: widen exactly
-                    out[i:i + part.size].view(np.uint32)[:] = part.astype(np.uint32) << np.uint32(16)
+                if ent.dtype == "BF16":  # bf16 is the top half of a float32: widen exactly, in place (no temporaries)
+                    np.left_shift(part, 16, out=out[i:i + part.size].view(np.uint32), dtype=np.uint32)
                 else:
                     out[i:i + part.size] = part
                 got += len(buf)
