@@ -93,6 +93,11 @@ def test_prune_and_quantize_record_their_recipe_in_the_output(tiny_llama, tmp_pa
     prov = open_artifact(tmp_path / "q").provenance()
     assert R.from_provenance(prov) == q.artifact_part() and q.artifact_part().report is True
 
+    # export: the recipe reaches the provenance whichever exporter writes it
+    api.export(str(tiny_llama), tmp_path / "e.safetensors", "safetensors", dtype="float16")
+    prov = open_artifact(tmp_path / "e.safetensors").provenance()
+    assert R.from_provenance(prov) == R.ExportRecipe(fmt="safetensors", dtype="float16")
+
 
 # ---------------------------------------------------------------- exporters take only their options
 @pytest.mark.parametrize("fmt, extra, named", [
@@ -162,6 +167,10 @@ def test_distill_gate_exits_3_and_keeps_the_output(cli, tiny_llama, text_file, t
     assert "gate failed: perplexity rose" in err and (out / "config.json").is_file()
     rep = json.loads(stdout)
     assert rep["gates"]["passed"] is False and rep["eval"]["distilled"]["ppl"] > 0
+    from slmctl.io.artifact import open_artifact
+
+    typed = R.from_provenance(open_artifact(out).provenance())
+    assert typed.verb == "distill" and typed.steps == 1 and typed.seq_len == 16 and typed.max_ppl_increase is None
     code, stdout, err = cli("distill", *common, "-o", str(tmp_path / "d2"), "--min-top1", "0")
     assert code == 0, err
     assert json.loads(stdout)["gates"] == {"passed": True, "failed": []}

@@ -43,6 +43,14 @@ def _keywords(fn: Callable[..., Path]) -> set[str]:
     return {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
+def _takes(fmt: str) -> set[str]:
+    """The keywords ``fmt``'s exporter names; none when its module cannot be imported here (a missing extra)."""
+    try:
+        return _keywords(get_exporter(fmt))
+    except ImportError:
+        return set()
+
+
 def exporter_options(fn: Callable[..., Path], asked: ExportRecipe) -> dict[str, Any]:
     """The format options set in ``asked``, each checked against the exporter's signature: an exporter takes
     exactly the keywords it names (none takes ``**``), so one it does not name is refused here, with the
@@ -52,7 +60,7 @@ def exporter_options(fn: Callable[..., Path], asked: ExportRecipe) -> dict[str, 
     for name in opts:
         if name not in named:
             flag = ExportRecipe.flag(name)
-            takers = [f for f in MODULES if name in _keywords(get_exporter(f))]
+            takers = [f for f in MODULES if name in _takes(f)]
             takes = [ExportRecipe.flag(n) for n in sorted(named) if n in EXPORT_FORMAT_OPTIONS]
             raise UsageError(f"{flag} goes with --format {' or '.join(takers)}; --format {asked.fmt} does not take it"
                              if takers else f"{flag} does not apply to --format {asked.fmt}",
