@@ -90,13 +90,9 @@ from pathlib import Path
 from auto_round import AutoRound
 ids_file, out, fmt, iters = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 doc = json.load(open(ids_file))
-class Windows:
-    batch_size = 1
-    def __iter__(self):
-        for w in doc["ids"]:
-            yield torch.tensor([w], dtype=torch.long)
-ar = AutoRound(doc["hf"], scheme=fmt.upper().replace("GGUF:", "gguf:"), iters=iters, nsamples=len(doc["ids"]),
-               seqlen=len(doc["ids"][0]), dataset=Windows(), device_map="cpu")
+windows = [torch.tensor([w], dtype=torch.long) for w in doc["ids"]]
+ar = AutoRound(doc["hf"], scheme=fmt, iters=iters, nsamples=len(windows), seqlen=len(doc["ids"][0]),
+               dataset=windows, batch_size=1, device_map="cpu")
 ar.quantize_and_save(str(out), format=fmt)
 files = sorted(out.rglob("*.gguf"))
 print(files[0])

@@ -347,8 +347,8 @@ def test_quantize_onnx_report_and_gate(llama_onnx, tmp_path, text_file, cli):
     """The quality report of every quantiser (input vs output on held-out text), and its gate (exit 3)."""
     out, _ = llama_onnx
     ev = ("--eval-data", str(text_file), "--eval-ctx", "32", "--eval-windows", "2")
-    code, stdout, stderr = cli("quantize", str(out), "--type", "int4", "-o", str(tmp_path / "q4"), *ev, "--json",
-                               "--max-ppl-increase", "50")
+    code, stdout, stderr = cli("quantize", str(out), "--type", "int4", "-g", "32", "-o", str(tmp_path / "q4"), *ev,
+                               "--json", "--max-ppl-increase", "50")
     assert code == 0, stderr
     res = json.loads(stdout)
     assert res["output"] == str(tmp_path / "q4") and res["bits"] == 4

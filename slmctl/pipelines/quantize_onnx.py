@@ -247,11 +247,13 @@ def _int4_calibrated(src: Path, dst: Path, *, block_size: int, symmetric: bool, 
     for node, t in pairs:
         B = numpy_helper.to_array(t)
         kdim, ndim = B.shape
-        kp = -(-kdim // block_size) * block_size
+        # a block wider than the row would be mostly padding: the smallest power of 2 >= K instead
+        bs = min(block_size, max(16, 1 << (kdim - 1).bit_length()))
+        kp = -(-kdim // bs) * bs
         a = node.input[0]
-        if a not in prepared:
-            prepared[a] = prepare_hessian(hess[a][0], kp, damp=damp)
-        q = quantize_weight(B.T.astype(np.float32), block_size=block_size, symmetric=symmetric, prepared=prepared[a])
+        if (a, kp) not in prepared:
+            prepared[(a, kp)] = prepare_hessian(hess[a][0], kp, damp=damp)
+        q = quantize_weight(B.T.astype(np.float32), block_size=bs, symmetric=symmetric, prepared=prepared[(a, kp)])
         base = t.name.replace("/", "_").replace(".", "_")
         sdt = np.float16 if B.dtype == np.float16 else np.float32
         names = [f"{base}_Q4", f"{base}_scales"]
@@ -260,7 +262,7 @@ def _int4_calibrated(src: Path, dst: Path, *, block_size: int, symmetric: bool, 
         if q.zero_points is not None:
             names.append(f"{base}_zp")
             new_inits.append(numpy_helper.from_array(q.zero_points.reshape(-1), names[2]))
-        attrs = {"K": kdim, "N": ndim, "bits": 4, "block_size": block_size}
+        attrs = {"K": kdim, "N": ndim, "bits": 4, "block_size": bs}
         if accuracy_level is not None:
             attrs["accuracy_level"] = accuracy_level
         repl = onnx.helper.make_node("MatMulNBits", [a, *names], list(node.output), name=(node.name or base) + "_Q4",
