@@ -13,7 +13,7 @@ Stages (all by default; name some to run only those, each under the heavy-job lo
   flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_profile.py prepare targets
   flock /tmp/slmctl-heavy.lock .venv/bin/python bench/bench_profile.py sweep render
 
-BENCH_THREADS and BENCH_SWEEP_THREADS (default "<cores>"; e.g. "2,1" adds one thread) set the thread counts.
+BENCH_THREADS (default "<cores>") and BENCH_SWEEP_THREADS (default "<cores>,1") set the thread counts.
 Each CLI run is its own process; its --json report is kept (bench/out/profile/<target>.json), with the
 1-minute load average before and after the run.
 """
@@ -41,7 +41,7 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "10"))
 THREADS = [int(x) for x in os.environ.get("BENCH_THREADS", f"{os.cpu_count() or 1}").split(",") if x.strip()]
 PROFILE_ARGS = ["--ctx", "128,512", "--batch", "1,4", "--decode-ctx", "128", "--decode-tokens", "16",
                 "--repeats", str(REPEATS), "--warmup", "3"]
-SWEEP_DEPTHS = os.environ.get("BENCH_SWEEP_DEPTHS", "8,16,32")
+SWEEP_DEPTHS = os.environ.get("BENCH_SWEEP_DEPTHS", "6,8,12,16,24,32,48")
 SWEEP_ARGS = ["profile", "--sweep", "depth-width", "--params", "135M", "--base", "sample:smollm2-135m", "--target", "torch",
               "--depths", SWEEP_DEPTHS, "--ctx", "32", "--batch", "1,16", "--decode-tokens", "8",
               "--repeats", os.environ.get("BENCH_SWEEP_REPEATS", "5"), "--warmup", "2"]
@@ -108,7 +108,7 @@ def targets() -> int:
     return 1 if bad else 0
 
 
-SWEEP_THREADS = [int(x) for x in os.environ.get("BENCH_SWEEP_THREADS", f"{os.cpu_count() or 1}").split(",")
+SWEEP_THREADS = [int(x) for x in os.environ.get("BENCH_SWEEP_THREADS", f"{os.cpu_count() or 1},1").split(",")
                  if x.strip()]
 
 
