@@ -171,6 +171,13 @@ class LayerwiseModel:
             self._load_params(layer, f"{self.layers_prefix}.{i}")
         return layer
 
+    def load_module(self, module):
+        """Materialise the weights of any submodule (e.g. the final norm) from the artifact; returns it."""
+        name = next(n for n, m in self.model.named_modules() if m is module)
+        if any(p.is_meta for p in module.parameters()):
+            self._load_params(module, name)
+        return module
+
     def free_layer(self, i: int) -> None:
         """Drop layer i's weights back to the meta device."""
         from accelerate.utils import set_module_tensor_to_device

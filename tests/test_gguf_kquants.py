@@ -298,17 +298,39 @@ def test_family_gptq_gguf_runs_its_own_weights(family, tiny_models, text_file, t
 
 
 def test_layerwise_importance_matrix_equals_the_model_forward(tiny_llama, text_file):
-    """One layer-by-layer pass gives the mean squared inputs a whole-model forward with hooks gives."""
-    from slmctl.pipelines.importance import compute_imatrix
+    """One layer-by-layer pass (the engine behind layerwise_imatrix and compute_imatrix) gives the mean squared
+    inputs a whole-model forward with hooks on every linear gives (here, in the test), the output head's too."""
+    import torch
+
+    from slmctl.arch import spec_for
+    from slmctl.hf import load_model
     from slmctl.io.artifact import open_artifact
     from slmctl.layerwise import LayerwiseModel
     from slmctl.pipelines.gguf_quant import layerwise_imatrix
+    from slmctl.pipelines.importance import compute_imatrix
 
     art = open_artifact(tiny_llama)
     lm = LayerwiseModel(art)
     wins = lm.tokenize_windows(text_file.read_text(), seq_len=32, samples=3)
     ours = layerwise_imatrix(lm, wins)
     sums, _ = compute_imatrix(art, lm.tokenizer().decode(sum(wins, [])), ctx=32, chunks=3)
-    assert ours and set(ours) == {k for k in sums if k.startswith("blk.")}
+    spec, model, ref = spec_for(art.config), load_model(tiny_llama), {}
+
+    def hook(mod, args, g):
+        x = args[0].reshape(-1, args[0].shape[-1])
+        s = (x * x).sum(0)
+        ref[g] = (ref[g][0] + s, ref[g][1] + x.shape[0]) if g in ref else (s, x.shape[0])
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.register_forward_pre_hook(lambda m, a, g=spec.gguf_name(f"{name}.weight"): hook(m, a, g))
+    with torch.no_grad():
+        for w in wins:
+            model(input_ids=torch.tensor([w]), use_cache=False)
+    assert ours and set(ours) == {k for k in ref if k.startswith("blk.")}
+    assert set(sums) == set(ref) and "output.weight" in sums
     for k, v in ours.items():
-        np.testing.assert_allclose(v, sums[k][0] / sums[k][1], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(v, (ref[k][0] / ref[k][1]).numpy(), rtol=1e-5, atol=1e-7)
+    for k, (s, n) in sums.items():
+        assert n == ref[k][1]
+        np.testing.assert_allclose(s / n, (ref[k][0] / n).numpy(), rtol=1e-5, atol=1e-7)

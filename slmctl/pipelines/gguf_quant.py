@@ -195,52 +195,14 @@ def normalise_ftype(t: str) -> str:
 def layerwise_imatrix(lm, windows, progress=None) -> dict[str, np.ndarray]:
     """llama.cpp's importance matrix in one layer-by-layer pass: {GGUF name: mean squared input per column}.
 
-    Hooks on each layer's linears (one per shared input: q/k/v and gate/up get the same mean squares)
-    see the inputs of the forward that carries the hidden states to the next layer: no extra forward.
+    The layer engine's importance matrix (slmctl.pipelines.importance.imatrix_sums, the decoder layers'
+    linears): hooks see the inputs of the forward that carries the hidden states to the next layer, no
+    extra forward; q/k/v and gate/up share their input, so they get the same mean squares.
     """
-    from ..arch import spec_for
-    from ..layerwise import iter_layers
+    from .importance import imatrix_sums
 
-    spec = spec_for(lm.art.config)
-    result: dict[str, np.ndarray] = {}
-    pending: list = []
-
-    def finish():
-        for h in pending[0] if pending else []:
-            h.remove()
-        for grp, mapping, acc in pending[1:]:
-            if acc["n"]:
-                mean = (acc["s"] / acc["n"]).cpu().numpy().astype(np.float32)
-                for n in grp:
-                    g = spec.gguf_name(mapping[f"{n}.weight"])
-                    if g is not None:
-                        result[g] = mean
-        pending.clear()
-
-    def hook(acc):
-        def add(_mod, inputs, _out):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            acc["s"] = acc["s"] + (x * x).sum(0) if acc["n"] else (x * x).sum(0)
-            acc["n"] += x.shape[0]
-        return add
-
-    try:
-        for step in iter_layers(lm, windows, capture=False, progress=progress):
-            finish()
-            mapping = lm.layer_tensor_names(step.idx)
-            handles = []
-            pending.append(handles)
-            for grp in step.groups():
-                grp = [n for n in grp if f"{n}.weight" in mapping]
-                if grp:
-                    acc = {"s": None, "n": 0}
-                    handles.append(step.layer.get_submodule(grp[0]).register_forward_hook(hook(acc)))
-                    pending.append((grp, mapping, acc))
-        finish()
-    finally:
-        for h in pending[0] if pending else []:
-            h.remove()
-    return result
+    return {k: (s / n).numpy().astype(np.float32)
+            for k, (s, n) in imatrix_sums(lm, windows, head=False, progress=progress).items() if n}
 
 
 def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, field: str = "text", samples: int = 32,
