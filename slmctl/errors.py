@@ -49,6 +49,8 @@ class GateFailed(SlmctlError):
 
     exit_code = 3
 
-    def __init__(self, message: str, hint: str | None = None, *, failed: list[str] | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, failed: list[str] | None = None,
+                 label: str = "gate failed"):
         super().__init__(message, hint)
         self.failed = list(failed or [message])
+        self.label = label  # how each line of ``failed`` is introduced on stderr

@@ -88,7 +88,9 @@ _register()
 def _report(err: SlmctlError) -> None:
     if isinstance(err, GateFailed):  # the result is already printed: one line per gate crossed
         for f in err.failed:
-            print(f"gate failed: {f}", file=sys.stderr)
+            print(f"{err.label}: {f}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
         return
     print(f"error: {err.message}", file=sys.stderr)
     if err.hint:

@@ -40,9 +40,8 @@ def card(
     files with size and sha256, the quality table from the eval reports, the latency tables from the profile
     reports, and how to run each file. Every figure comes from a given file or from the artifact itself.
     """
-    import sys
-
     from .. import api
+    from ..errors import GateFailed
 
     out = Output(json, quiet)
     if check is not None:
@@ -53,11 +52,8 @@ def card(
         counts = ", ".join(f"{n} {k}" for k, n in rep["checked"].items() if n)
         out.result(rep, human=f"{check}: {'matches' if rep['ok'] else 'DOES NOT MATCH'} the files ({counts} rows)")
         if not rep["ok"]:
-            for p in rep["problems"]:
-                print(f"mismatch: {p}", file=sys.stderr)
-            print("hint: regenerate it: slmctl card ARTIFACT... --eval ... --profile ... -o README.md --force",
-                  file=sys.stderr)
-            return 3
+            raise GateFailed(f"{check} does not match the files", failed=rep["problems"], label="mismatch",
+                             hint="regenerate it: slmctl card ARTIFACT... --eval ... --profile ... -o README.md --force")
         return 0
     if output is None or not artifacts:
         raise UsageError("card needs ARTIFACT... and -o README.md (or --check README.md)")

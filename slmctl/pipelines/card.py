@@ -616,7 +616,8 @@ def check_card(card_path: str | os.PathLike, artifacts: list[str], *, evals: lis
     """Regenerate the card's tables from the files as they are now and compare them with the card's.
 
     ``evals``/``profiles`` default to the reports the card was made from (recorded in it, relative to it).
-    Returns {'ok', 'problems': [...], 'checked': {section: rows}}; raises GateFailed (exit 3) on a mismatch.
+    Returns {'ok', 'problems': [...], 'checked': {section: rows}}; ``slmctl card --check`` raises GateFailed
+    (exit 3) when not ok, after printing it.
     """
     card_path = Path(card_path)
     if not card_path.is_file():
