@@ -64,8 +64,9 @@ PEER_PKGS_llmcompressor := llmcompressor==0.14.0.1
 PEER_PKGS_optimum       := 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.57.*' accelerate
 # GPTQModel 7.6.0 is the last release that accepts torch 2.13: the real loader of our GPTQ layout
 PEER_PKGS_gptqmodel     := gptqmodel==7.6.0
-# AutoRound (Intel): its GGUF export (gguf:q4_0, q4_k_m, ...) beside slmctl's in bench_gguf_quant
-PEER_PKGS_autoround     := auto-round==0.16.1
+# AutoRound (Intel): its GGUF export (gguf:q4_0, q4_k_m, ...) beside slmctl's in bench_gguf_quant; it writes
+# GGUF through gguf-py, which it does not declare
+PEER_PKGS_autoround     := auto-round==0.16.1 gguf==0.19.0
 $(PEERS)/%/.ok:
 	python3 -m venv $(PEERS)/$*
 	$(PEERS)/$*/bin/pip install -q torch==2.13.0
