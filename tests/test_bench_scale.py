@@ -85,10 +85,9 @@ def test_verdicts_follow_the_targets(scale):
     # GPTQ's bound: 16 MB of weights x 4 plus 8 x 256 x 64 x 8 bytes, about 17 MiB: missed at 100 MiB
     assert "- gptq: peak RSS under its bound at every size: MISSED" in lines
     assert any("GPTQ at b vs llmcompressor: time 0.70x, peak RSS 0.50x (target <= 1): met" in ln for ln in lines)
-    # with a measured import floor the RSS verdicts also say whether the peak fits the bound plus the floor
+    # with a measured import floor GPTQ's RSS verdict also says whether the peak fits the bound plus the floor
     result["import_floor_mib"] = 250.0
     lines = scale.render(result).splitlines()
-    assert "- export-f16: peak RSS under its bound at every size: MISSED (under the bound plus the 250 MiB import " \
-           "floor: met)" in lines
+    assert "- export-f16: peak RSS under its bound at every size: MISSED" in lines  # its bound has an allowance
     assert "- gptq: peak RSS under its bound at every size: MISSED (under the bound plus the 250 MiB import floor: " \
            "MISSED)" in lines
