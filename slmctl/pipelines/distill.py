@@ -518,6 +518,9 @@ def distill(teacher: str, student: str, out: str | Path, recipe: DistillRecipe |
             return result
         held_end = _heldout_metrics(ctx, held, batch_size)
         result["heldout"] = {"before": held_start, "after": held_end, "blocks": int(held.shape[0])}
+        result["device"] = {"device": str(dist.device)}
+        if dist.device.type == "cuda":  # this process's peak (teacher, student, optimiser state, activations)
+            result["device"]["peak_bytes"] = int(torch.cuda.max_memory_allocated(dist.device))
         if held_end:
             log(f"held-out after:  KL {held_end['kl']:.4f}, ppl {held_end['ppl']:.3f}")
 
