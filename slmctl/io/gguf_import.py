@@ -132,11 +132,11 @@ def gguf_state(art, spec, cfg: dict[str, Any]):
             raise FormatError(f"{art.path}: tensor {g!r} has no place in a {spec.hf_architectures[0]}",
                               hint="the GGUF is not what its general.architecture says")
         t = lt.load().float()
-        if spec.permute_qk and (h.endswith("self_attn.q_proj.weight") or h.endswith("self_attn.k_proj.weight")):
+        if spec.permuted(h):
             t = _unpermute_qk(t, t.shape[0] // hd)
-        if spec.norm_plus_one and h.endswith("norm.weight"):
+        if spec.shifted_norm(h):
             t = t - 1.0
-        op = next((o for suffix, o in spec.tensor_ops.items() if h.endswith("." + suffix)), None)
+        op = spec.tensor_op(h)
         if op is not None:
             t = _UNDO_OPS[op](t)
         state[h] = t.contiguous()
