@@ -228,6 +228,7 @@ def main() -> int:
     from shapes import build  # noqa: E402  (bench/ is on sys.path)
 
     OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "calib-ids.json").unlink(missing_ok=True)  # drawn afresh each run (all shapes share the tokenizer)
     t0, load0 = time.time(), os.getloadavg()
     ext_cached = any((Path.home() / ".cache" / "gptqmodel" / "torch_extensions").glob("pack_block_cpu/*/*.so"))
     data = {}
