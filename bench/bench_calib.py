@@ -133,7 +133,7 @@ def _dir(name: str) -> Path:
 def _peer(out: Path) -> tuple[subprocess.CompletedProcess, float, float]:
     from slmctl.api import load_artifact
     from slmctl.eval.backends import load_tokenizer
-    from slmctl.pipelines.quantize import calibration_windows
+    from slmctl.calib import calibration_windows
 
     art, path = load_artifact(MODEL)
     wins, _ = calibration_windows(load_tokenizer(art), data=CALIBS["mix"], field="text", samples=int(SAMPLES),
