@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from test_onnx import llama_onnx  # noqa: F401  (the tiny llama's ONNX export, shared with test_onnx.py)
 
 
 def _nbits_model(q, k: int, n: int):
@@ -63,10 +64,10 @@ def test_nbits_block32_symmetric_is_q4_0s_grid():
 
 
 @pytest.mark.parametrize("sym", [True, False])
-def test_quantize_onnx_int4_calibrated(llama_onnx_int4_src, tmp_path, text_file, cli, sym):
+def test_quantize_onnx_int4_calibrated(llama_onnx, tmp_path, text_file, cli, sym):
     """`slmctl quantize MODEL.onnx --bits 4` writes slmctl's calibrated MatMulNBits (zero points when --asym),
     onnxruntime runs it unchanged, and its KL to the float model is below onnxruntime's own RTN at the same block."""
-    out = llama_onnx_int4_src
+    out, _ = llama_onnx
     q = tmp_path / "q4"
     code, stdout, stderr = cli("quantize", str(out), "--bits", "4", "-g", "32", "--sym" if sym else "--asym",
                                "--data", str(text_file), "--samples", "4", "--seq-len", "32", "-o", str(q),
@@ -89,22 +90,6 @@ def test_quantize_onnx_int4_calibrated(llama_onnx_int4_src, tmp_path, text_file,
     mine, ort_rtn = res["report"], json.loads(so)["report"]
     assert np.isfinite(mine["ppl_after"]) and mine["kld_mean"] > 0
     assert mine["kld_mean"] < ort_rtn["kld_mean"], (mine, ort_rtn)
-
-
-@pytest.fixture(scope="module")
-def llama_onnx_int4_src(tiny_llama, tmp_path_factory):
-    """The tiny llama exported to ONNX once for this module."""
-    import contextlib
-    import io
-
-    from slmctl.cli.app import main
-
-    out = tmp_path_factory.mktemp("onnx") / "llama-onnx"
-    so, se = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
-        code = main(["export", str(tiny_llama), "--format", "onnx", "-o", str(out)])
-    assert code == 0, se.getvalue()
-    return out
 
 
 def test_export_onnx_bits4(tiny_llama, tmp_path, text_file, cli):
