@@ -199,6 +199,7 @@ def measure_verb(verb: str, shape: str, model: Path, other: Path, params: int) -
     rounds = BIG_ROUNDS if (verb == "gptq" or params >= BIG_PARAMS) else ROUNDS
     with heavy(LOCK):
         runs = alternate(cmds, rounds=rounds, before=before, cwd=ROOT, env=env, retries=RETRIES)
+    before("")  # the outputs are not kept: at 1.5B they are gigabytes per verb
     entry = {"rounds": rounds, "commands": {k: portable(" ".join(map(str, v))) for k, v in cmds.items()},
              "runs": {k: [{kk: vv for kk, vv in r.items() if kk not in ("stdout", "stderr")} for r in v]
                       for k, v in runs.items()},
