@@ -145,3 +145,24 @@ def _fsync_dir(d: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_provenance_file(path: Path, prov: dict) -> None:
+    """slmctl.json (or OUT.slmctl.json): written to a temporary sibling and renamed, so it is never
+    partial and a symlink planted at its name is replaced, not followed."""
+    import datetime
+    import json
+
+    doc = dict(prov)
+    doc["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tmp = path.parent / f".{path.name}.slmctl-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "x") as f:
+            f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .. import provenance
 from ..errors import InputError, UnsupportedError
-from .artifact import PROVENANCE_FILE, PROVENANCE_KEY
-from .atomic import atomic_path
-from .safetensors import ShardedWriter
+from .atomic import write_provenance_file  # noqa: F401 (its home before io.atomic; callers import it from here)
+from .hf_folder import hf_folder
 
 
 def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max_shard_size: int | None = None,
@@ -49,17 +47,15 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
                             [provenance.input_record(ref or str(src), src, art)])
     target = getattr(torch, dtype) if dtype else torch.float32
     _restore_rope(model.config, art, arch)
-    with atomic_path(out, force=force, is_dir=True) as tmp:
+    with hf_folder(out, src_dir=None, config=None, prov=prov, force=force, max_shard_size=max_shard_size) as w:
         model.config.dtype = target
         model.config.architectures = [type(model).__name__]  # save_pretrained sets it; config alone does not
-        model.config.save_pretrained(tmp)
+        model.config.save_pretrained(w.folder)
         if model.generation_config is not None:
-            model.generation_config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        with ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
-            for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
-                w.add(name, t.to(target))
-        write_provenance_file(tmp / PROVENANCE_FILE, prov)
+            model.generation_config.save_pretrained(w.folder)
+        tok.save_pretrained(w.folder)
+        for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
+            w.add(name, t.to(target))
     return out
 
 
@@ -104,24 +100,3 @@ def _quiet_gguf_loader() -> None:
         return
     if getattr(m, "tqdm", None) is tqdm:
         m.tqdm = functools.partial(tqdm, disable=True)
-
-
-def write_provenance_file(path: Path, prov: dict) -> None:
-    """slmctl.json (or OUT.slmctl.json): written to a temporary sibling and renamed, so it is never
-    partial and a symlink planted at its name is replaced, not followed."""
-    import datetime
-    import uuid
-
-    doc = dict(prov)
-    doc["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    tmp = path.parent / f".{path.name}.slmctl-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "x") as f:
-            f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -189,20 +189,11 @@ def remove_checkpoints(folder: Path) -> None:
 def save_student(model, src_folder: Path, out: Path, *, prov: dict, force: bool) -> Path:
     """An HF folder for the trained student: config, tokenizer files copied from ``src_folder``, safetensors
     with the provenance in the header and slmctl.json beside it."""
-    from .. import provenance
-    from .artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
-    from .convert import write_provenance_file
-    from .safetensors import ShardedWriter
+    from ..hf import unique_state_items
+    from .hf_folder import hf_folder
 
-    with atomic_path(out, force=force, is_dir=True) as tmp:
-        for name in SIDE_FILES:
-            if name != "config.json" and (Path(src_folder) / name).is_file():
-                shutil.copyfile(Path(src_folder) / name, tmp / name)
-        model.config.save_pretrained(tmp)
-        from ..hf import unique_state_items
-
-        with ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
-            for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
-                w.add(name, t.detach().float().cpu())
-        write_provenance_file(tmp / PROVENANCE_FILE, prov)
+    with hf_folder(out, src_dir=Path(src_folder), config=None, prov=prov, force=force) as w:
+        model.config.save_pretrained(w.folder)
+        for name, t in unique_state_items(model):  # tied weights are stored once, as transformers does
+            w.add(name, t.detach().float().cpu())
     return out

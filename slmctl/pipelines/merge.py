@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -528,10 +527,8 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: Mer
     lambda_, normalize, rescale, gamma, epsilon = asked.lambda_, asked.normalize, asked.rescale, asked.gamma, asked.epsilon
     tokenizer_source, dtype, out_dtype, seed = asked.tokenizer_source, asked.dtype, asked.out_dtype, asked.seed
     max_shard_size = asked.max_shard_size
-    from ..io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
-    from ..io.atomic import atomic_path
-    from ..io.convert import write_provenance_file
-    from ..io.safetensors import ShardedWriter, parse_size
+    from ..io.hf_folder import hf_folder
+    from ..io.safetensors import parse_size
     from ..methods.merge import METHODS
 
     if out is None:
@@ -594,38 +591,32 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: Mer
             out_cfg.pop("torch_dtype", None)
         recipe = {"method": meth.name, "config": doc, "seed": seed, "max_shard_size": shard}
         tok = opened[plan.tokenizer_key]
-        with atomic_path(out, force=force, is_dir=True) as tmp:
-            if tok.folder is not None:
-                for name in SIDE_FILES:
-                    if name != "config.json" and (tok.folder / name).is_file():
-                        shutil.copyfile(tok.folder / name, tmp / name)
+        prov: dict[str, Any] = {}  # completed once the inputs' hashes (computed meanwhile) are in
+        with hf_folder(out, src_dir=tok.folder, config=out_cfg, prov=prov, force=force, max_shard_size=shard) as w:
             gen_cfg = opened[plan.template].folder / "generation_config.json" if opened[plan.template].folder else None
             if gen_cfg is not None and gen_cfg.is_file():
-                shutil.copyfile(gen_cfg, tmp / "generation_config.json")
-            (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2) + "\n")
-            (tmp / "mergekit_config.yml").write_text(mkc.to_yaml(doc))
-            with ShardedWriter(tmp, max_shard_size=shard) as w:  # the provenance goes into the headers on close
-                items = progress(plan.tensors, desc="merge") if progress else plan.tensors
-                for p in items:
-                    loaded = {k: opened[k].tensors[v].load() for k, v in p.inputs.items()}
-                    res = merge_tensor(p, loaded, meth, dtype=cfg.dtype, seed=seed,
-                                       vocabs=getattr(plan, "vocabs", None), target_vocab=getattr(plan, "target_vocab", None))
-                    del loaded
-                    if out_dt and res.is_floating_point():
-                        import torch
+                shutil.copyfile(gen_cfg, w.folder / "generation_config.json")
+            (w.folder / "mergekit_config.yml").write_text(mkc.to_yaml(doc))
+            items = progress(plan.tensors, desc="merge") if progress else plan.tensors
+            for p in items:
+                loaded = {k: opened[k].tensors[v].load() for k, v in p.inputs.items()}
+                res = merge_tensor(p, loaded, meth, dtype=cfg.dtype, seed=seed,
+                                   vocabs=getattr(plan, "vocabs", None), target_vocab=getattr(plan, "target_vocab", None))
+                del loaded
+                if out_dt and res.is_floating_point():
+                    import torch
 
-                        res = res.to(getattr(torch, out_dt))
-                    w.add(p.name, res)
-                    del res
-                prov = provenance.build("merge", recipe, [rec.result() for m in opened.values() for rec in m.inputs],
-                                        typed=asked)
-                w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
-            write_provenance_file(tmp / PROVENANCE_FILE, prov)
+                    res = res.to(getattr(torch, out_dt))
+                w.add(p.name, res)
+                del res
+            prov.update(provenance.build("merge", recipe, [rec.result() for m in opened.values() for rec in m.inputs],
+                                         typed=asked))
     finally:
         hasher.close()
         for d in scratch:
             shutil.rmtree(d, ignore_errors=True)
     return out
+
 
 def merge_verb(models: Sequence[str] = (), out: str | Path | None = None, recipe: MergeRecipe | None = None, *,
                config: str | Path | dict | None = None, lora: str | None = None, force: bool = False,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -209,12 +208,9 @@ def runtime_check(art, fmt: str, cfg, *, skip: bool = False, log: Log = _nolog) 
 
 def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, samples, seq_len, seed, force,
            trust_remote_code, log, progress, skip=frozenset()) -> dict[str, Any]:
-    from ..io.artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
-    from ..io.atomic import atomic_path
-    from ..io.convert import write_provenance_file
+    from ..io.hf_folder import hf_folder
     from ..io.quantized_formats import ct_config, ct_tensors, gptq_config, gptq_tensors
     from ..io.runtimes import ignore_entries
-    from ..io.safetensors import ShardedWriter
 
     # asymmetric GPTQ layout: gptq_v2 zero points (see io.quantized_formats), symmetric: v1
     pack = functools.partial(gptq_tensors, v2=not cfg.sym) if fmt == "gptq" else ct_tensors
@@ -256,20 +252,13 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
         if "loss" in res.info:
             losses.append(res.info["loss"])
 
-    src_dir = art.path
-    with atomic_path(out, force=force, is_dir=True) as tmp:
-        for name in SIDE_FILES:
-            if name != "config.json" and (src_dir / name).is_file():
-                shutil.copyfile(src_dir / name, tmp / name)
-        config = dict(art.config)
-        config["quantization_config"] = qc_json
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        with ShardedWriter(tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
-            if method == "rtn":
-                _rtn_stream(art, w, cfg, add_packed, progress, skip)
-            else:
-                _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress, skip)
-        write_provenance_file(tmp / PROVENANCE_FILE, prov)
+    config = dict(art.config)
+    config["quantization_config"] = qc_json
+    with hf_folder(out, src_dir=art.path, config=config, prov=prov, force=force) as w:
+        if method == "rtn":
+            _rtn_stream(art, w, cfg, add_packed, progress, skip)
+        else:
+            _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress, skip)
     if losses:
         stats["gptq_loss"] = sum(losses)
     if lm is not None:
