@@ -42,6 +42,9 @@ SHARD_BYTES = 2 * 10 ** 9
 
 def build(name: str, folder: Path | None = None, seed: int = 0) -> Path:
     """The HF folder of shape ``name`` with weights drawn from ``seed`` (built once)."""
+    folder = folder or CACHE / (name if seed == 0 else f"{name}-seed{seed}")
+    if (folder / ".complete").is_file():  # before the heavy imports
+        return folder
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -50,9 +53,6 @@ def build(name: str, folder: Path | None = None, seed: int = 0) -> Path:
     sys.path.insert(0, str(ROOT))
     from slmctl.io.resolve import resolve
 
-    folder = folder or CACHE / (name if seed == 0 else f"{name}-seed{seed}")
-    if (folder / ".complete").is_file():
-        return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     sample = Path(resolve("sample:smollm2-135m"))
