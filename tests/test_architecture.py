@@ -1,13 +1,14 @@
 """The import contract: slmctl's layers import downward only, and no module imports itself back.
 
 Every ``import`` statement counts, at module level or inside a function (a function-level import is how
-an upward dependency hides). Static (AST) analysis: nothing is imported, so this runs in well under a
-second. The picture and the reasons are in docs/architecture.md; LAYERS below is the one list of layers.
+an upward dependency hides). Static (AST) analysis: nothing is imported and each file is parsed once per
+session (about a second on a quiet machine). The picture and the reasons are in docs/architecture.md; LAYERS below is the one list of layers.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 
+@functools.lru_cache(maxsize=1)
 def _modules() -> dict[str, tuple[Path, bool]]:
     """{dotted module name: (file, is a package __init__)} for every module of slmctl."""
     mods = {}
@@ -59,6 +61,7 @@ def _targets(mod: str, is_pkg: bool, node: ast.AST, mods) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def import_graph() -> dict[str, dict[str, int]]:
     """{module: {imported slmctl module: line of the first such import}}, function-level imports included."""
     mods = _modules()
