@@ -2,7 +2,8 @@
 
 Every ``import`` statement counts, at module level or inside a function (a function-level import is how
 an upward dependency hides). Static (AST) analysis: nothing is imported and each file is parsed once per
-session (about a second on a quiet machine). The picture and the reasons are in docs/architecture.md; LAYERS below is the one list of layers.
+session (about a second on a quiet machine). The picture and the reasons are in docs/architecture.md;
+LAYERS below is the one list of layers.
 """
 
 from __future__ import annotations
