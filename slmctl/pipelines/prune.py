@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from .. import provenance
 from ..eval.compare import check_gates, quality_report
-from ..errors import InputError, UnsupportedError, UsageError
+from ..errors import UnsupportedError, UsageError
 from ..recipe import PruneRecipe
 
 Log = Callable[[str], None]
