@@ -194,6 +194,7 @@ def test_module_names_are_unique():
             # methods/<verb>/ beside pipelines/<verb>.py is the layout DESIGN.md draws
             by_name.setdefault(path.parent.name + ".py", set()).add(str(path.parent.relative_to(ROOT.parent)) + "/")
     shared = {n: p for n, p in by_name.items() if len(p) > 1 and KNOWN_SHARED_NAMES.get(n) != p}
-    assert not shared, "modules that share a name:\n" + "\n".join(f"{n}: {sorted(p)}" for n, p in sorted(shared.items()))
+    lines = [f"{n}: {sorted(p)}" for n, p in sorted(shared.items())]
+    assert not shared, "modules that share a name:\n" + "\n".join(lines)
     for old in ("imatrix.py", "llamacpp.py", "profile.py", "layerwise.py"):  # the pairs issue 17 named
         assert len(by_name.get(old, ())) <= 1, by_name[old]
