@@ -10,9 +10,15 @@ source), sample:unseen:readme (long descriptions of slmctl's installed dependenc
 sample:unseen:licenses (licence files of the installed distributions); and, for reference, each
 calibration's own held-out region: sample:shakespeare (the tragedies) and sample:mix:eval.
 
-Settings via environment: BENCH_C_SAMPLES (32), BENCH_C_SEQLEN (512), BENCH_C_WINDOWS (8), BENCH_C_CTX (512),
+Cost: 15 outputs (the 2 optional GGUF GPTQ rows aside), each produced once and evaluated once on 5 domains
+with its fp32 reference. Chosen to keep the section near 25 minutes on 2 quiet cores: 32 calibration windows
+of 512 tokens for the quantisers (as bench_quantize), the pruners' and GGUF's own defaults, and 4 evaluation
+windows of 512 tokens per domain (2,048 scored tokens a domain; every output sees the same windows, so the
+comparisons are paired). `slmctl eval` reloads both models per domain, which is most of an eval's time.
+
+Settings via environment: BENCH_C_SAMPLES (32), BENCH_C_SEQLEN (512), BENCH_C_WINDOWS (4), BENCH_C_CTX (512),
 BENCH_C_RUNS (comma list of run names, default all but the optional GGUF GPTQ rows), BENCH_C_OUT (bench/out/calib), BENCH_C_LOCK (the heavy-job
-lock, default /tmp/slmctl-heavy.lock; empty: none), BENCH_C_RESUME=1 (keep outputs and evals already done).
+lock file each command holds while it runs; default none), BENCH_C_RESUME=1 (keep outputs and evals already done).
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from timing import PEERS, heavy, timed, write_results  # noqa: E402  (bench/ is 
 ROOT = Path(__file__).resolve().parent.parent
 E = os.environ.get
 SAMPLES, SEQLEN = E("BENCH_C_SAMPLES", "32"), E("BENCH_C_SEQLEN", "512")
-WINDOWS, CTX = E("BENCH_C_WINDOWS", "8"), E("BENCH_C_CTX", "512")
+WINDOWS, CTX = E("BENCH_C_WINDOWS", "4"), E("BENCH_C_CTX", "512")
 OUT = Path(E("BENCH_C_OUT", str(ROOT / "bench" / "out" / "calib")))
-LOCK = E("BENCH_C_LOCK", "/tmp/slmctl-heavy.lock")
+LOCK = E("BENCH_C_LOCK", "")
 RESUME = E("BENCH_C_RESUME") == "1"
 MODEL = "sample:smollm2-135m"
 PEER = Path(E("BENCH_LLMCOMPRESSOR_PYTHON", str(PEERS / "llmcompressor/bin/python")))
@@ -217,8 +223,8 @@ def checks(rows: dict[str, dict]) -> list[str]:
 
 def command() -> str:
     env = [f"{k}={E(k)}" for k in ("BENCH_C_SAMPLES", "BENCH_C_SEQLEN", "BENCH_C_WINDOWS", "BENCH_C_CTX", "BENCH_C_RUNS",
-                                   "BENCH_C_RESUME") if E(k)]
-    return " ".join(env + ["nice -n 10 python bench/bench_calib.py"])
+                                   "BENCH_C_RESUME") if E(k)] + (["BENCH_C_LOCK=$LOCK"] if LOCK else [])
+    return " ".join(env + ([f"nice -n {os.nice(0)}"] if os.nice(0) else []) + ["python bench/bench_calib.py"])
 
 
 def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: str, ov: dict) -> str:
@@ -275,7 +281,8 @@ def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: s
     lines += ["", "llm-compressor cannot quantise this model at group size 128 (hidden size 576 is 4.5 x 128; see the "
               "quantize section), so the GPTQ side by side is at group size 64, both on the same 32 windows drawn "
               "from sample:mix (llm-compressor gets the token ids).", "",
-              f"Shared 2-core machine; every quantise/prune/export and every eval ran one at a time, niced, "
+              f"Every quantise/prune/export and every eval ran one at a time"
+              + (f", niced ({os.nice(0)})" if os.nice(0) else "") + ", "
               + ("holding the heavy-job lock" if LOCK else "without the heavy-job lock")
               + f"; load average (1/5/15 min) {load_start} at the start and {load_end} at the end of this "
               f"{minutes:.0f}-minute run (each row's load before its command is in calib.json; quality figures do "
