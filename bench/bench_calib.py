@@ -281,9 +281,8 @@ def markdown(rows: dict[str, dict], minutes: float, load_start: str, load_end: s
     lines += ["", "llm-compressor cannot quantise this model at group size 128 (hidden size 576 is 4.5 x 128; see the "
               "quantize section), so the GPTQ side by side is at group size 64, both on the same 32 windows drawn "
               "from sample:mix (llm-compressor gets the token ids).", "",
-              f"Every quantise/prune/export and every eval ran one at a time"
-              + (f", niced ({os.nice(0)})" if os.nice(0) else "") + ", "
-              + ("holding the heavy-job lock" if LOCK else "without the heavy-job lock")
+              f"The commands ran in sequence" + (f", niced ({os.nice(0)})" if os.nice(0) else "") + ", "
+              + ("each holding the heavy-job lock" if LOCK else "without the heavy-job lock")
               + f"; load average (1/5/15 min) {load_start} at the start and {load_end} at the end of this "
               f"{minutes:.0f}-minute run (each row's load before its command is in calib.json; quality figures do "
               f"not depend on load). Command: `{command()}`."]
