@@ -21,7 +21,7 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from timing import PEERS, ROOT, alternate, compare as compare_runs, fmt as _fmt, fmt_ratio as _r, load_note, ratio, \
+from timing import PEERS, ROOT, alternate, cells, compare as compare_runs, fmt_ratio as _r, load_note, ratio, \
     write_results  # noqa: E402  (bench/ is on sys.path)
 
 OUT = ROOT / "bench" / "out" / "gguf"
@@ -131,10 +131,7 @@ def render(data: list[dict], src: Path) -> str:
          "converter MiB | RSS ratio | identical tensors |",
          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in data:
-        w, r = e["wall"], e["rss"]
-        L.append(f"| {e['shape']} | {e['parameters'] / 1e6:.0f}M | {e['outtype']} | {_fmt(w['slmctl'])} | "
-                 f"{_fmt(w['slmctl-warm'])} | {_fmt(w['convert'])} | {_r(e['time_ratio'])} ({_r(e['time_ratio_warm'])}) | "
-                 f"{r['slmctl']['median']:.0f} | {r['convert']['median']:.0f} | {_r(e['rss_ratio'])} | "
+        L.append(f"| {e['shape']} | {e['parameters'] / 1e6:.0f}M | {e['outtype']} | {cells(e, 'convert')} | "
                  f"{e['identical_tensors'][0]}/{e['identical_tensors'][1]} |")
     L += ["", "Target: slmctl at most 0.5x the converter's wall time and peak RSS, at every size and type."]
     for e in data:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from timing import PEERS, ROOT, alternate, compare, fmt, fmt_ratio, load_note, portable, ratio, \
+from timing import PEERS, ROOT, alternate, cells, compare, load_note, portable, ratio, \
     write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 OUT = ROOT / "bench" / "out" / "merge"
@@ -133,10 +133,7 @@ def render(data: list[dict], mk_ver: str) -> str:
          "RSS ratio | max abs diff |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in data:
-        w, r = e["wall"], e["rss"]
-        L.append(f"| {e['config']} | {fmt(w['slmctl'])} | {fmt(w['slmctl-warm'])} | {fmt(w['mergekit'])} | "
-                 f"{fmt_ratio(e['time_ratio'])} ({fmt_ratio(e['time_ratio_warm'])}) | {r['slmctl']['median']:.0f} | "
-                 f"{r['mergekit']['median']:.0f} | {fmt_ratio(e['rss_ratio'])} | {e['max_abs_diff']:.2g} |")
+        L.append(f"| {e['config']} | {cells(e, 'mergekit')} | {e['max_abs_diff']:.2g} |")
     L += ["", "*max abs diff*: the largest difference between the two tools' output tensors (parity target 1e-6).",
           load_note(data)]
     return "\n".join(L)

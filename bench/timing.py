@@ -129,6 +129,15 @@ def compare(runs: dict[str, list[dict]], ours: str, peer: str) -> dict:
             "rss_ratio": ratio(runs[ours], runs[peer], "peak_rss_mib")}
 
 
+def cells(e: dict, peer: str) -> str:
+    """The table cells of one compare() result with a warm-cache slmctl row: slmctl s | slmctl, warm s | peer s |
+    time ratio (warm) | slmctl MiB | peer MiB | RSS ratio."""
+    w, r = e["wall"], e["rss"]
+    return (f"{fmt(w['slmctl'])} | {fmt(w['slmctl-warm'])} | {fmt(w[peer])} | {fmt_ratio(e['time_ratio'])} "
+            f"({fmt_ratio(e['time_ratio_warm'])}) | {r['slmctl']['median']:.0f} | {r[peer]['median']:.0f} | "
+            f"{fmt_ratio(e['rss_ratio'])}")
+
+
 def load_note(entries: list[dict]) -> str:
     """One sentence on how quiet the machine was over the recorded rounds of ``entries`` (compare() results)."""
     rs = [x for e in entries for v in e["runs"].values() for x in v]
