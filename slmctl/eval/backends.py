@@ -62,7 +62,6 @@ class TorchBackend(Backend):
     def __init__(self, artifact, ctx: int, trust_remote_code: bool = False):
         super().__init__(artifact, ctx)
         import torch
-        from transformers import AutoModelForCausalLM
 
         from ..hf import quiet_transformers
 
@@ -92,8 +91,9 @@ class TorchBackend(Backend):
 
                 self.model = load_per_layer_model(artifact, trust_remote_code=trust_remote_code)
             else:
-                self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                                  trust_remote_code=trust_remote_code, **kw)
+                from ..hf import load_model
+
+                self.model = load_model(folder, trust_remote_code=trust_remote_code, **kw)
         except ValueError as exc:
             raise UnsupportedError(f"{folder}: transformers cannot build this model ({str(exc).splitlines()[0]})",
                                    hint="pass --trust-remote-code if the model needs its own code and you trust it") from None
