@@ -232,6 +232,7 @@ class EvalRecipe(Recipe):
 # an export format's own options: given to its exporter only when set, and refused (pipelines.export) by
 # an exporter whose signature does not take them, instead of being dropped
 EXPORT_FORMAT_OPTIONS = ("outtype", "imatrix", "data", "method", "modelfile", "bits", "opset", "external_data")
+EXPORT_API_ONLY = ("opset", "external_data")  # exporter keywords the CLI does not offer
 
 
 @dataclass(frozen=True)

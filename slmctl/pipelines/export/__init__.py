@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import UsageError
-from ...recipe import EXPORT_FORMAT_OPTIONS, ExportRecipe
+from ...recipe import EXPORT_API_ONLY, EXPORT_FORMAT_OPTIONS, ExportRecipe
 from .formats import DTYPES, EXPORTERS, MODULES, get_exporter
 
 Log = Callable[[str], None]
@@ -61,7 +61,7 @@ def exporter_options(fn: Callable[..., Path], asked: ExportRecipe) -> dict[str, 
         if name not in named:
             flag = ExportRecipe.flag(name)
             takers = [f for f in MODULES if name in _takes(f)]
-            takes = [ExportRecipe.flag(n) for n in sorted(named) if n in EXPORT_FORMAT_OPTIONS]
+            takes = [ExportRecipe.flag(n) for n in sorted(named) if n in EXPORT_FORMAT_OPTIONS and n not in EXPORT_API_ONLY]
             raise UsageError(f"{flag} goes with --format {' or '.join(takers)}; --format {asked.fmt} does not take it"
                              if takers else f"{flag} does not apply to --format {asked.fmt}",
                              hint=f"--format {asked.fmt} takes " + ", ".join(["--dtype", *takes]))
