@@ -183,8 +183,8 @@ def _weight_matmuls(model) -> list:
 
 def input_hessians(model, feeds: list[dict], names: list[str], log: Callable[[str], None] = _nolog) -> dict:
     """{tensor name: (2/n X^T X, n)} of the named activations over the calibration feeds, read from
-    onnxruntime by adding them as graph outputs of a copy of the float model (the float model's
-    activations: one forward per window, not layer by layer)."""
+    onnxruntime by adding them as graph outputs of the float model written to a temporary file (the float
+    model's activations: one forward per window, not layer by layer)."""
     import tempfile
 
     import numpy as np
@@ -193,27 +193,29 @@ def input_hessians(model, feeds: list[dict], names: list[str], log: Callable[[st
 
     from ..io.onnx_writer import save_model
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
+    # the extra outputs go on the model itself while the probe is written (no second copy of the weights in memory)
+    n_out = len(model.graph.output)
+    have = {o.name for o in model.graph.output}
     for name in names:
         if name not in have:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     acc: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="slmctl-hessians-") as d:
         path = Path(d) / "probe.onnx"
-        save_model(probe, path)
-        del probe
+        try:
+            save_model(model, path)
+        finally:
+            del model.graph.output[n_out:]
+        log(f"reading {len(names)} MatMul inputs over {len(feeds)} calibration window(s) with onnxruntime")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the MatMul inputs named
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for i, f in enumerate(feeds):
+        for f in feeds:
             outs = sess.run(names, f)
             for name, x in zip(names, outs):
                 x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
                 h, n = acc.get(name, (0.0, 0))
                 acc[name] = (h + x.T @ x, n + len(x))
-            log(f"calibration forward {i + 1}/{len(feeds)}")
     return {k: (2.0 * h / max(n, 1), n) for k, (h, n) in acc.items()}
 
 
@@ -234,7 +236,7 @@ def _int4_calibrated(src: Path, dst: Path, *, block_size: int, symmetric: bool, 
     inputs = list(dict.fromkeys(n.input[0] for n, _ in pairs))
     t0 = time.perf_counter()
     feeds = _calib_feeds(src, calib, calib_ctx, calib_samples)
-    hess = input_hessians(model, feeds, inputs)
+    hess = input_hessians(model, feeds, inputs, log=log)
     log(f"Hessians of {len(inputs)} MatMul inputs from {len(feeds)} window(s) in {time.perf_counter() - t0:.1f} s")
     uses: dict[str, int] = {}
     for n in model.graph.node:
