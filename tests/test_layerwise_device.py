@@ -78,7 +78,9 @@ def test_environment_device_is_checked_too(no_gpu, monkeypatch):
 
 def test_threads_flag_and_environment(monkeypatch):
     saved = torch.get_num_threads()
-    monkeypatch.delenv("SLMCTL_THREADS", raising=False)
+    # configure() writes both variables: set (empty) through monkeypatch first so teardown restores them
+    monkeypatch.setenv("SLMCTL_THREADS", "")
+    monkeypatch.setenv("SLMCTL_DEVICE", "")
     try:
         assert parse_threads(None) is None
         assert configure("cpu", 1) == {"device": "cpu", "threads": 1}
