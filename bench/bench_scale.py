@@ -247,12 +247,27 @@ def main() -> int:
     result = {"shapes": SHAPES, "verbs": VERBS, "rounds": ROUNDS, "big_rounds": BIG_ROUNDS, "big_params": BIG_PARAMS,
               "calibration": f"{SAMPLES}x{SEQLEN}", "eval": f"{WINDOWS}x{CTX}", "minutes": minutes,
               "load_start": load0, "load_end": os.getloadavg(), "gguf_section": gguf_section(),
-              "gptqmodel_ext_cached": ext_cached, "import_floor_mib": floor, "results": data}
+              "gptqmodel_ext_cached": ext_cached, "import_floor_mib": floor, "peer_versions": peer_versions(),
+              "results": data}
     md = render(result)
     plot(result)
-    write_results("scale", result, md, packages=("numpy", "llmcompressor", "gptqmodel"))
+    write_results("scale", result, md, packages=("numpy", "matplotlib", "llama-cpp-python"))
     print(md)
     return 0
+
+
+def peer_versions() -> dict:
+    """The GPTQ peers' versions, from their own environments (they are not installed in slmctl's)."""
+    import subprocess
+
+    out = {}
+    for peer in PEER_SHAPES:
+        py = PEERS / peer / "bin" / "python"
+        if py.is_file():
+            r = subprocess.run([str(py), "-c", f"from importlib.metadata import version; print(version({peer!r}))"],
+                               capture_output=True, text=True)
+            out[peer] = r.stdout.strip() or None
+    return out
 
 
 def _pairs(result: dict):
@@ -376,7 +391,9 @@ def render(result: dict) -> str:
             checks.append(f"GPTQ at {s} vs {peer}: time {tr:.2f}x, peak RSS {rr:.2f}x (target <= 1): "
                           f"{_verdict(tr <= 1 and rr <= 1)}")
     if any(len(res[s]["verbs"].get("gptq", {}).get("wall", {})) > 1 for s in shapes):
-        L += ["GPTQ peers, on the same token windows: llm-compressor `oneshot` with `GPTQModifier(targets=\"Linear\", "
+        pv = result.get("peer_versions") or {}
+        L += [f"GPTQ peers (llm-compressor {pv.get('llmcompressor')}, GPTQModel {pv.get('gptqmodel')}, each in its own "
+              "environment), on the same token windows: llm-compressor `oneshot` with `GPTQModifier(targets=\"Linear\", "
               "scheme=\"W4A16\", ignore=[\"lm_head\"])` (g128, symmetric, static act-order, damping 0.01, as slmctl's "
               "defaults), fp32 model; GPTQModel `QuantizeConfig(bits=4, group_size=128, sym=True, desc_act=True, "
               "damp_percent=0.01)` on the CPU, fp32, with `GPTQMODEL_CPU_WORKERS=2` (its default pool of half the "
