@@ -59,7 +59,7 @@ CASES: list[tuple[str, list[str], str]] = [
                     "--density", "0.5"], "m-ties"),
     ("merge-dare", ["merge", "{w}/prune-magnitude", "{w}/prune-wanda", "-m", "dare_ties", "--base", S,
                     "--density", "0.5", "--seed", "1"], "m-dare"),
-    ("distill", ["distill", S, "{w}/prune-depth", "--steps", "2", "--batch-size", "1", "--seq-len", "64",
+    ("distill", ["distill", "-t", S, "-s", "{w}/prune-depth", "--steps", "2", "--batch-size", "1", "--seq-len", "64",
                  "--max-tokens", "4096", "--heldout", "1", "--no-report"], "d-student"),
 ]
 
@@ -131,6 +131,8 @@ def main() -> int:
                     help="the slmctl executable to run (default: beside this Python)")
     ap.add_argument("--python-path", default=None, help="PYTHONPATH for the runs (a checkout to test)")
     ap.add_argument("--keep", help="keep the outputs in this folder")
+    ap.add_argument("--hash-only", action="store_true",
+                    help="hash the outputs already in --keep instead of running the cases")
     a = ap.parse_args()
 
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="slmctl-hashes-"))
@@ -146,6 +148,10 @@ def main() -> int:
                 # a later case may need an earlier output: build it quietly when missing
                 continue
             out = work / outname
+            if a.hash_only:
+                if out.exists():
+                    result[name] = hash_output(out)
+                continue
             argv = [x.replace("{w}", str(work)) for x in argv]
             for dep in [x for x in argv if x.startswith(str(work))]:
                 dep_name = Path(dep).relative_to(work).parts[0]
@@ -158,8 +164,8 @@ def main() -> int:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if a.output:
-        Path(a.output).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        if a.output:  # what was hashed, even when a later case failed
+            Path(a.output).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     if a.compare:
         base = json.loads(Path(a.compare).read_text())
         bad = 0
