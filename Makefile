@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # a short run of the release pipeline (examples/release) on the sample: a few minutes
-DEMO_ARGS ?= BUILD=$(CURDIR)/out/demo PRUNE_LAYERS=2 DISTILL_STEPS=10 DISTILL_BATCH=2 SEQ_LEN=128 EVAL_WINDOWS=4 PROFILE_REPEATS=2 GGUF_METHOD=imatrix
+DEMO_ARGS ?= BUILD=$(CURDIR)/out/demo PRUNE_LAYERS=2 DISTILL_STEPS=10 DISTILL_BATCH=2 SEQ_LEN=128 EVAL_WINDOWS=4 PROFILE_REPEATS=2 GGUF_METHOD=imatrix CALIB_SAMPLES=8
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(MAKE) -C examples/release PYTHON=$(CURDIR)/$(PY) $(DEMO_ARGS)
@@ -79,7 +79,7 @@ bench: $(STAMP) $(PEER_ENVS)
 # the parity tests against the peer tools (merges vs mergekit, GPTQ vs GPTQModel, prune vs llm-compressor,
 # ONNX vs optimum-cli's export, GGUF tensors vs llama.cpp's converter)
 test-peers: $(STAMP) $(PEER_ENVS)
-	SLMCTL_PEERS=$(PEERS) $(PY) -m pytest -m slow -q -p no:randomly tests/test_merge_mergekit.py tests/test_quantize_gptqmodel.py tests/test_prune_llmcompressor.py tests/test_peer_parity.py
+	SLMCTL_PEERS=$(PEERS) $(PY) -m pytest -m slow -q -p no:randomly tests/peers/test_merge_mergekit.py tests/peers/test_quantize_gptqmodel.py tests/peers/test_prune_llmcompressor.py tests/peers/test_peer_parity.py
 
 clean:
 	rm -rf out bench/out

@@ -130,7 +130,7 @@ QUANT_CASES = [
     Q("pruned", "compressed-tensors", 4, 32, refuse="input width divisible by the group size"),
     Q("pruned", "compressed-tensors", 3, 64, extra=("--skip-incompatible",), fast=False),
     Q("per-layer", "compressed-tensors", 4, 64, refuse="per-layer widths"),
-    # GPTQ layout -> GPTQModel (peer test, tests/test_quantize_gptqmodel.py); here: accepted or refused, and
+    # GPTQ layout -> GPTQModel (peer test, tests/peers/test_quantize_gptqmodel.py); here: accepted or refused, and
     # slmctl's own reader round-trips it
     Q("576", "gptq", 4, 128),  # GPTQModel pads groups the width does not divide
     Q("576", "gptq", 4, 96, refuse="not one GPTQModel's kernels take"),
@@ -195,12 +195,12 @@ class O:
         return f"onnx-{self.shape}-{self.qtype}"
 
 
-# the ONNX export itself takes most of a minute on the shared 2-core machine: slow only (tests/test_onnx.py
+# the ONNX export itself takes most of a minute on the shared 2-core machine: slow only (tests/pipelines/test_onnx.py
 # exports and quantises the tiny llama in the default suite)
 ONNX_CASES = [O("576", "fp32", fast=False), O("576", "int8", fast=False), O("576", "int4", fast=False),
               O("896", "int4", fast=False), O("1536", "int8", fast=False)]
 # the HF folder converted by the OpenVINO plugin (plugins/slmctl-openvino, its `export` then its CPU session);
-# the plugin's own default-suite test (tests/test_targets_openvino.py) installs it and profiles the tiny llama
+# the plugin's own default-suite test (tests/targets/test_targets_openvino.py) installs it and profiles the tiny llama
 OPENVINO_CASES = [O("576", "fp32 IR", fast=False), O("896", "fp32 IR", fast=False)]
 
 
@@ -295,5 +295,4 @@ def render_doc() -> str:
 if __name__ == "__main__":
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.stdout.write(render_doc())

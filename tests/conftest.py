@@ -201,3 +201,120 @@ def cli():
         return code, out.getvalue(), err.getvalue()
 
     return _run
+
+
+# ---- helpers shared by test modules in several folders (moved here from the module named) ----
+
+# from tests/pipelines/test_merge.py
+def perturbed_copy(src: Path, dest: Path, seed: int, scale: float = 0.02) -> Path:
+    """A copy of an HF folder with Gaussian noise added to every tensor (the same tokenizer and config)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    sd = load_file(str(dest / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    save_file({k: v + scale * torch.randn(v.shape, generator=g) for k, v in sd.items()},
+              str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest
+
+
+def load_dir(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+
+# from tests/pipelines/test_prune.py
+FAST = dict(samples=4, seqlen=32, eval_ctx=32, eval_windows=1)
+
+
+def _prune(src, out, text_file, **kw):
+    from slmctl import api
+
+    args = dict(FAST, data=str(text_file))
+    args.update(kw)
+    return api.prune(str(src), out, **args)
+
+
+def _state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+
+# from tests/pipelines/test_distill.py
+SEQ = 32
+
+
+def make_student(teacher: Path, folder: Path, seed: int = 1, **cfg_changes) -> Path:
+    """A smaller student from the teacher's config, sharing its tokenizer files."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(teacher)
+    for k, v in cfg_changes.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (teacher / f).is_file():
+            shutil.copyfile(teacher / f, folder / f)
+    return folder
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+
+# from tests/pipelines/test_onnx.py
+@pytest.fixture(scope="module")
+def llama_onnx(tiny_llama, tmp_path_factory):
+    """The tiny llama exported once through the CLI (in-process)."""
+    from slmctl.cli.app import main
+
+    out = tmp_path_factory.mktemp("onnx") / "llama-onnx"
+    import contextlib
+    import io
+
+    so, se = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
+        code = main(["export", str(tiny_llama), "--format", "onnx", "-o", str(out)])
+    assert code == 0, se.getvalue()
+    assert so.getvalue().strip() == str(out)
+    return out, se.getvalue()
+
+
+
+# from tests/io/test_genai.py
+NEW_TOKENS = 24
+
+
+def genai_greedy(folder, prompt: list[int], new_tokens: int = NEW_TOKENS) -> list[int]:
+    """onnxruntime-genai's greedy continuation of ``prompt`` (CPU), up to ``new_tokens`` or its EOS."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.clear_providers()
+    model = og.Model(config)
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + new_tokens)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(prompt, dtype=np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    return [int(t) for t in gen.get_sequence(0)[len(prompt):]]

@@ -241,7 +241,7 @@ def test_onnx_runs_in_onnxruntime(case, shape_model, onnx_export, tmp_path, cli)
     chk = json.loads(stdout)["check"]
     assert code == 0 and chk["ok"] and chk["logits"]["reference"] == "the HF folder it was exported from", err
     if (folder / "genai_config.json").is_file():  # onnxruntime-genai, as the release pipeline ships it
-        from test_genai import genai_greedy
+        from conftest import genai_greedy
 
         from slmctl.eval.check import _Ort
 

@@ -60,8 +60,7 @@ import json, sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
 d = Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)
-sys.path.insert(0, sys.argv[2])
-import conftest
+import conftest  # found through PYTHONPATH (tests/)
 conftest._tokenizer(d)
 H, L, F, V = 2048, 8, 8192, 320
 cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=H, num_hidden_layers=L,
@@ -87,7 +86,8 @@ save_file({"model.embed_tokens.weight": torch.randn(V, H) * 0.02, "model.norm.we
 def test_streaming_2gb_model_peak_memory(tmp_path):
     """A ~2.2 GB fp32 model exports to q8_0 with peak RSS far below the model size (near its largest tensor)."""
     src = tmp_path / "synth"
-    subprocess.run([sys.executable, "-c", SYNTH, str(src), str(Path(__file__).parent)], check=True, timeout=900)
+    subprocess.run([sys.executable, "-c", SYNTH, str(src)], check=True, timeout=900,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
     assert size > 2e9
     out = tmp_path / "synth.gguf"

@@ -15,8 +15,7 @@ import torch
 
 from slmctl import api
 from slmctl.errors import InputError, OutputError
-
-SEQ = 32
+from conftest import SEQ, make_student, weights  # noqa: E402  (shared helpers)
 
 
 @pytest.fixture(autouse=True)
@@ -25,31 +24,9 @@ def _one_thread(monkeypatch):
     monkeypatch.setenv("SLMCTL_THREADS", "1")
 
 
-def make_student(teacher: Path, folder: Path, seed: int = 1, **cfg_changes) -> Path:
-    """A smaller student from the teacher's config, sharing its tokenizer files."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(teacher)
-    for k, v in cfg_changes.items():
-        setattr(cfg, k, v)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    model.save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (teacher / f).is_file():
-            shutil.copyfile(teacher / f, folder / f)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def student(tiny_llama, tmp_path_factory) -> Path:
     return make_student(tiny_llama, tmp_path_factory.mktemp("student") / "s", num_hidden_layers=1)
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
 
 
 def run(teacher, student, out, text_file, **kw):

@@ -12,7 +12,7 @@ from conftest import build_tiny
 from slmctl.errors import UnsupportedError
 from slmctl.hf import load_model
 
-PKG = Path(__file__).resolve().parent.parent / "slmctl"
+PKG = Path(__file__).resolve().parents[2] / "slmctl"
 
 
 def test_loads_a_float32_model_in_eval_mode(tmp_path):

@@ -16,23 +16,9 @@ from slmctl.methods.prune.depth import BoundaryCos, choose_layers  # noqa: E402
 from slmctl.methods.prune.masks import check_nm, nm_mask, parse_pattern, unstructured_mask  # noqa: E402
 from slmctl.methods.prune.width import keep_heads  # noqa: E402
 from slmctl.surgery.layers import drop_layers, renamed_config  # noqa: E402
+from conftest import FAST, _prune, _state  # noqa: E402  (shared helpers)
 
-FAST = dict(samples=4, seqlen=32, eval_ctx=32, eval_windows=1)
 LINEAR_KEYS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def _prune(src, out, text_file, **kw):
-    from slmctl import api
-
-    args = dict(FAST, data=str(text_file))
-    args.update(kw)
-    return api.prune(str(src), out, **args)
-
-
-def _state(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
 
 
 def _linears(state: dict) -> dict:

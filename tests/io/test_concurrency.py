@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "fuzz"))
+ROOT = Path(__file__).resolve().parents[2]
 
-import kill  # noqa: E402
+from fuzz import kill  # noqa: E402
 
 
 def _race(args: list[str], env: dict) -> list[subprocess.CompletedProcess]:

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-from test_onnx import llama_onnx  # noqa: F401  (the tiny llama's ONNX export, shared with test_onnx.py)
 
 
 def _nbits_model(q, k: int, n: int):

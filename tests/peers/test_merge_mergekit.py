@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import build_tiny, peer_bin
-from test_merge import load_dir, perturbed_copy
+from conftest import load_dir, perturbed_copy
 
 MERGEKIT = Path(os.environ.get("MERGEKIT_YAML", str(peer_bin("mergekit", "mergekit-yaml"))))
 

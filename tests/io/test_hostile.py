@@ -2,7 +2,7 @@
 model folder or run code. Each must end in a clear SlmctlError (CLI: exit 1, ``error: ...``, no
 traceback) before anything dangerous happens.
 
-tests/test_io_safetensors.py and tests/test_io_gguf.py hold the basic cases; these extend them.
+tests/io/test_io_safetensors.py and tests/io/test_io_gguf.py hold the basic cases; these extend them.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import pytest
 
 from slmctl.errors import FormatError, InputError, OutputError, SlmctlError
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "fuzz"))
+ROOT = Path(__file__).resolve().parents[2]
 
-from harness import ARRAY, STRING, GKV, GSpec, GStr, GTensor, gguf_serialise  # noqa: E402
+from fuzz.harness import ARRAY, STRING, GKV, GSpec, GStr, GTensor, gguf_serialise  # noqa: E402
 
 
 def _clean_exit_1(cli, *args: str, needle: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RELEASE = ROOT / "examples" / "release"
 # every file target, in an order where each comes after what it is built from
 TARGETS = ["base/slmctl.json", "eval-base.json", "profile-base.json", "pruned/slmctl.json",

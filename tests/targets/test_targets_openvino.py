@@ -13,7 +13,7 @@ import pytest
 
 from conftest import run_cli
 
-PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "slmctl-openvino"
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "slmctl-openvino"
 
 
 @pytest.fixture(scope="module")

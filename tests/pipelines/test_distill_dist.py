@@ -15,7 +15,7 @@ import torch
 
 from slmctl import api
 
-from test_distill import SEQ, make_student, weights
+from conftest import SEQ, make_student, weights
 
 pytestmark = pytest.mark.slow  # three fresh processes importing torch and transformers: ~50 s on 2 shared cores
 

@@ -17,23 +17,6 @@ ort = pytest.importorskip("onnxruntime")
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
 
 
-@pytest.fixture(scope="module")
-def llama_onnx(tiny_llama, tmp_path_factory):
-    """The tiny llama exported once through the CLI (in-process)."""
-    from slmctl.cli.app import main
-
-    out = tmp_path_factory.mktemp("onnx") / "llama-onnx"
-    import contextlib
-    import io
-
-    so, se = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
-        code = main(["export", str(tiny_llama), "--format", "onnx", "-o", str(out)])
-    assert code == 0, se.getvalue()
-    assert so.getvalue().strip() == str(out)
-    return out, se.getvalue()
-
-
 def _torch_model(folder):
     import torch
     from transformers import AutoModelForCausalLM

@@ -8,7 +8,7 @@ own dequantised model within 1e-3.
 
 By hand, for any GPTQ-layout folder (e.g. the quantised sample)::
 
-    .venv/bin/python tests/test_quantize_gptqmodel.py OUT_DIR [--tokens 64]
+    .venv/bin/python tests/peers/test_quantize_gptqmodel.py OUT_DIR [--tokens 64]
 """
 
 from __future__ import annotations

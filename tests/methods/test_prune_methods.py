@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from slmctl.methods.prune.sparsegpt import sparsegpt_prune  # noqa: E402
 from slmctl.methods.prune.width import Importance, head_activations, keep_heads  # noqa: E402
-from test_prune import _prune, _state  # noqa: E402
+from conftest import _prune, _state  # noqa: E402
 
 
 def _textbook_sparsegpt(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-REG = Path(__file__).resolve().parent / "regressions"
-sys.path.insert(0, str(ROOT / "fuzz"))
+ROOT = Path(__file__).resolve().parents[2]
+REG = Path(__file__).resolve().parents[1] / "regressions"
 
-import harness  # noqa: E402
+from fuzz import harness  # noqa: E402
 
 MANIFEST = json.loads((REG / "manifest.json").read_text())
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 og = pytest.importorskip("onnxruntime_genai")
+from conftest import NEW_TOKENS, genai_greedy  # noqa: E402  (shared helpers)
 
-NEW_TOKENS = 24
 # the tiny llama runs in the default suite (fp32, int8, int4); each other family costs an export, so they are slow
 SLOW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
 
@@ -19,20 +19,6 @@ def _export(src, out):
     from slmctl import api
 
     return api.export(str(src), out, "onnx")
-
-
-def genai_greedy(folder, prompt: list[int], new_tokens: int = NEW_TOKENS) -> list[int]:
-    """onnxruntime-genai's greedy continuation of ``prompt`` (CPU), up to ``new_tokens`` or its EOS."""
-    config = og.Config(str(folder))
-    config.clear_providers()
-    model = og.Model(config)
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(prompt) + new_tokens)
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.asarray(prompt, dtype=np.int32))
-    while not gen.is_done():
-        gen.generate_next_token()
-    return [int(t) for t in gen.get_sequence(0)[len(prompt):]]
 
 
 def torch_greedy(folder, prompt: list[int], new_tokens: int = NEW_TOKENS) -> list[int]:

@@ -17,21 +17,10 @@ from slmctl.methods.merge.lora import fold_lora
 from slmctl.methods.merge.slerp import slerp
 from slmctl.methods.merge.task_arithmetic import task_arithmetic
 from slmctl.methods.merge.vocab import permute_embeddings
+from conftest import load_dir, perturbed_copy  # noqa: E402  (shared helpers)
 
 
 # ------------------------------------------------------------------ fixtures
-def perturbed_copy(src: Path, dest: Path, seed: int, scale: float = 0.02) -> Path:
-    """A copy of an HF folder with Gaussian noise added to every tensor (the same tokenizer and config)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(src, dest)
-    sd = load_file(str(dest / "model.safetensors"))
-    g = torch.Generator().manual_seed(seed)
-    save_file({k: v + scale * torch.randn(v.shape, generator=g) for k, v in sd.items()},
-              str(dest / "model.safetensors"), metadata={"format": "pt"})
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +29,6 @@ def trio(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("merge")
     a = build_tiny("llama", root / "a", seed=0)
     return {"a": a, "b": perturbed_copy(a, root / "b", 1), "c": perturbed_copy(a, root / "c", 2)}
-
-
-def load_dir(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 def same(x: dict, y: dict) -> bool:

@@ -10,7 +10,7 @@ import torch
 
 from slmctl import api
 
-from test_distill import SEQ, make_student
+from conftest import SEQ, make_student
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RATIO = re.compile(r"(?<![\w.])(\d+\.\d+)x(?!\w)|(?<![\w.])x(\d+\.\d+)(?![\d.])")
 
 

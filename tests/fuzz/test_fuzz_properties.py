@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 
 from slmctl.errors import SlmctlError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
 
-from harness import GKV, STRING, GSpec, GStr, GTensor, gguf_serialise  # noqa: E402
+from fuzz.harness import GKV, STRING, GSpec, GStr, GTensor, gguf_serialise  # noqa: E402
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "X9", "", "f32"]

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import peer_bin
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 OPTIMUM_CLI = peer_bin("optimum", "optimum-cli")
 
 pytestmark = pytest.mark.slow
