@@ -4,7 +4,7 @@
 
 Each input is the smallest file (or model folder) that crashed slmctl before its fix; manifest.json
 says what slmctl must do with it now: refuse it with a message containing ``needle``, or accept it
-and read, inspect and export it correctly. tests/test_fuzz_regressions.py replays them all.
+and read, inspect and export it correctly. tests/fuzz/test_fuzz_regressions.py replays them all.
 """
 
 from __future__ import annotations
