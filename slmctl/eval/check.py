@@ -132,7 +132,7 @@ def _gptqmodel(folder: Path):
         from gptqmodel import BACKEND, GPTQModel
     except ImportError:
         raise RuntimeError("GPTQModel is not installed in this environment (pip install gptqmodel==7.6.0, or run "
-                           "tests/test_quantize_gptqmodel.py FOLDER with its own environment)") from None
+                           "tests/peers/test_quantize_gptqmodel.py FOLDER with its own environment)") from None
 
     m = GPTQModel.load(str(folder), device="cpu", backend=BACKEND.GPTQ_TORCH, dtype=torch.float16)
     return _Torch(m.model)

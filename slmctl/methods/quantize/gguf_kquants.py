@@ -7,7 +7,7 @@ become loops over the 16 or 32 positions of a block (or over the search steps), 
 operation over every block. Float32 arithmetic is kept in ggml's order (sums accumulate
 sequentially, left to right, as the C loops do), so the bytes equal ggml's reference quantisers
 (``quantize_row_*_ref``, no importance matrix) and its importance-weighted ones
-(``quantize_row_*_impl`` with ``quant_weights``): tests/test_gguf_kquants.py checks both against
+(``quantize_row_*_impl`` with ``quant_weights``): tests/methods/test_gguf_kquants.py checks both against
 llama.cpp's own output.
 
 Each type is split into three steps so that error-correcting methods (GPTQ on the block grid,
