@@ -179,8 +179,8 @@ def test_api_reexports_real_signatures():
             assert not any(p.kind is p.VAR_POSITIONAL for p in params), f"api.{name} takes *args"
 
 
-# A pair that still shares a file name, a known clean-up (issue 17); a new pair fails the test below.
-KNOWN_SHARED_NAMES = {"width.py": {"slmctl/methods/prune/width.py", "slmctl/surgery/width.py"}}
+# Pairs allowed to share a file name (none: methods/prune/width.py became width_importance.py); a new pair fails.
+KNOWN_SHARED_NAMES: dict[str, set[str]] = {}
 
 
 def test_module_names_are_unique():

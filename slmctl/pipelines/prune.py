@@ -438,7 +438,7 @@ def _width(ctx, *, heads_ratio, mlp_ratio, hidden_ratio, adaptive, lam):
     from ..layerwise import final_norm, iter_layers
     from ..methods.prune.adaptive import allocate
     from ..methods.prune.depth import BoundaryCos
-    from ..methods.prune.width import Importance, head_activations, keep_count, keep_heads, top_k
+    from ..methods.prune.width_importance import Importance, head_activations, keep_count, keep_heads, top_k
     from ..surgery.width import PER_LAYER_KEY, family, shrink
 
     art = ctx["art"]

@@ -55,7 +55,7 @@ def shrink(state: dict[str, Any], config: dict[str, Any], plan: dict[str, Any]) 
 
     ``plan``: ``heads`` {layer: (kept query heads, kept kv heads)}, ``mlp`` {layer: kept channels},
     ``hidden``: kept hidden channels or None. Kept indices must be ascending; query heads grouped by
-    their kv head, as ``methods.prune.width.keep_heads`` returns them.
+    their kv head, as ``methods.prune.width_importance.keep_heads`` returns them.
     """
     import torch
 

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from slmctl.methods.prune.sparsegpt import sparsegpt_prune  # noqa: E402
-from slmctl.methods.prune.width import Importance, head_activations, keep_heads  # noqa: E402
+from slmctl.methods.prune.width_importance import Importance, head_activations, keep_heads  # noqa: E402
 from conftest import _prune, _state  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def test_minitron_importance_aggregates_mean_over_sequence_and_l2_over_batch():
 
 def test_width_keeps_the_most_active_heads_and_channels(tiny_llama, text_file, tmp_path, monkeypatch):
     """The kept heads/channels are the top of the recorded importance, GQA group by group."""
-    import slmctl.methods.prune.width as wmod
+    import slmctl.methods.prune.width_importance as wmod
 
     seen = []
     orig = wmod.keep_heads

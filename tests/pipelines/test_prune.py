@@ -14,7 +14,7 @@ from slmctl.methods.prune import UNSTRUCTURED  # noqa: E402
 from slmctl.methods.prune.adaptive import allocate  # noqa: E402
 from slmctl.methods.prune.depth import BoundaryCos, choose_layers  # noqa: E402
 from slmctl.methods.prune.masks import check_nm, nm_mask, parse_pattern, unstructured_mask  # noqa: E402
-from slmctl.methods.prune.width import keep_heads  # noqa: E402
+from slmctl.methods.prune.width_importance import keep_heads  # noqa: E402
 from slmctl.surgery.layers import drop_layers, renamed_config  # noqa: E402
 from conftest import FAST, _prune, _state  # noqa: E402  (shared helpers)
 
@@ -274,7 +274,7 @@ def _linear_names(model) -> list[str]:
 
 
 def test_width_engine_agrees_with_the_whole_model(tiny_models, text_file, tmp_path):
-    from slmctl.methods.prune.width import Importance, head_activations, keep_count, keep_heads, top_k
+    from slmctl.methods.prune.width_importance import Importance, head_activations, keep_count, keep_heads, top_k
     from slmctl.surgery.width import shrink
 
     src = tiny_models["llama"]
