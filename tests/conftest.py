@@ -318,3 +318,14 @@ def genai_greedy(folder, prompt: list[int], new_tokens: int = NEW_TOKENS) -> lis
     while not gen.is_done():
         gen.generate_next_token()
     return [int(t) for t in gen.get_sequence(0)[len(prompt):]]
+
+
+@pytest.fixture
+def no_plugins(monkeypatch):
+    """Targets' plugin manager with no installed plugins, rebuilt before and after the test."""
+    from slmctl.targets import manager as m
+
+    monkeypatch.setenv(m.ENV, "")
+    m.reset()
+    yield
+    m.reset()

@@ -12,14 +12,7 @@ import pytest
 FAST = ("--ctx", "8,16", "--batch", "1,2", "--repeats", "3", "--warmup", "1", "--decode-tokens", "3")
 
 
-@pytest.fixture(autouse=True)
-def _no_plugins(monkeypatch):
-    from slmctl.targets import manager as m
-
-    monkeypatch.setenv(m.ENV, "")
-    m.reset()
-    yield
-    m.reset()
+pytestmark = pytest.mark.usefixtures("no_plugins")  # conftest: no target plugin manager state leaks in
 
 
 @pytest.fixture(scope="module")

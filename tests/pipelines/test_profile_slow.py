@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _no_plugins(monkeypatch):
-    from slmctl.targets import manager as m
-
-    monkeypatch.setenv(m.ENV, "")
-    m.reset()
-    yield
-    m.reset()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_plugins")]  # no plugin manager state leaks in
 
 
 def _check(rep):

@@ -13,14 +13,7 @@ SMOLLM2 = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
            "tie_word_embeddings": True, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def _no_plugins(monkeypatch):
-    from slmctl.targets import manager as m
-
-    monkeypatch.setenv(m.ENV, "")
-    m.reset()
-    yield
-    m.reset()
+pytestmark = pytest.mark.usefixtures("no_plugins")  # conftest: no target plugin manager state leaks in
 
 
 @pytest.mark.parametrize("text, n", [("135M", 135_000_000), ("30m", 30_000_000), ("1.5B", 1_500_000_000),
