@@ -68,7 +68,7 @@ write_imatrix(Path(sys.argv[2]), {k: (v * n, n) for k, v in im.items()}, dataset
 # llama.cpp's own quantiser (llama_model_quantize), from slmctl's f16 GGUF
 LLAMA_Q = r'''
 import sys
-from slmctl.pipelines.export.to_gguf import quantize_gguf
+from slmctl.pipelines.gguf_quant import quantize_gguf
 quantize_gguf(sys.argv[1], sys.argv[2], sys.argv[3], imatrix=sys.argv[4] if len(sys.argv) > 4 else None, force=True)
 '''
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .io.resolve import load_artifact
 from .pipelines.card import card, check_card
 from .pipelines.distill import distill
-from .pipelines.evaluate import evaluate, evaluate_domains
+from .pipelines.evaluate import eval_verb, evaluate, evaluate_domains
 from .pipelines.export import DTYPES, EXPORTERS, export
 from .pipelines.inspect import inspect
 from .pipelines.merge import merge, merge_verb
@@ -17,5 +17,5 @@ from .pipelines.profile import profile
 from .pipelines.prune import prune
 from .pipelines.quantize import quantize
 
-__all__ = ["DTYPES", "EXPORTERS", "card", "check_card", "distill", "evaluate", "evaluate_domains", "export",
+__all__ = ["DTYPES", "EXPORTERS", "card", "check_card", "distill", "eval_verb", "evaluate", "evaluate_domains", "export",
            "inspect", "load_artifact", "merge", "merge_verb", "profile", "prune", "quantize"]

@@ -266,21 +266,23 @@ class MergeRecipe(Recipe):
 
     verb: ClassVar[str] = "merge"
     flags: ClassVar[dict[str, str]] = {"lambda_": "--lambda"}
+    # the inputs' roles, then the output; None: the method's (or the inputs') default
     method: Optional[str] = None
     base: Optional[str] = None
     weights: Optional[str] = None
+    tokenizer_source: Optional[str] = None
+    max_shard_size: Union[str, int, None] = None
+    dtype: Optional[str] = None
+    out_dtype: Optional[str] = None
+    # the method's parameters (seed: of the random drops of dare_* and della)
     t: Optional[str] = None
     density: Optional[str] = None
     lambda_: Optional[float] = None
+    seed: int = 0
     normalize: Optional[bool] = None
     rescale: Optional[bool] = None
     gamma: Optional[float] = None
     epsilon: Optional[float] = None
-    tokenizer_source: Optional[str] = None
-    dtype: Optional[str] = None
-    out_dtype: Optional[str] = None
-    seed: int = 0
-    max_shard_size: Union[str, int, None] = None
     eval_data: Data = _report(None)
     eval_ctx: int = _report(256)
     eval_windows: int = _report(0)

@@ -6,10 +6,10 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..errors import UsageError
-from .options import ForceOpt, JsonOpt, QuietOpt
-from .output import Output
+from .options import Run, verb_options
 
 
+@verb_options("force", "json", "quiet")
 def card(
     artifacts: Annotated[Optional[List[str]], typer.Argument(help="Release artifacts: HF folders, .gguf files, ONNX "
                                                                   "folders (the card names them relative to itself). "
@@ -29,9 +29,7 @@ def card(
                                                                "does not name one.")] = None,
     license: Annotated[Optional[str], typer.Option("--license", help="License id (default: the base model's).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="The card's title (model_name).")] = None,
-    force: ForceOpt = False,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    run: Run = Run(),
 ) -> int:
     """Write a Hugging Face model card (README.md) for release artifacts, or check one (--check).
 
@@ -43,7 +41,7 @@ def card(
     from .. import api
     from ..errors import GateFailed
 
-    out = Output(json, quiet)
+    out = run.output()
     if check is not None:
         if output is not None or base or license or name:
             raise UsageError("--check reads a card; -o/--base/--license/--name write one")
@@ -58,6 +56,6 @@ def card(
     if output is None or not artifacts:
         raise UsageError("card needs ARTIFACT... and -o README.md (or --check README.md)")
     path = api.card(artifacts, output, evals=[str(p) for p in eval_ or []], profiles=[str(p) for p in profile or []],
-                      base=base, license=license, name=name, force=force, log=out.log)
+                      base=base, license=license, name=name, force=run.force, log=out.log)
     out.result({"output": str(path)}, human=str(path))
     return 0

@@ -5,9 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import AllowPickleOpt, FieldOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, TrustRemoteCodeOpt
-from .options import DeviceOpt, ThreadsOpt, apply_runtime
-from .output import Output
+from .options import FieldOpt, OutOpt, Report, Run, verb_options
 
 _T = "Training"
 _L = "Loss"
@@ -15,6 +13,8 @@ _D = "Data and cache"
 _C = "Checkpoints and report"
 
 
+@verb_options("max_ppl_increase", "max_kld", "min_top1", "force", "json", "quiet", "allow_pickle",
+              "trust_remote_code", "device", "threads", report_panel=_C)
 def distill(
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher model (HF folder, .safetensors, .gguf, "
                                          "sample:smollm2-135m).", show_default=False)],
@@ -67,28 +67,15 @@ def distill(
                                                            "(default: OUTPUT.ckpt).", rich_help_panel=_C)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint; the result equals an "
                                          "uninterrupted run.", rich_help_panel=_C)] = False,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Evaluate teacher, starting and distilled "
+    report_on: Annotated[bool, typer.Option("--report/--no-report", help="Evaluate teacher, starting and distilled "
                                          "student at the end.", rich_help_panel=_C)] = True,
     eval_data: Annotated[str, typer.Option("--eval-data", help="Text for the final report (default: the sample's "
                                            "eval region).", rich_help_panel=_C)] = "sample:shakespeare",
     eval_windows: Annotated[int, typer.Option("--eval-windows", rich_help_panel=_C)] = 20,
     eval_ctx: Annotated[Optional[int], typer.Option("--eval-ctx", help="Window of the final report (default: --seq-len).",
                                                     rich_help_panel=_C)] = None,
-    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity "
-                                                              "of the distilled student above the teacher's, in %; "
-                                                              "exit 3 when crossed (the output is kept).",
-                                                              rich_help_panel=_C)] = None,
-    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: largest mean KL divergence from the "
-                                                     "teacher.", rich_help_panel=_C)] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Gate: smallest top-1 agreement with the "
-                                                      "teacher, in %.", rich_help_panel=_C)] = None,
-    force: ForceOpt = False,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
+    run: Run = Run(),
+    report: Report = Report(),
 ) -> int:
     """Knowledge distillation: train a student (often a pruned model) to match a teacher.
 
@@ -103,19 +90,17 @@ def distill(
     from ..eval.compare import enforce
     from ..recipe import DistillRecipe
 
-    out = Output(json, quiet)
-    apply_runtime(device, threads)
+    out = run.output()
     recipe = DistillRecipe(data=data, field=field, steps=steps, seq_len=seq_len, batch_size=batch_size,
                            grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule,
                            decay_frac=decay_frac, loss=loss, beta=beta, temperature=temperature, kd_weight=kd_weight,
                            ce_weight=ce_weight, hidden_loss=hidden_loss, hidden_weight=hidden_weight, topk=topk,
                            select=select, select_keep=select_keep, clip=clip, freeze_embeddings=freeze_embeddings,
-                           seed=seed, heldout=heldout, max_tokens=max_tokens, eval_every=eval_every, report=report,
-                           eval_data=eval_data, eval_windows=eval_windows, eval_ctx=eval_ctx,
-                           max_ppl_increase=max_ppl_increase, max_kld=max_kld, min_top1=min_top1)
+                           seed=seed, heldout=heldout, max_tokens=max_tokens, eval_every=eval_every, report=report_on,
+                           eval_data=eval_data, eval_windows=eval_windows, eval_ctx=eval_ctx, **report.fields)
     rep = api.distill(teacher, student, output, recipe, teacher_cache=teacher_cache,
-                      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, resume=resume, force=force,
-                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log,
+                      checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, resume=resume, force=run.force,
+                      allow_pickle=run.allow_pickle, trust_remote_code=run.trust_remote_code, log=out.log,
                       progress=out.progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # other data-parallel processes print nothing

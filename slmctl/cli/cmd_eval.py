@@ -4,11 +4,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import AllowPickleOpt, DataOpt, FieldOpt, JsonOpt, ModelArg, QuietOpt, TrustRemoteCodeOpt
-from .options import DeviceOpt, ThreadsOpt, apply_runtime
-from .output import Output
+from .options import DataOpt, FieldOpt, ModelArg, Report, Run, verb_options
 
 
+@verb_options("max_ppl_increase", "max_kld", "min_top1", "json", "quiet", "allow_pickle", "trust_remote_code",
+              "device", "threads")
 def eval_(
     model: ModelArg,
     data: DataOpt = None,
@@ -18,15 +18,8 @@ def eval_(
     ctx: Annotated[int, typer.Option("--ctx", help="Tokens per window.")] = 512,
     windows: Annotated[int, typer.Option("--windows", help="Number of non-overlapping windows (0: all).")] = 40,
     backend: Annotated[Optional[str], typer.Option("--backend", help="Force a backend: torch, llamacpp, onnxruntime.")] = None,
-    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity rise in %.")] = None,
-    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: largest mean KL divergence.")] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Gate: smallest top-1 agreement in %.")] = None,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
+    run: Run = Run(),
+    report: Report = Report(),
 ) -> int:
     """Perplexity, and KL divergence / top-1 agreement against a reference; gates exit 3.
 
@@ -36,30 +29,15 @@ def eval_(
     --data sample:mix --data sample:unseen:code --data sample:unseen:readme --data sample:unseen:licenses.
     """
     from .. import api
-    from ..calib import split_weight
-    from ..errors import UsageError
-    from ..eval.compare import check_gates, enforce
+    from ..eval.compare import enforce
     from ..recipe import EvalRecipe
 
-    out = Output(json, quiet)
-    apply_runtime(device, threads)
-    r = EvalRecipe(data=data or ["sample:shakespeare"], field=field, reference=reference, ctx=ctx,
-                   windows=windows or None, backend=backend, max_ppl_increase=max_ppl_increase, max_kld=max_kld,
-                   min_top1=min_top1)
-    domains = r.domains()
-    if any(split_weight(d)[1] is not None for d in domains):
-        raise UsageError("eval measures each --data as its own domain; weights (SOURCE:WEIGHT) apply to calibration",
-                         hint="drop the :WEIGHT suffix")
-    kw = dict(field=r.field, reference=r.reference, ctx=r.ctx, windows=r.windows, backend=r.backend,
-              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, log=out.log, progress=out.progress)
-    if len(domains) > 1:
-        res = api.evaluate_domains(model, domains, **kw)
-        check_gates(res, [(rep["data"], rep) for rep in res["domains"]], **r.gate_limits())
-        out.result(res, human=render_domains(res))
-    else:
-        res = api.evaluate(model, data=domains[0], **kw)
-        check_gates(res, res, **r.gate_limits())
-        out.result(res, human=render(res))
+    out = run.output()
+    recipe = EvalRecipe(data=data or ["sample:shakespeare"], field=field, reference=reference, ctx=ctx,
+                        windows=windows or None, backend=backend, **report.fields)
+    res = api.eval_verb(model, recipe, allow_pickle=run.allow_pickle, trust_remote_code=run.trust_remote_code,
+                        log=out.log, progress=out.progress)
+    out.result(res, human=render_domains(res) if "domains" in res else render(res))
     enforce(res)
     return 0
 

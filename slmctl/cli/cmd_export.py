@@ -4,10 +4,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import AllowPickleOpt, ForceOpt, JsonOpt, MaxShardOpt, ModelArg, OutOpt, QuietOpt
-from .output import Output
+from .options import ModelArg, OutOpt, Run, verb_options
 
 
+@verb_options("max_shard_size", "force", "allow_pickle", "json", "quiet")
 def export(
     model: ModelArg,
     output: OutOpt,
@@ -24,19 +24,15 @@ def export(
                                                 "(onnxruntime's dynamic int8).")] = None,
     modelfile: Annotated[bool, typer.Option("--modelfile", help="GGUF: also write an Ollama Modelfile beside it "
                                                                 "(chat template and stop tokens from the tokenizer).")] = False,
-    max_shard_size: MaxShardOpt = None,
-    force: ForceOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    run: Run = Run(),
 ) -> None:
     """Convert a model between formats (HF folder, .safetensors, GGUF, ONNX). Prints the output path."""
     from .. import api
     from ..recipe import ExportRecipe
 
-    out = Output(json, quiet)
-    recipe = ExportRecipe(fmt=format, dtype=dtype, max_shard_size=max_shard_size, outtype=outtype, imatrix=imatrix,
+    out = run.output()
+    recipe = ExportRecipe(fmt=format, dtype=dtype, max_shard_size=run.max_shard_size, outtype=outtype, imatrix=imatrix,
                           data=data, method=method, bits=bits, modelfile=modelfile)
-    path = api.export(model, output, recipe, force=force, allow_pickle=allow_pickle, log=out.log,
+    path = api.export(model, output, recipe, force=run.force, allow_pickle=run.allow_pickle, log=out.log,
                       progress=lambda it, desc="": out.progress(it, desc=desc))
     out.result({"output": str(path), "format": format}, human=str(path))

@@ -4,10 +4,10 @@ from typing import Annotated
 
 import typer
 
-from .options import AllowPickleOpt, JsonOpt, ModelArg, QuietOpt
-from .output import Output
+from .options import ModelArg, Run, verb_options
 
 
+@verb_options("json", "allow_pickle", "quiet")
 def inspect(
     model: ModelArg,
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash the recorded inputs that can be found; "
@@ -16,17 +16,15 @@ def inspect(
                                                         "GPTQModel, llama.cpp, onnxruntime), generate from a short prompt "
                                                         "and compare its logits with slmctl's reference; exit 1 if any "
                                                         "stage fails.")] = False,
-    json: JsonOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    quiet: QuietOpt = False,
+    run: Run = Run(),
 ) -> int:
     """Show what a model artifact holds: format, architecture, parameters, dtypes, size, tokenizer, provenance."""
     import sys
 
     from .. import api
 
-    out = Output(json, quiet)
-    info = api.inspect(model, allow_pickle=allow_pickle, verify=verify, check=check, log=out.log)
+    out = run.output()
+    info = api.inspect(model, allow_pickle=run.allow_pickle, verify=verify, check=check, log=out.log)
     out.result(info, human=render(info))
     if check and not info["check"]["ok"]:
         print(f"error: {info['path']} did not pass the check in {info['check']['runtime']}", file=sys.stderr)

@@ -5,10 +5,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .options import AllowPickleOpt, ForceOpt, JsonOpt, MaxShardOpt, OutOpt, QuietOpt
-from .output import Output
+from .options import OutOpt, Report, Run, verb_options
 
 
+@verb_options("eval_data", "eval_ctx", "eval_windows", "max_ppl_increase", "max_kld", "min_top1", "max_shard_size",
+              "force", "allow_pickle", "json", "quiet", eval_ctx=256, eval_windows=0)
 def merge(
     output: OutOpt,
     models: Annotated[Optional[List[str]], typer.Argument(
@@ -21,6 +22,8 @@ def merge(
                                                 "slerp's t=0 end; default for slerp: the first model).")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", help="Weights, one or one per model (besides "
                                                    "the base), comma-separated, e.g. 1,0.5.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random drops (dare_*, della); the same seed "
+                                      "gives the same output.")] = 0,
     t: Annotated[Optional[str], typer.Option("--t", help="Interpolation factor for slerp/nearswap; a list "
                                              "(0,0.5,1) is a gradient over the layers.")] = None,
     density: Annotated[Optional[str], typer.Option("--density", help="Fraction of each task vector kept (ties, "
@@ -41,29 +44,9 @@ def merge(
                                                             "by token.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Compute dtype: float32, float16, bfloat16 "
                                                  "(default: the inputs').")] = None,
-    out_dtype: Annotated[Optional[str], typer.Option("--out-dtype", help="Output dtype (default: the compute "
-                                                     "dtype).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random drops (dare_*, della); the same seed "
-                                      "gives the same output.")] = 0,
-    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Report domains, repeatable (a "
-                                                           "sample's eval region). Default: sample:mix and "
-                                                           "sample:unseen:readme.", show_default=False)] = None,
-    eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per report window.")] = 256,
-    eval_windows: Annotated[int, typer.Option("--eval-windows", help="Report windows: perplexity, KL and top-1 of "
-                                                                     "the merged model against the base (0: no "
-                                                                     "report).")] = 0,
-    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity "
-                                                              "rise over the base in %; exit 3 when crossed (the "
-                                                              "output is kept).")] = None,
-    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="Gate: largest mean KL divergence from the "
-                                                     "base.")] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Gate: smallest top-1 agreement with the "
-                                                      "base in %.")] = None,
-    max_shard_size: MaxShardOpt = None,
-    force: ForceOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    out_dtype: Annotated[Optional[str], typer.Option("--out-dtype", help="Output dtype (default: --dtype).")] = None,
+    run: Run = Run(),
+    report: Report = Report(),
 ) -> int:
     """Merge models (linear, SLERP, task arithmetic, TIES, DARE, passthrough, ...) or fold a LoRA adapter.
 
@@ -76,15 +59,13 @@ def merge(
     from ..eval.compare import enforce, render_report
     from ..recipe import MergeRecipe
 
-    out = Output(json, quiet)
+    out = run.output()
     recipe = MergeRecipe(method=method, base=base, weights=weights, t=t, density=density, lambda_=lambda_,
                          normalize=normalize, rescale=rescale, gamma=gamma, epsilon=epsilon,
                          tokenizer_source=tokenizer_source, dtype=dtype, out_dtype=out_dtype, seed=seed,
-                         max_shard_size=max_shard_size, eval_data=eval_data, eval_ctx=eval_ctx,
-                         eval_windows=eval_windows, max_ppl_increase=max_ppl_increase, max_kld=max_kld,
-                         min_top1=min_top1)
-    res = api.merge_verb(models or [], output, recipe, config=config, lora=lora, force=force,
-                         allow_pickle=allow_pickle, log=out.log,
+                         max_shard_size=run.max_shard_size, **report.fields)
+    res = api.merge_verb(models or [], output, recipe, config=config, lora=lora, force=run.force,
+                         allow_pickle=run.allow_pickle, log=out.log,
                          progress=lambda it, desc="": out.progress(it, desc=desc, unit="tensor"))
     if res.get("report"):
         out.log(render_report(res["report"]))

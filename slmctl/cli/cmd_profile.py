@@ -6,8 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
-from .options import AllowPickleOpt, ForceOpt, JsonOpt, QuietOpt
-from .output import Output
+from .options import Run, verb_options
 
 
 def _ints(v: Optional[str], name: str) -> Optional[list[int]]:
@@ -22,6 +21,7 @@ def _ints(v: Optional[str], name: str) -> Optional[list[int]]:
     return out
 
 
+@verb_options("force", "json", "quiet", "allow_pickle")
 def profile(
     model: Annotated[Optional[str], typer.Argument(help="Model: a path (HF folder, .safetensors, .gguf, .onnx), "
                                                         "sample:smollm2-135m, or a hub id. With --sweep: the base.",
@@ -51,10 +51,7 @@ def profile(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON report here.",
                                                    show_default=False)] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV.")] = False,
-    force: ForceOpt = False,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    allow_pickle: AllowPickleOpt = False,
+    run: Run = Run(),
 ) -> int:
     """Latency and memory on a hardware target: prefill (TTFT) per context length, decode per batch size,
     p50/p95 after warm-ups, peak memory, memory bandwidth and decode efficiency.
@@ -65,9 +62,9 @@ def profile(
     from .. import api
     from ..recipe import ProfileRecipe
 
-    if json and csv:
+    if run.json and csv:
         raise UsageError("--json and --csv both print the result; choose one")
-    out = Output(json, quiet)
+    out = run.output()
     ctx_l, batch_l, depths_l = _ints(ctx, "--ctx"), _ints(batch, "--batch"), _ints(depths, "--depths")
     if sweep is None and (params or base or depths or budget_ms is not None):
         raise UsageError("--params, --base, --depths and --budget-ms go with --sweep depth-width")
@@ -84,7 +81,7 @@ def profile(
         recipe = ProfileRecipe(target=target, ctx=ctx_l or [128, 512], batch=batch_l or [1, 4], repeats=repeats,
                                warmup=warmup, decode_tokens=decode_tokens, decode_ctx=decode_ctx, device=device,
                                layers=layers, bandwidth=bandwidth)
-        rep = api.profile(model, recipe, allow_pickle=allow_pickle, log=out.log)
+        rep = api.profile(model, recipe, allow_pickle=run.allow_pickle, log=out.log)
         from ..profiling.report import profile_rows, render_profile, to_csv
 
         human = to_csv(profile_rows(rep)) if csv else render_profile(rep)
@@ -92,7 +89,7 @@ def profile(
     if plot is not None:
         from ..profiling import plot as plots
 
-        written = getattr(plots, plotter)(rep, plot, force=force)
+        written = getattr(plots, plotter)(rep, plot, force=run.force)
         rep["plots"] = [str(p) for p in written]
         out.log("wrote " + ", ".join(rep["plots"]))
     if output is not None:
@@ -100,7 +97,7 @@ def profile(
 
         from ..io.atomic import atomic_path
 
-        with atomic_path(output, force=force) as tmp:
+        with atomic_path(output, force=run.force) as tmp:
             tmp.write_text(_json.dumps(rep, indent=2, default=str) + "\n")
         out.log(f"wrote {output}")
     out.result(rep, human=human)

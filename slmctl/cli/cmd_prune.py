@@ -4,11 +4,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DataOpt, FieldOpt, ForceOpt, JsonOpt, MaxShardOpt, ModelArg, OutOpt, QuietOpt, TrustRemoteCodeOpt
-from .options import DeviceOpt, ThreadsOpt, apply_runtime
-from .output import Output
+from .options import DataOpt, FieldOpt, ModelArg, OutOpt, Report, Run, verb_options
 
 
+@verb_options("eval_data", "eval_ctx", "eval_windows", "max_ppl_increase", "max_shard_size", "force", "json", "quiet",
+              "trust_remote_code", "device", "threads", eval_ctx=256, eval_windows=8)
 def prune(
     model: ModelArg,
     output: OutOpt,
@@ -36,23 +36,8 @@ def prune(
     samples: Annotated[int, typer.Option("--samples", help="Calibration windows.")] = 32,
     seqlen: Annotated[int, typer.Option("--seqlen", help="Tokens per calibration window.")] = 256,
     seed: Annotated[int, typer.Option("--seed", help="Seed for drawing calibration windows.")] = 0,
-    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Domains for perplexity before/after, "
-                                                           "repeatable (default: the calibration domain, whose "
-                                                           "sample evaluation region never overlaps calibration, and "
-                                                           "one it did not see, sample:unseen:readme).",
-                                                           show_default=False)] = None,
-    eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per evaluation window.")] = 256,
-    eval_windows: Annotated[int, typer.Option("--eval-windows", help="Evaluation windows for perplexity before/after "
-                                                                     "(0: skip).")] = 8,
-    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity "
-                                                              "rise in %; exit 3 when crossed (the output is kept).")] = None,
-    max_shard_size: MaxShardOpt = None,
-    force: ForceOpt = False,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
+    run: Run = Run(),
+    report: Report = Report(),
 ) -> int:
     """Prune a model: unstructured or N:M sparsity, whole layers (depth) or heads/channels (width).
 
@@ -65,15 +50,13 @@ def prune(
     from ..eval.compare import enforce
     from ..recipe import PruneRecipe
 
-    out = Output(json, quiet)
-    apply_runtime(device, threads)
+    out = run.output()
     recipe = PruneRecipe(method=method, sparsity=sparsity, pattern=pattern, adaptive=adaptive,
                          adaptive_metric=adaptive_metric, adaptive_lambda=adaptive_lambda, layers=layers, ratio=ratio,
                          depth_metric=depth_metric, heads_ratio=heads_ratio, mlp_ratio=mlp_ratio,
                          hidden_ratio=hidden_ratio, data=data or "sample:mix", field=field, samples=samples,
-                         seqlen=seqlen, seed=seed, eval_data=eval_data, eval_ctx=eval_ctx, eval_windows=eval_windows,
-                         max_ppl_increase=max_ppl_increase, max_shard_size=max_shard_size)
-    rep = api.prune(model, output, recipe, force=force, trust_remote_code=trust_remote_code, log=out.log,
+                         seqlen=seqlen, seed=seed, max_shard_size=run.max_shard_size, **report.fields)
+    rep = api.prune(model, output, recipe, force=run.force, trust_remote_code=run.trust_remote_code, log=out.log,
                     progress=lambda it, desc="": out.progress(it, desc=desc))
     for line in summary(rep):
         out.log(line)

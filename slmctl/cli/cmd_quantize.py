@@ -4,11 +4,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import DataOpt, FieldOpt, ForceOpt, JsonOpt, ModelArg, QuietOpt, TrustRemoteCodeOpt
-from .options import DeviceOpt, ThreadsOpt, apply_runtime
-from .output import Output
+from .options import DataOpt, FieldOpt, ModelArg, Report, Run, verb_options
 
 
+@verb_options("eval_data", "eval_ctx", "eval_windows", "max_ppl_increase", "force", "json", "quiet",
+              "trust_remote_code", "device", "threads", eval_ctx=512, eval_windows=16)
 def quantize(
     model: ModelArg,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder (written atomically). "
@@ -39,20 +39,9 @@ def quantize(
                                                     "the format's runtime cannot load with this grid (e.g. input width "
                                                     "not divisible by the group size for compressed-tensors), instead "
                                                     "of refusing.")] = False,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity before/after, KL and top-1.")] = True,
-    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Report domains, repeatable (a "
-                                                          "sample's eval region). Default: the calibration domain "
-                                                          "and one it did not see (sample:unseen:readme).",
-                                                          show_default=False)] = None,
-    eval_ctx: Annotated[int, typer.Option("--eval-ctx", help="Tokens per report window.")] = 512,
-    eval_windows: Annotated[int, typer.Option("--eval-windows", help="Report windows.")] = 16,
-    max_ppl_increase: Annotated[Optional[float], typer.Option("--max-ppl-increase", help="Gate: largest perplexity rise in % (exit 3).")] = None,
-    force: ForceOpt = False,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
+    report_on: Annotated[bool, typer.Option("--report/--no-report", help="Measure perplexity before/after, KL and top-1.")] = True,
+    run: Run = Run(),
+    report: Report = Report(),
 ) -> int:
     """Quantise the linear weights (RTN, GPTQ or AWQ) to safetensors that GPTQModel, transformers and vLLM load.
 
@@ -64,20 +53,18 @@ def quantize(
     from ..eval.compare import enforce, render_report
     from ..recipe import QuantizeRecipe
 
-    out = Output(json, quiet)
-    apply_runtime(device, threads)
+    out = run.output()
     recipe = QuantizeRecipe(bits=bits, method=method, group_size=group_size, sym=sym, fmt=format,
                             data=data or "sample:mix", field=field, samples=samples, seq_len=seq_len, seed=seed,
                             damp=damp, act_order=act_order, static_groups=static_groups,
                             true_sequential=true_sequential, qtype=qtype, allow_requantize=allow_requantize,
-                            skip_incompatible=skip_incompatible, report=report, eval_data=eval_data,
-                            eval_ctx=eval_ctx, eval_windows=eval_windows, max_ppl_increase=max_ppl_increase)
-    res = api.quantize(model, output, recipe, force=force, trust_remote_code=trust_remote_code, log=out.log,
+                            skip_incompatible=skip_incompatible, report=report_on, **report.fields)
+    res = api.quantize(model, output, recipe, force=run.force, trust_remote_code=run.trust_remote_code, log=out.log,
                        progress=lambda it=None, desc="", **kw: out.progress(it, desc=desc, **kw))
     rep = res.get("report")
     if rep:
         out.log(render_report(rep))
-    if json and rep:
+    if run.json and rep:
         rep.pop("eval", None)
     out.result(res, human=res["output"])
     enforce(res)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from os import PathLike
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -210,7 +212,6 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
             force: bool = False, vocab_pre: str | None = None, trust_remote_code: bool = False, log: Log = lambda m: None,
             progress=None, verb: str = "quantize") -> dict[str, Any]:
     """Quantise an HF model to a GGUF file of llama.cpp file type ``ftype`` with ``method``; returns a summary."""
-    from pathlib import Path
 
     from .. import provenance
     from ..io.atomic import atomic_path
@@ -288,7 +289,6 @@ def quantize_verb(art, ref: str, path, out, *, qtype: str | None, method: str, d
                   eval_windows: int, force: bool, trust_remote_code: bool, log: Log, progress) -> dict[str, Any]:
     """``slmctl quantize MODEL --format gguf --type T [--method gptq|imatrix|rtn]``: the file, then the quality report."""
     import re
-    from pathlib import Path
 
     if not qtype:
         raise UsageError("--format gguf needs --type (a llama.cpp file type)", hint="e.g. --type q4_k_m")
@@ -310,3 +310,48 @@ def quantize_verb(art, ref: str, path, out, *, qtype: str | None, method: str, d
         res["report"] = quality_report(res["output"], ref, data=report_domains(data, eval_data), calib=data,
                                        ctx=eval_ctx, windows=eval_windows, stats=stats, log=log, progress=progress)
     return res
+
+
+def quantize_gguf(src_gguf: str | PathLike, out: str | PathLike, outtype: str, imatrix=None, *,
+                  force: bool = False, log: Log = lambda m: None, nthread: int | None = None,
+                  allow_requantize: bool = False) -> Path:
+    """Quantise a GGUF file (f32/f16/bf16) with llama.cpp's own quantiser (``llama_model_quantize``): what
+    ``slmctl quantize MODEL.gguf --type T`` and GGUF -> GGUF export run.
+
+    A source that is already quantised needs ``allow_requantize`` (quality drops twice).
+    ``imatrix``: a path to an importance matrix (GGUF imatrix or legacy .dat written by slmctl or
+    llama-imatrix) or a dict {tensor name: per-column mean squared activation}.
+    """
+    from ..io.atomic import atomic_path
+    from ..io.gguf_types import file_types
+    from ..io.libllama import model_quantize
+    from .export.gguf_build import LLAMA_TYPES
+
+    src, out = Path(src_gguf), Path(out)
+    t = outtype.lower()
+    if t not in LLAMA_TYPES:
+        raise UsageError(f"unknown GGUF type {outtype!r}", hint="valid: " + ", ".join(LLAMA_TYPES))
+    if not src.is_file():
+        raise InputError(f"{src} does not exist")
+    if isinstance(imatrix, (str, PathLike)):
+        from ..io.imatrix import read_imatrix
+
+        imatrix = read_imatrix(Path(imatrix))
+    from .. import provenance
+    from ..io.artifact import open_artifact
+    from ..io.convert import write_provenance_file
+
+    src_art = open_artifact(src)
+    quantized = sorted({lt.dtype for lt in src_art.tensors.values()} - {"F32", "F16", "BF16"})
+    if quantized and not allow_requantize:  # llama.cpp would only answer with a failure code
+        raise InputError(f"{src} is already quantised ({', '.join(quantized)}): requantising it to {t.upper()} "
+                         "loses quality twice", hint="quantise the float model, or pass --allow-requantize")
+    prov = provenance.build("quantize", {"format": "gguf", "type": t, "imatrix": imatrix is not None,
+                                         "allow_requantize": allow_requantize},
+                            [provenance.input_record(str(src_gguf), src, src_art)])
+    with atomic_path(out, force=force) as tmp:
+        log(f"quantising {src.name} to {t.upper()} with llama.cpp{' and an importance matrix' if imatrix else ''}")
+        model_quantize(src, tmp, file_types()[t], t, imatrix, nthread, allow_requantize)
+    # llama.cpp writes the file itself, so the record goes beside it (inspect reads OUT.slmctl.json)
+    write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
+    return out

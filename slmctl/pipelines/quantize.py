@@ -3,7 +3,7 @@
 artifact in -> (calibration windows -> one decoder layer at a time) -> method -> packed safetensors out
 (with provenance) -> quality report (perplexity before/after, KL, top-1, size, bits per weight) and
 an optional gate. RTN needs no activations and streams tensor by tensor without building the model.
-GGUF inputs with a GGUF quant type go to llama.cpp (slmctl.pipelines.export.to_gguf.quantize_gguf);
+GGUF inputs with a GGUF quant type go to llama.cpp (slmctl.pipelines.gguf_quant.quantize_gguf);
 ONNX inputs to onnxruntime (slmctl.pipelines.quantize_onnx.quantize_onnx).
 """
 
@@ -47,7 +47,7 @@ def _quantize_gguf(art, out, *, qtype, allow_requantize, force, log):
     if not qtype:
         raise UsageError(f"{art.path} is a GGUF file: say which GGUF type to quantise to",
                          hint="e.g. slmctl quantize MODEL.gguf --type q4_k_m")
-    from .export.to_gguf import quantize_gguf
+    from .gguf_quant import quantize_gguf
 
     if out is None:
         out = Path.cwd() / f"{art.path.stem}-{qtype.upper()}.gguf"

@@ -196,3 +196,46 @@ def test_merge_report_and_gate(cli, tiny_llama, text_file, tmp_path):
     assert rep["kld_mean"] < 1e-6 and rep["top1_agreement_pct"] == 100.0 and "eval" not in rep
     code, stdout, err = cli(*args, "-o", str(tmp_path / "m2"), "--max-kld", "0.001")
     assert code == 0, err
+
+
+# ---------------------------------------------------------------- shared options
+def test_shared_options_are_one_declaration_packed_for_the_verb():
+    import inspect as _inspect
+    import typing
+
+    from slmctl.cli.options import Report, Run, verb_options
+
+    seen = {}
+
+    @verb_options("eval_ctx", "max_kld", "force", "json", eval_ctx=64)
+    def cmd(model: str, run: Run = Run(), report: Report = Report()) -> int:
+        seen.update(run=run, report=report)
+        return 0
+
+    params = _inspect.signature(cmd).parameters
+    assert list(params) == ["model", "eval_ctx", "max_kld", "force", "json"]
+    assert params["eval_ctx"].default == 64 and params["force"].default is False
+    # Typer reads the option's spelling from the Annotated metadata of the added parameter
+    info = typing.get_args(params["max_kld"].annotation)[1]
+    assert info.default == "--max-kld"
+    cmd("m", force=True, max_kld=0.5)
+    assert seen["run"].force and not seen["run"].json and not seen["run"].runtime
+    assert seen["report"].fields == {"eval_ctx": 64, "max_kld": 0.5}
+    with pytest.raises(ValueError, match="no shared option"):
+        verb_options("nope")
+
+
+def test_every_verb_spells_the_shared_options_the_same_way():
+    """--force, --json, the gates, the report's windows: one declaration, one help text, wherever a verb offers them."""
+    import typer
+
+    from slmctl.cli.app import app
+
+    group = typer.main.get_command(app)
+    texts: dict[str, set] = {}
+    for verb in ("prune", "quantize", "merge", "distill", "eval", "export", "card", "inspect", "profile"):
+        for p in group.commands[verb].params:
+            if p.name in ("force", "json", "quiet", "allow_pickle", "max_ppl_increase", "max_kld", "min_top1"):
+                texts.setdefault(p.name, set()).add((tuple(p.opts), p.help))
+    assert {"force", "json", "max_ppl_increase", "max_kld"} <= set(texts)
+    assert all(len(v) == 1 for v in texts.values()), texts

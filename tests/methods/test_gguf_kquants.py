@@ -163,7 +163,7 @@ def test_file_equals_llama_quantize(wide_llama, tmp_path, ftype):
     pytest.importorskip("llama_cpp")
     from slmctl import api
     from slmctl.io.artifact import open_artifact
-    from slmctl.pipelines.export.to_gguf import quantize_gguf
+    from slmctl.pipelines.gguf_quant import quantize_gguf
     from slmctl.pipelines.gguf_quant import to_gguf
 
     f16 = api.export(str(wide_llama), tmp_path / "f16.gguf", "gguf", outtype="f16")

@@ -47,7 +47,7 @@ def test_q4_k_m_with_computed_imatrix(tiny_llama, text_file, tmp_path, cli):
 def test_imatrix_changes_the_quantisation(tiny_llama, tmp_path):
     """The matrix reaches llama.cpp: a skewed one gives different bytes than none."""
     from slmctl import api
-    from slmctl.pipelines.export.to_gguf import quantize_gguf
+    from slmctl.pipelines.gguf_quant import quantize_gguf
 
     f16 = api.export(str(tiny_llama), tmp_path / "f16.gguf", "gguf", outtype="f16")
     plain = quantize_gguf(f16, tmp_path / "plain.gguf", "q4_0")

@@ -8,13 +8,12 @@ Reference: https://github.com/ggml-org/llama.cpp/blob/master/convert_hf_to_gguf.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from ... import provenance
-from ...errors import InputError, UnsupportedError, UsageError
+from ...errors import UnsupportedError, UsageError
 from ...io.gguf_types import file_types
 from .gguf_build import KQUANTS, LLAMA_TYPES, normalise_outtype, write_gguf
 from .formats import EXPORTERS
@@ -59,6 +58,8 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
         if quantized:
             log(f"warning: {art.path.name} is already quantised ({', '.join(sorted(quantized))}); requantising to "
                 f"{t} loses quality twice. Export from the HF model when you have it.")
+        from ..gguf_quant import quantize_gguf
+
         quantize_gguf(art.path, out, t, imatrix=imatrix, force=force, log=log, allow_requantize=bool(quantized))
         write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
         return _with_modelfile(out, modelfile, force, log)
@@ -108,45 +109,3 @@ def _imatrix_for(art, imatrix, data, *, log, progress=None):
             log(f"importance matrix written to {imatrix}")
         return {k: s / max(c, 1) for k, (s, c) in sums.items()}
     return None
-
-
-def quantize_gguf(src_gguf: str | os.PathLike, out: str | os.PathLike, outtype: str, imatrix=None, *,
-                  force: bool = False, log: Log = lambda m: None, nthread: int | None = None,
-                  allow_requantize: bool = False) -> Path:
-    """Quantise a GGUF (f32/f16/bf16) with llama.cpp's own quantiser: k-quants and legacy types.
-
-    A source that is already quantised needs ``allow_requantize`` (quality drops twice).
-    ``imatrix``: a path to an importance matrix (GGUF imatrix or legacy .dat written by slmctl or
-    llama-imatrix) or a dict {tensor name: per-column mean squared activation}.
-    """
-    from ...io.atomic import atomic_path
-    from ...io.libllama import model_quantize
-
-    src, out = Path(src_gguf), Path(out)
-    t = outtype.lower()
-    if t not in LLAMA_TYPES:
-        raise UsageError(f"unknown GGUF type {outtype!r}", hint="valid: " + ", ".join(LLAMA_TYPES))
-    if not src.is_file():
-        raise InputError(f"{src} does not exist")
-    if isinstance(imatrix, (str, os.PathLike)):
-        from ...io.imatrix import read_imatrix
-
-        imatrix = read_imatrix(Path(imatrix))
-    from ... import provenance
-    from ...io.artifact import open_artifact
-    from ...io.convert import write_provenance_file
-
-    src_art = open_artifact(src)
-    quantized = sorted({lt.dtype for lt in src_art.tensors.values()} - {"F32", "F16", "BF16"})
-    if quantized and not allow_requantize:  # llama.cpp would only answer with a failure code
-        raise InputError(f"{src} is already quantised ({', '.join(quantized)}): requantising it to {t.upper()} "
-                         "loses quality twice", hint="quantise the float model, or pass --allow-requantize")
-    prov = provenance.build("quantize", {"format": "gguf", "type": t, "imatrix": imatrix is not None,
-                                         "allow_requantize": allow_requantize},
-                            [provenance.input_record(str(src_gguf), src, src_art)])
-    with atomic_path(out, force=force) as tmp:
-        log(f"quantising {src.name} to {t.upper()} with llama.cpp{' and an importance matrix' if imatrix else ''}")
-        model_quantize(src, tmp, file_types()[t], t, imatrix, nthread, allow_requantize)
-    # llama.cpp writes the file itself, so the record goes beside it (inspect reads OUT.slmctl.json)
-    write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
-    return out
