@@ -21,7 +21,8 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from timing import PEERS, ROOT, alternate, cells, compare as compare_runs, fmt_ratio as _r, load_note, ratio, \
+from timing import PEERS, ROOT, alternate, cells, compare as compare_runs, fmt_ratio as _r, hot_path, \
+    hot_path_note, load_note, ratio, \
     write_results  # noqa: E402  (bench/ is on sys.path)
 
 OUT = ROOT / "bench" / "out" / "gguf"
@@ -100,6 +101,7 @@ def main() -> int:
                            capture_output=True, check=False)
             envs = {"slmctl": {"SLMCTL_CACHE": str(cold)}, "slmctl-warm": {"SLMCTL_CACHE": str(warm)},
                     "convert": {"PYTHONPATH": str(src / "gguf-py")}}
+            plain = dict(cmds)
             for name in cmds:  # each command sets its own environment through env(1)
                 cmds[name] = ["env", *(f"{k}={v}" for k, v in envs[name].items()), *cmds[name]]
             runs = alternate(cmds, rounds=ROUNDS, before=before)
@@ -108,6 +110,9 @@ def main() -> int:
             entry = {"shape": shape, "parameters": params, "outtype": t, "identical_tensors": [same, total],
                      **compare_runs(runs, "slmctl", "convert"),
                      "time_ratio_warm": ratio(runs["slmctl-warm"], runs["convert"])}
+            if entry["time_ratio"] is not None and entry["time_ratio"] > 0.5:  # over the target: where the time goes
+                before("slmctl")
+                entry["hot_path"] = hot_path(plain["slmctl"], env={**os.environ, **envs["slmctl"]})
             data.append(entry)
             print(f"{shape} {t}: slmctl {entry['wall']['slmctl']['median']:.1f} s, convert "
                   f"{entry['wall']['convert']['median']:.1f} s", file=sys.stderr, flush=True)
@@ -138,7 +143,8 @@ def render(data: list[dict], src: Path) -> str:
         t, r = e["time_ratio"], e["rss_ratio"]
         verdict = "not judged (contended)" if t is None or r is None else \
             "met" if t <= 0.5 and r <= 0.5 else "NOT met"
-        L.append(f"- {e['shape']} {e['outtype']}: time {_r(t)}, RSS {_r(r)}: {verdict}")
+        L.append(f"- {e['shape']} {e['outtype']}: time {_r(t)}, RSS {_r(r)}: {verdict}"
+                 + (f". Where slmctl's time goes: {hot_path_note(e['hot_path'])}" if e.get("hot_path") else ""))
     L += ["", load_note(data)]
     return "\n".join(L)
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import PEERS, alternate, compare, fmt, fmt_ratio, load_note, portable, ratio, \
+from timing import PEERS, alternate, compare, fmt, fmt_ratio, hot_path, hot_path_note, load_note, portable, ratio, \
     write_results  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 import numpy as np
@@ -227,6 +227,10 @@ def main() -> int:
     for k, c in cmds.items():
         commands[k] = portable(" ".join(str(x) for x in c))
     verification = json.loads((work / "fp32" / "slmctl.json").read_text())["verification"]
+    if export["time_ratio"] is not None and export["time_ratio"] > 1.0:  # over the target: where does the time go
+        before("slmctl")
+        export["hot_path"] = hot_path(cmds["slmctl"], cwd=ROOT, env={**os.environ, **envs["slmctl"]})
+        log(hot_path_note(export["hot_path"]))
     if "optimum" in cmds:
         peer_check = verify(hf, work / "optimum" / "model.onnx")
         log(f"optimum export vs PyTorch: {peer_check}")
@@ -320,6 +324,8 @@ def main() -> int:
                  f"{fmt_ratio(export['time_ratio_warm'])}; target <= 1.0: "
                  + ("not judged" if export["time_ratio"] is None else "met" if export["time_ratio"] <= 1.0 else "NOT met")
                  + f"); peak RSS ratio {fmt_ratio(export['rss_ratio'])}. " + load_note([export]))
+    if export.get("hot_path"):
+        lines.append(f"\nWhy slmctl's export is over its target: {hot_path_note(export['hot_path'])}.")
     md = "\n".join(lines)
     write_results("onnx", {"model": MODEL, "threads": THREADS, "rounds": ROUNDS, "build_rounds": BUILD_ROUNDS,
                            "decode": {n: {k: v for k, v in r.items()} for n, r in res.items()}, "export": export,

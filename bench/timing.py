@@ -92,6 +92,60 @@ def alternate(cmds: dict[str, list[str]], rounds: int = 3, before=None, cwd=None
     return out
 
 
+def hot_path(cmd: list[str], top: int = 6, cwd=None, env: dict | None = None) -> dict:
+    """Why a command is slow: run it once under cProfile (``cmd`` starts ``python -m MODULE``) and return the
+    share of its self time by top-level package and its ``top`` functions by self time. For a target a
+    section did not meet, so the page says where the time goes instead of only that it is over."""
+    import pstats
+
+    if len(cmd) < 3 or cmd[1] != "-m":
+        raise ValueError(f"hot_path needs a `python -m MODULE ...` command, got {cmd[:3]}")
+    with tempfile.TemporaryDirectory(prefix="slmctl-prof-") as d:
+        prof = Path(d) / "run.prof"
+        r = subprocess.run([cmd[0], "-m", "cProfile", "-o", str(prof), *cmd[1:]], cwd=cwd, env=env,
+                           capture_output=True, text=True)
+        if r.returncode or not prof.is_file():
+            return {"error": f"exit {r.returncode}: {(r.stderr or '')[-500:]}"}
+        st = pstats.Stats(str(prof))
+    total = sum(v[2] for v in st.stats.values()) or 1.0  # self time of every function
+    by_pkg: dict[str, float] = {}
+    rows = []
+    for (file, line, func), (_, _, tt, ct, _) in st.stats.items():
+        pkg = _package(file, func)
+        by_pkg[pkg] = by_pkg.get(pkg, 0.0) + tt
+        rows.append((tt, f"{pkg}:{Path(file).name}:{func}" if file != "~" else func))
+    rows.sort(reverse=True)
+    return {"total_s": round(total, 2),
+            "packages": {k: round(v / total, 3) for k, v in sorted(by_pkg.items(), key=lambda kv: -kv[1])[:top]},
+            "functions": [{"function": n, "self_s": round(t, 2), "share": round(t / total, 3)} for t, n in rows[:top]]}
+
+
+def _package(file: str, func: str = "") -> str:
+    """The top-level package a profiled function's file belongs to; C functions (file ``~``) by the module their
+    name shows (``<built-in method torch._C...>``), else ``builtins``."""
+    if file == "~" or file.startswith("<"):
+        for lib in ("torch", "numpy", "onnxruntime", "onnx", "safetensors", "llama_cpp", "_io", "posix"):
+            if lib in func:
+                return f"{lib} (C)"
+        return "builtins"
+    parts = Path(file).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    if "slmctl" in parts:
+        return "slmctl"
+    return "python"
+
+
+def hot_path_note(h: dict) -> str:
+    """One sentence for the page: where the profiled command's time goes."""
+    if "error" in h:
+        return f"profile failed ({h['error']})"
+    pk = ", ".join(f"{k} {v * 100:.0f}%" for k, v in h["packages"].items())
+    fn = "; ".join(f"{f['function']} {f['share'] * 100:.0f}%" for f in h["functions"][:4])
+    return f"cProfile of one run ({h['total_s']:.0f} s of self time): by package {pk}; hottest functions {fn}"
+
+
 def stats(runs: list[dict], key: str = "wall_s") -> dict:
     """Median and range of ``key`` over the uncontended runs (all runs, marked, when every one was contended)."""
     clean = [r[key] for r in runs if not r["contended"]]

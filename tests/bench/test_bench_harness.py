@@ -46,6 +46,21 @@ def test_alternate_rotates_and_reports_medians(bench, tmp_path):
         timing.alternate({"bad": [sys.executable, "-c", "raise SystemExit(3)"]}, rounds=1)
 
 
+def test_hot_path_names_where_the_time_goes(bench, tmp_path):
+    timing, _ = bench
+    mod = tmp_path / "slowmod.py"
+    mod.write_text("def burn():\n    return sum(i * i for i in range(3_000_000))\n\nburn()\n")
+    h = timing.hot_path([sys.executable, "-m", "slowmod"], cwd=tmp_path,
+                        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert "error" not in h, h
+    assert 0 < sum(f["share"] for f in h["functions"]) <= 1.001 and h["total_s"] > 0
+    assert any("genexpr" in f["function"] or "burn" in f["function"] for f in h["functions"][:2]), h
+    assert "by package" in timing.hot_path_note(h)
+    assert "error" in timing.hot_path([sys.executable, "-m", "no_such_module_here"])
+    with pytest.raises(ValueError):
+        timing.hot_path(["slmctl", "export"])
+
+
 def test_failed_section_keeps_previous_results(bench, tmp_path, monkeypatch):
     _, run = bench
     (tmp_path / "bench_ok.py").write_text(
