@@ -371,6 +371,24 @@ class DistillRecipe(Recipe):
 
 
 @dataclass(frozen=True)
+class CardRecipe(Recipe):
+    """slmctl card: the reports whose figures the card shows and the front matter's overrides. The card
+    keeps it with the report paths relative to itself (it moves with the release)."""
+
+    verb: ClassVar[str] = "card"
+    flags: ClassVar[dict[str, str]] = {"evals": "--eval", "profiles": "--profile"}
+    evals: Sequence[str] = ()
+    profiles: Sequence[str] = ()
+    base: Optional[str] = None
+    license: Optional[str] = None
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for n in ("evals", "profiles"):  # lists of paths, as the CLI and a JSON record give them
+            object.__setattr__(self, n, [str(p) for p in getattr(self, n) or ()])
+
+
+@dataclass(frozen=True)
 class ProfileRecipe(Recipe):
     """slmctl profile: target, shapes and repeats (or a depth-width sweep)."""
 
@@ -403,7 +421,7 @@ class ProfileRecipe(Recipe):
             raise UsageError(f"unknown sweep {self.sweep!r}", hint="valid: depth-width")
 
 
-RECIPES: dict[str, type[Recipe]] = {r.verb: r for r in (PruneRecipe, QuantizeRecipe, EvalRecipe, ExportRecipe,
+RECIPES: dict[str, type[Recipe]] = {r.verb: r for r in (PruneRecipe, QuantizeRecipe, EvalRecipe, ExportRecipe, CardRecipe,
                                                           MergeRecipe, DistillRecipe, ProfileRecipe)}
 
 

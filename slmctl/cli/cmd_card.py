@@ -55,7 +55,9 @@ def card(
         return 0
     if output is None or not artifacts:
         raise UsageError("card needs ARTIFACT... and -o README.md (or --check README.md)")
-    path = api.card(artifacts, output, evals=[str(p) for p in eval_ or []], profiles=[str(p) for p in profile or []],
-                      base=base, license=license, name=name, force=run.force, log=out.log)
+    from ..recipe import CardRecipe
+
+    recipe = CardRecipe(evals=eval_ or [], profiles=profile or [], base=base, license=license, name=name)
+    path = api.card(artifacts, output, recipe, force=run.force, log=out.log)
     out.result({"output": str(path)}, human=str(path))
     return 0

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from .. import provenance
 from ..errors import InputError, UsageError
 from ..io.modelfile import modelfile_path
+from ..recipe import CardRecipe
 from . import lineage
 
 Log = Callable[[str], None]
@@ -508,7 +509,8 @@ def how_to_run(items: list[Item]) -> list[str]:
 
 
 def render(items: list[Item], evals: list[dict], profiles: list[dict], root: Path, fm: dict, about: dict,
-           eval_paths: list[Path], profile_paths: list[Path], *, name: str | None) -> str:
+           eval_paths: list[Path], profile_paths: list[Path], *, name: str | None,
+           recipe: dict[str, Any] | None = None) -> str:
     t = tables(items, evals, profiles, root)
     bases = about["bases"]
     title = name or (f"{bases[0].split('/')[-1]}, {', '.join(lineage.VERB_TAGS.get(s.get('verb'), s.get('verb')) for s in _steps(items) if s.get('verb') in lineage.VERB_TAGS) or 'converted'}"
@@ -543,6 +545,8 @@ def render(items: list[Item], evals: list[dict], profiles: list[dict], root: Pat
             out += ["The tokenizer carries a chat template; chat front-ends apply it.", ""]
     doc = {"version": 1, "artifacts": [it.rel for it in items],
            "evals": [_rel(p, root) for p in eval_paths], "profiles": [_rel(p, root) for p in profile_paths]}
+    if recipe:
+        doc["recipe"] = recipe
     out += ["", f"<!-- {MARK} {json.dumps(doc, sort_keys=True)} -->", ""]
     return "\n".join(out).replace("\n\n\n", "\n\n")
 
@@ -560,21 +564,25 @@ def _load_reports(paths: list[Path], what: str, required: tuple[str, ...]) -> li
     return docs
 
 
-def card(artifacts: list[str], out: str | os.PathLike, *, evals: list[str] = (), profiles: list[str] = (),
-         base: str | None = None, license: str | None = None, name: str | None = None, force: bool = False,
-         log: Log = _nolog) -> Path:
-    """Write a Hugging Face model card for ``artifacts`` at ``out``; returns its path."""
+def card(artifacts: list[str], out: str | os.PathLike, recipe: CardRecipe | None = None, *, force: bool = False,
+         log: Log = _nolog, **options: Any) -> Path:
+    """Write a Hugging Face model card for ``artifacts`` at ``out`` from ``recipe`` (slmctl.recipe.CardRecipe:
+    the eval and profile reports, base, license, name; keyword options build one); returns its path."""
+    import dataclasses
+
     from ..io.atomic import atomic_path, check_output
 
+    r = CardRecipe.build(recipe, **options)
     out = Path(out)
     check_output(out, force)
     root = out.parent
     items = _open_items(list(artifacts), root, log)
-    eval_paths, prof_paths = [Path(p) for p in evals], [Path(p) for p in profiles]
+    eval_paths, prof_paths = [Path(p) for p in r.evals], [Path(p) for p in r.profiles]
     ev = _load_reports(eval_paths, "eval report", ("ppl", "model"))
     pr = _load_reports(prof_paths, "profile report", ("prefill", "decode"))
-    fm, about = front_matter(items, root, base=base, license=license, name=name, log=log)
-    text = render(items, ev, pr, root, fm, about, eval_paths, prof_paths, name=name)
+    fm, about = front_matter(items, root, base=r.base, license=r.license, name=r.name, log=log)
+    kept = dataclasses.replace(r, evals=[_rel(p, root) for p in eval_paths], profiles=[_rel(p, root) for p in prof_paths])
+    text = render(items, ev, pr, root, fm, about, eval_paths, prof_paths, name=r.name, recipe=kept.record())
     with atomic_path(out, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")
     log(f"card for {len(items)} artifact(s), {len(ev)} eval and {len(pr)} profile report(s)")

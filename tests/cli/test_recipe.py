@@ -48,7 +48,7 @@ def test_recipes_are_frozen_and_unknown_options_named():
 
 
 def test_every_verb_has_a_versioned_recipe_that_round_trips_through_json():
-    assert set(R.RECIPES) == {"prune", "quantize", "eval", "export", "merge", "distill", "profile"}
+    assert set(R.RECIPES) == {"prune", "quantize", "eval", "export", "merge", "distill", "profile", "card"}
     for verb, cls in R.RECIPES.items():
         rec = cls().record()
         assert rec["schema"] == f"{verb}/{cls.schema}"

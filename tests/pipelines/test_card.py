@@ -76,6 +76,18 @@ def test_front_matter_is_hub_metadata(cli, release):
     assert "](https://huggingface.co/example-org/Tiny-Llama-1M-Instruct)" in card.text
 
 
+def test_card_keeps_its_recipe_with_paths_relative_to_itself(cli, release):
+    from slmctl.pipelines.card import _card_doc
+    from slmctl.recipe import CardRecipe, from_provenance
+
+    text = _card(cli, release, "--name", "Tiny release").read_text()
+    doc = _card_doc(text)
+    assert doc["recipe"]["schema"] == "card/1"
+    r = from_provenance({"typed_recipe": doc["recipe"]})
+    assert r == CardRecipe(evals=["eval-gguf.json"], profiles=["profile-base.json"], name="Tiny release")
+    assert str(release) not in text  # no path of this machine in the card
+
+
 def test_tables_equal_files_and_reports(cli, release):
     from slmctl.pipelines.card import parse_tables
 
