@@ -8,7 +8,8 @@ names the option. Checks that need a registry (method and loss names) stay with 
 owns the registries; this module imports nothing but ``errors``.
 
 Bump a recipe's ``schema`` when a field changes meaning or is removed; adding a field with a default
-keeps the version (older records read back with the default).
+keeps the version (older records read back with the default), unless the default changes what the verb
+does: then bump it and name, in ``since``, the value that reproduces records older than the bump.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Recipe:
     schema: ClassVar[int] = 1
     # CLI spellings that differ from flag(field)
     flags: ClassVar[dict[str, str]] = {}
+    # field -> (schema version that added it, the value records older than that version mean)
+    since: ClassVar[dict[str, tuple[int, Any]]] = {}
 
     @classmethod
     def flag(cls, name: str) -> str:
@@ -75,6 +78,7 @@ class Recipe:
             if verb != cls.verb or not ver.isdigit() or int(ver) > cls.schema:
                 raise UsageError(f"a {schema} recipe cannot be read as {cls.schema_id()}",
                                  hint="use the slmctl version that wrote it")
+            doc = {**{k: old for k, (v, old) in cls.since.items() if int(ver) < v}, **doc}
         return cls.build(None, **doc)
 
     @classmethod
@@ -171,6 +175,8 @@ class QuantizeRecipe(Recipe):
     """slmctl quantize: RTN / GPTQ / AWQ to a checkpoint layout, GGUF types or ONNX types; report and gate."""
 
     verb: ClassVar[str] = "quantize"
+    schema: ClassVar[int] = 2
+    since: ClassVar[dict[str, tuple[int, Any]]] = {"scale_search": (2, False)}
     flags: ClassVar[dict[str, str]] = {"fmt": "--format", "qtype": "--type", "sym": "--sym/--asym"}
     bits: int = 4
     method: str = "gptq"
@@ -186,6 +192,7 @@ class QuantizeRecipe(Recipe):
     act_order: bool = True
     static_groups: bool = True
     true_sequential: bool = True
+    scale_search: bool = True
     qtype: Optional[str] = None
     allow_requantize: bool = False
     skip_incompatible: bool = False

@@ -32,6 +32,7 @@ def quantize(
     act_order: Annotated[bool, typer.Option("--act-order/--no-act-order", help="GPTQ: columns in decreasing Hessian order.")] = True,
     static_groups: Annotated[bool, typer.Option("--static-groups/--no-static-groups", help="GPTQ: group grids fixed before act-order.")] = True,
     true_sequential: Annotated[bool, typer.Option("--true-sequential/--no-true-sequential", help="GPTQ: quantise a layer's linears in forward order.")] = True,
+    scale_search: Annotated[bool, typer.Option("--scale-search/--no-scale-search", help="GPTQ: each group's grid clipped where that lowers the Hessian-weighted rounding error (off: plain min/max grid).")] = True,
     qtype: Annotated[Optional[str], typer.Option("--type", help="GGUF input or --format gguf: llama.cpp type (q4_k_m, q8_0, ...); "
                                                                "ONNX input: onnxruntime type.")] = None,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="GGUF: requantise an already quantised file.")] = False,
@@ -57,7 +58,7 @@ def quantize(
     recipe = QuantizeRecipe(bits=bits, method=method, group_size=group_size, sym=sym, fmt=format,
                             data=data or "sample:mix", field=field, samples=samples, seq_len=seq_len, seed=seed,
                             damp=damp, act_order=act_order, static_groups=static_groups,
-                            true_sequential=true_sequential, qtype=qtype, allow_requantize=allow_requantize,
+                            true_sequential=true_sequential, scale_search=scale_search, qtype=qtype, allow_requantize=allow_requantize,
                             skip_incompatible=skip_incompatible, report=report_on, **report.fields)
     res = api.quantize(model, output, recipe, force=run.force, trust_remote_code=run.trust_remote_code, log=out.log,
                        progress=lambda it=None, desc="", **kw: out.progress(it, desc=desc, **kw))

@@ -75,7 +75,7 @@ def _quantize(model: str, out: str | Path | None = None, *, bits: int = 4, metho
               group_size: int = 128, sym: bool = True, fmt: str = "gptq", data: str | list[str] = "sample:mix",
               field: str = "text", samples: int = 64, seq_len: int = 512, seed: int = 0, damp: float = 0.01,
               act_order: bool = True, static_groups: bool = True, true_sequential: bool = True,
-              qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
+              scale_search: bool = True, qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
               eval_data: str | list | None = None, eval_ctx: int = 512, eval_windows: int = 16,
               force: bool = False, trust_remote_code: bool = False, skip_incompatible: bool = False,
               log: Log = _nolog, progress=None) -> dict[str, Any]:
@@ -125,7 +125,8 @@ def _quantize(model: str, out: str | Path | None = None, *, bits: int = 4, metho
     cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym)
     from ..methods.quantize.gptq import GPTQConfig
 
-    gcfg = GPTQConfig(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential)
+    gcfg = GPTQConfig(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential,
+                      scale_search=scale_search)
     if fmt == "compressed-tensors" and not sym:
         # the layout is what llm-compressor writes and vLLM reads, but transformers (5.24, with
         # compressed-tensors 0.20.1) builds weight_zero_point unpacked on the meta device and then
@@ -148,7 +149,7 @@ def _quantize(model: str, out: str | Path | None = None, *, bits: int = 4, metho
         recipe.update({"data": data, "field": field, "samples": samples, "seq_len": seq_len, "seed": seed})
     if method == "gptq":
         recipe.update({"damp": damp, "act_order": act_order, "static_groups": static_groups,
-                       "true_sequential": true_sequential})
+                       "true_sequential": true_sequential, "scale_search": scale_search})
     log(f"quantising {path.name} with {method} to {bits}-bit, group size {group_size}, "
         f"{'symmetric' if sym else 'asymmetric'}, {fmt} layout")
     t0 = time.perf_counter()

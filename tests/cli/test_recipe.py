@@ -59,6 +59,14 @@ def test_every_verb_has_a_versioned_recipe_that_round_trips_through_json():
     assert R.from_provenance({"recipe": {"method": "wanda"}}) is None  # a record made before typed recipes
 
 
+def test_a_record_older_than_a_behaviour_changing_default_reads_back_as_it_was_made():
+    # quantize/2 added GPTQ's scale search, on by default; a quantize/1 record was made without it
+    old = R.from_provenance({"typed_recipe": {"schema": "quantize/1", "fields": {"method": "gptq"}}})
+    assert old.scale_search is False and old.method == "gptq"
+    assert R.QuantizeRecipe.from_dict({"method": "gptq"}, schema="quantize/2").scale_search is True
+    assert R.QuantizeRecipe().record()["fields"]["scale_search"] is True
+
+
 @pytest.mark.parametrize("args, named", [
     (["prune", "M", "-o", "X", "--method", "width"], "--heads-ratio"),
     (["prune", "M", "-o", "X", "--eval-windows", "0", "--max-ppl-increase", "1"], "--max-ppl-increase"),

@@ -89,11 +89,52 @@ def test_config_validation():
 def test_gptq_with_identity_hessian_equals_rtn(act_order, static):
     w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
     cfg = QuantConfig(bits=4, group_size=32, sym=True)
-    got = gptq_quantize_weight(w, torch.eye(64), cfg, GPTQConfig(act_order=act_order, static_groups=static))
+    got = gptq_quantize_weight(w, torch.eye(64), cfg, GPTQConfig(act_order=act_order, static_groups=static,
+                                                                 scale_search=False))
     ref = rtn(w, cfg)
     assert torch.equal(got.q, ref.q)
     assert torch.equal(got.scale, ref.scale)
     assert torch.equal(got.dequantize(), ref.dequantize())
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_gptq_scale_search_with_identity_hessian_is_rounding_on_the_searched_grid(static):
+    # no error feedback with H = I: each group's codes are round-to-nearest on its searched grid,
+    # whose plain squared error is never above the min/max grid's
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 64, generator=g)
+    w[3, 5] = 9.0  # an outlier the search may clip
+    cfg = QuantConfig(bits=4, group_size=32, sym=True)
+    got = gptq_quantize_weight(w, torch.eye(64), cfg, GPTQConfig(static_groups=static))
+    ref = rtn(w, cfg)
+    err = lambda r: ((w - r.dequantize()) ** 2).reshape(16, 2, 32).sum(-1)  # noqa: E731
+    assert (err(got) <= err(ref) + 1e-6).all()
+    assert (err(got) < err(ref) - 1e-6).any()
+    assert (got.scale <= ref.scale).all()
+    assert torch.equal(got.q, quantize_affine(w, got.scale, got.zero, got.g_idx, cfg))
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_searched_grid_has_the_least_weighted_error_among_its_candidates(sym):
+    from slmctl.methods.quantize.common import minmax_qparams
+    from slmctl.methods.quantize.gptq import SHRINKS, searched_qparams
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(24, 32, generator=g) * torch.rand(24, 1, generator=g)
+    w[::5, 7] *= 6  # outliers in some rows
+    h = torch.rand(32, generator=g) ** 4  # a few columns matter most
+    cfg = QuantConfig(bits=4, group_size=32, sym=sym)
+
+    def werr(s, z):
+        q = torch.clamp(torch.round(w / s[:, None]) + z[:, None], 0, cfg.maxq)
+        return ((w - s[:, None] * (q - z[:, None])) ** 2 * h).sum(1)
+
+    s, z = searched_qparams(w, h, cfg)
+    best = werr(s, z)
+    for f in SHRINKS:
+        assert (best <= werr(*minmax_qparams(w, cfg, shrink=f)) + 1e-7).all()
+    assert (best < werr(*minmax_qparams(w, cfg)) - 1e-7).any()
+    assert 1.0 in SHRINKS  # the plain grid is a candidate: never worse than it
 
 
 def _correlated_inputs(n=512, d=64, seed=0):
@@ -112,14 +153,36 @@ def test_gptq_beats_rtn_on_output_error(act_order, static):
     assert torch.allclose(acc.result(), 2 * X.T @ X / X.shape[0], rtol=1e-4, atol=1e-4)
     cfg = QuantConfig(bits=3, group_size=32)
     g = gptq_quantize_weight(w, acc.result(), cfg, GPTQConfig(act_order=act_order, static_groups=static))
+    plain = gptq_quantize_weight(w, acc.result(), cfg, GPTQConfig(act_order=act_order, static_groups=static,
+                                                                   scale_search=False))
     r = rtn(w, cfg)
-    err_g = ((X @ (w - g.dequantize()).T) ** 2).mean()
-    err_r = ((X @ (w - r.dequantize()).T) ** 2).mean()
-    assert err_g < 0.7 * err_r
+    out_err = lambda q: ((X @ (w - q.dequantize()).T) ** 2).mean()  # noqa: E731
+    err_g, err_p, err_r = out_err(g), out_err(plain), out_err(r)
+    assert err_g < 0.7 * err_r and err_p < 0.7 * err_r
     # g_idx maps every column to a group that exists; with act-order and dynamic groups it is permuted
     assert g.g_idx.max() < cfg.n_groups(64)
     if act_order and not static:
         assert not torch.equal(g.g_idx, torch.arange(64, dtype=torch.int32) // 32)
+
+
+@pytest.mark.parametrize("static", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gptq_scale_search_lowers_the_output_error_on_full_rank_inputs_with_outlier_channels(static, seed):
+    # inputs like a decoder layer's: full rank, a decaying spectrum, a few channels 20x the rest;
+    # heavy-tailed weights. (On inputs of very low rank, where the error feedback can absorb almost any
+    # rounding, clipping can cost more than it saves: hence --no-scale-search.)
+    g = torch.Generator().manual_seed(seed)
+    n, d = 1024, 128
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    X = torch.randn(n, d, generator=g) @ (basis * torch.logspace(0, -1.5, d)) @ basis.T
+    X[:, torch.randint(0, d, (4,), generator=g)] *= 20
+    w = 0.02 * torch.randn(64, d, generator=g) / torch.rand(64, d, generator=g).clamp(min=0.05) ** 0.25
+    H = 2 * X.T @ X / n
+    cfg = QuantConfig(bits=4, group_size=32, sym=True)
+    out_err = lambda q: float(((X @ (w - q.dequantize()).T) ** 2).mean())  # noqa: E731
+    searched = out_err(gptq_quantize_weight(w, H, cfg, GPTQConfig(static_groups=static)))
+    plain = out_err(gptq_quantize_weight(w, H, cfg, GPTQConfig(static_groups=static, scale_search=False)))
+    assert searched < 0.85 * plain
 
 
 def test_gptq_is_deterministic():

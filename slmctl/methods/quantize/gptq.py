@@ -3,9 +3,11 @@ quantised through the inverse Hessian ``H = 2 X^T X`` of the layer's calibration
 
 Options: damping (a fraction of mean(diag H) added to the diagonal), act-order (columns in
 decreasing order of diag H), static groups (group grids fixed from the unquantised weight, so the
-stored g_idx stays trivial even with act-order) and true-sequential (the linears of a decoder layer
+stored g_idx stays trivial even with act-order), true-sequential (the linears of a decoder layer
 are quantised in forward order, each group's Hessian taken from inputs that already pass through
-the quantised linears before it).
+the quantised linears before it) and scale search (each group's grid, per row, is the min/max grid
+shrunk by the factor among ``SHRINKS`` with the least rounding error weighted by diag H, rather than
+the plain min/max grid: clipping a few outliers buys finer steps for the columns that matter).
 
 Reference: Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
 Transformers", https://arxiv.org/abs/2210.17323 (reference code: https://github.com/IST-DASLab/gptq).
@@ -21,13 +23,15 @@ from .common import QUANTIZERS, QuantConfig, QuantResult, minmax_qparams
 
 @dataclass(frozen=True)
 class GPTQConfig:
-    """GPTQ options: damping fraction, act-order, static groups, true-sequential, block size."""
+    """GPTQ options: damping fraction, act-order, static groups, true-sequential, block size, and
+    whether static group grids are searched (importance-weighted clipping) or plain min/max."""
 
     damp: float = 0.01
     act_order: bool = True
     static_groups: bool = True
     true_sequential: bool = True
     block_size: int = 128
+    scale_search: bool = True
 
     def __post_init__(self):
         if not 0 < self.damp < 1:
@@ -79,7 +83,11 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
 
     static = None
     if cfg.group_size != -1 and gcfg.static_groups:
-        static = [minmax_qparams(W[:, i * g:(i + 1) * g], cfg) for i in range(n_groups)]
+        if gcfg.scale_search:
+            h = torch.diag(H).float()
+            static = [searched_qparams(W[:, i * g:(i + 1) * g], h[i * g:(i + 1) * g], cfg) for i in range(n_groups)]
+        else:
+            static = [minmax_qparams(W[:, i * g:(i + 1) * g], cfg) for i in range(n_groups)]
 
     perm = None
     if gcfg.act_order:
@@ -88,6 +96,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
         H = H[perm][:, perm]
         invperm = torch.argsort(perm)
 
+    hdiag = torch.diag(H).float() if gcfg.scale_search and static is None and cfg.group_size != -1 else None
     Hinv = _inverse_cholesky(H, gcfg.damp)
 
     Q = torch.zeros(rows, cols, dtype=torch.int32)
@@ -100,7 +109,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
         scales[0], zeros[0] = scale, zero
     bs = gcfg.block_size
     with _few_threads():
-        _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs)
+        _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag)
     if perm is not None:
         Q = Q[:, invperm]
     if cfg.group_size == -1:
@@ -113,6 +122,34 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     scale_t = torch.stack(scales)
     zero_t = torch.stack(zeros).to(torch.int32)
     return QuantResult(Q, scale_t, zero_t, g_idx, cfg, bias, info={"loss": float(loss.sum()), "row_loss": loss})
+
+
+SHRINKS = tuple(round(1.0 - 0.02 * k, 2) for k in range(16))  # 1.00, 0.98, ... 0.70
+
+
+def searched_qparams(w, h, cfg: QuantConfig, shrinks=SHRINKS):
+    """Per-row (scale, zero) of one group ``w`` (rows, g) chosen among min/max grids shrunk by each of
+    ``shrinks`` (clipping the extremes), the one with the least importance-weighted rounding error
+    ``sum_j h_j (w_j - q(w_j))^2``, ``h`` being diag(H) of the group's columns (how much each input
+    column matters to the layer's output). Shrink 1.0 is the plain min/max grid, so the result is never
+    worse than it on that error. With static groups the grid is fixed before the column loop, as here."""
+    import torch
+
+    w = w.float()
+    h = h.float().clamp(min=0)
+    best_err = best_s = best_z = None
+    for f in shrinks:
+        s, z = minmax_qparams(w, cfg, shrink=f)
+        q = torch.clamp(torch.round(w / s[:, None]) + z[:, None], 0, cfg.maxq)
+        err = ((w - s[:, None] * (q - z[:, None])) ** 2 * h).sum(1)
+        if best_err is None:
+            best_err, best_s, best_z = err, s, z
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_s = torch.where(better, s, best_s)
+            best_z = torch.where(better, z, best_z)
+    return best_s, best_z
 
 
 class _few_threads:
@@ -131,7 +168,7 @@ class _few_threads:
         torch.set_num_threads(self.n)
 
 
-def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs):
+def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag=None):
     """The column loop, in numpy: thousands of tiny vector ops, where torch's per-op overhead dominates."""
     import numpy as np
     import torch
@@ -159,7 +196,8 @@ def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg
                     scales[gid], zeros[gid] = static[gid]
                 elif col % g == 0:
                     # as the reference code: the grid of a group comes from W as the previous blocks left it
-                    scale, zero = minmax_qparams(W[:, col:col + g], cfg)
+                    scale, zero = (minmax_qparams(W[:, col:col + g], cfg) if hdiag is None
+                                   else searched_qparams(W[:, col:col + g], hdiag[col:col + g], cfg))
                     scales[col // g], zeros[col // g] = scale, zero
                     s_n, z_n = scale.numpy(), zero.numpy()
             w = Wn[:, i]
