@@ -42,7 +42,6 @@ class OpenVINOSession(Session):
             raise UnsupportedError(f"SLMCTL_OPENVINO_PRECISION={precision!r} is not an OpenVINO inference precision",
                                    hint="use f32, bf16 or f16")
         props = {"INFERENCE_PRECISION_HINT": precision}
-        self.precision = precision
         n = os.environ.get("SLMCTL_THREADS")
         if n:
             props["INFERENCE_NUM_THREADS"] = int(n)

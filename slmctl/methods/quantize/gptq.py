@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UsageError
-from .common import QUANTIZERS, QuantConfig, QuantResult, minmax_qparams
+from .common import QUANTIZERS, QuantConfig, QuantResult, minmax_qparams, quantize_column
 
 
 @dataclass(frozen=True)
 class GPTQConfig:
     """GPTQ options: damping fraction, act-order, static groups, true-sequential, block size, and
-    whether static group grids are searched (importance-weighted clipping) or plain min/max."""
+    whether group grids are searched (importance-weighted clipping) or plain min/max."""
 
     damp: float = 0.01
     act_order: bool = True
@@ -132,7 +132,7 @@ def searched_qparams(w, h, cfg: QuantConfig, shrinks=SHRINKS):
     ``shrinks`` (clipping the extremes), the one with the least importance-weighted rounding error
     ``sum_j h_j (w_j - q(w_j))^2``, ``h`` being diag(H) of the group's columns (how much each input
     column matters to the layer's output). Shrink 1.0 is the plain min/max grid, so the result is never
-    worse than it on that error. With static groups the grid is fixed before the column loop, as here."""
+    worse than it on that error."""
     import torch
 
     w = w.float()
@@ -140,8 +140,7 @@ def searched_qparams(w, h, cfg: QuantConfig, shrinks=SHRINKS):
     best_err = best_s = best_z = None
     for f in shrinks:
         s, z = minmax_qparams(w, cfg, shrink=f)
-        q = torch.clamp(torch.round(w / s[:, None]) + z[:, None], 0, cfg.maxq)
-        err = ((w - s[:, None] * (q - z[:, None])) ** 2 * h).sum(1)
+        err = ((w - quantize_column(w, s[:, None], z[:, None], cfg.maxq)) ** 2 * h).sum(1)
         if best_err is None:
             best_err, best_s, best_z = err, s, z
         else:
