@@ -176,8 +176,9 @@ def bench(GROUP: int, METHODS: list[str], RESULT: str, OUT: Path) -> bool:
         checks.append(f"GPTQ's increase is {ratio:.2f}x RTN's (target <= 0.6): {'met' if ratio <= 0.6 else 'MISSED'}")
     if a and rt and a[0] and rt[0]:
         checks.append(f"AWQ {a[0]:.4f} vs RTN {rt[0]:.4f}: {'beats RTN' if a[0] < rt[0] else 'does NOT beat RTN'}")
-    if g and peer and g[0] and peer[0]:
-        rel = g[0] / peer[0] - 1
+    pr = got.get(PEER_ROW)
+    if g and pr and g[0] and pr[0]:
+        rel = g[0] / pr[0] - 1
         checks.append(f"slmctl GPTQ perplexity vs llm-compressor's: {rel * 100:+.2f}% (target <= +1%): "
                       f"{'met' if rel <= 0.01 else 'MISSED'}")
         tr, rr = timing["gptq"]["time_ratio"], timing["gptq"]["rss_ratio"]
