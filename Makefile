@@ -65,8 +65,9 @@ PEER_PKGS_optimum       := 'optimum-onnx[onnxruntime]==0.1.0' 'transformers==4.5
 # GPTQModel 7.6.0 is the last release that accepts torch 2.13: the real loader of our GPTQ layout
 PEER_PKGS_gptqmodel     := gptqmodel==7.6.0
 # AutoRound (Intel): its GGUF export (gguf:q4_0, q4_k_m, ...) beside slmctl's in bench_gguf_quant; it writes
-# GGUF through gguf-py, which it does not declare
-PEER_PKGS_autoround     := auto-round==0.16.1 gguf==0.19.0
+# GGUF through gguf-py, which it does not declare, and its llama vocabulary step imports sentencepiece before
+# falling back to the BPE tokenizer (a ModuleNotFoundError is not caught there)
+PEER_PKGS_autoround     := auto-round==0.16.1 gguf==0.19.0 sentencepiece
 $(PEERS)/%/.ok:
 	python3 -m venv $(PEERS)/$*
 	$(PEERS)/$*/bin/pip install -q torch==2.13.0

@@ -48,6 +48,7 @@ states flow, for callers that register their own hooks.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,13 +378,17 @@ def _same(t):
     return t
 
 
-def run_layer(layer, hidden: list, kwargs: dict[str, Any], *, device=None, what: str = "a decoder layer") -> list:
-    """The layer's outputs for each window's hidden states (run on ``device``, returned on the CPU)."""
+def run_layer(layer, hidden: list, kwargs: dict[str, Any], *, device=None, what: str = "a decoder layer",
+              window_hook: Callable[[int], None] | None = None) -> list:
+    """The layer's outputs for each window's hidden states (run on ``device``, returned on the CPU).
+    ``window_hook(j)`` is called before window j runs."""
     import torch
 
     outs = []
     with torch.no_grad(), _placed(layer, hidden, kwargs, device, what) as (kw, to_dev, to_cpu):
-        for h in hidden:
+        for j, h in enumerate(hidden):
+            if window_hook is not None:
+                window_hook(j)
             o = layer(to_dev(h), **kw)
             outs.append(to_cpu((o[0] if isinstance(o, tuple) else o).detach()))
     return outs
@@ -391,13 +396,15 @@ def run_layer(layer, hidden: list, kwargs: dict[str, Any], *, device=None, what:
 
 def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: list[str] | None = None,
                          on_input: Callable[[str, Any], None] | None = None,
-                         stop_early: bool = False, *, device=None, what: str = "a decoder layer") -> dict[str, list]:
+                         stop_early: bool = False, *, device=None, what: str = "a decoder layer",
+                         window_hook: Callable[[int], None] | None = None) -> dict[str, list]:
     """Inputs of the linears (nn.Linear, GPT-2's Conv1D) of ``layer`` (all, or ``names``) while it runs on ``hidden``.
 
     With ``on_input`` each input goes to ``on_input(name, x)`` as it appears and nothing is kept.
     With ``stop_early`` each window's forward stops once every wanted linear has seen its input
     (the rest of the layer is not run: true-sequential methods capture an early group cheaply).
     With ``device`` the layer runs there and the inputs are handed over (or kept) on the CPU.
+    ``window_hook(j)`` is called before window j runs.
     """
     import torch
 
@@ -429,8 +436,10 @@ def capture_layer_inputs(layer, hidden: list, kwargs: dict[str, Any], names: lis
     to_cpu = _same
     try:
         with torch.no_grad(), _placed(layer, hidden, kwargs, device, what) as (kw, to_dev, to_cpu):
-            for h in hidden:
+            for j, h in enumerate(hidden):
                 seen.clear()
+                if window_hook is not None:
+                    window_hook(j)
                 try:
                     layer(to_dev(h), **kw)
                 except _Stop:
@@ -478,6 +487,8 @@ class LayerStep:
     inputs: dict[str, list] = field(default_factory=dict)
     keep: bool = False
     device: Any = None  # where the layer's forwards run (slmctl.device); None: the CPU
+    # sub-blocks (attention, MLP) whose output is replayed from their last linear's recorded inputs
+    replays: dict[str, "_Replay"] = field(default_factory=dict)
 
     @property
     def what(self) -> str:
@@ -485,20 +496,125 @@ class LayerStep:
 
     def run(self, hidden: list | None = None) -> list:
         """The layer's outputs (on the CPU) for ``hidden`` (default: the step's inputs), run on the step's device."""
-        return run_layer(self.layer, self.hidden if hidden is None else hidden, self.kwargs, device=self.device,
-                         what=self.what)
+        if hidden is None or hidden is self.hidden:  # the step's own windows: recorded sub-blocks are replayed
+            with self._replaying() as hook:
+                return run_layer(self.layer, self.hidden, self.kwargs, device=self.device, what=self.what,
+                                 window_hook=hook)
+        return run_layer(self.layer, hidden, self.kwargs, device=self.device, what=self.what)
 
     def groups(self) -> list[list[str]]:
         """Linear names grouped by shared input, in forward order (see linear_groups)."""
         return linear_groups(self.layer, self.hidden, self.kwargs)
 
-    def recapture(self, names: list[str] | None = None, on_input=None, stop_early: bool = False) -> dict[str, list]:
-        """Run the layer again as it is now and return the inputs of ``names`` (see capture_layer_inputs)."""
-        got = capture_layer_inputs(self.layer, self.hidden, self.kwargs, names, on_input, stop_early,
-                                   device=self.device, what=self.what)
+    def recapture(self, names: list[str] | None = None, on_input=None, stop_early: bool = False, *,
+                  replayable: bool = False) -> dict[str, list]:
+        """Run the layer again as it is now and return the inputs of ``names`` (see capture_layer_inputs).
+
+        Sub-blocks recorded by an earlier ``replayable`` recapture are not run again (see ``_Replay``).
+        With ``replayable`` (one linear in ``names``, an ``on_input`` consumer, and only that linear's
+        weight changes before the layer runs again), the linear's inputs are kept so that later passes
+        over these windows replay its sub-block as ``linear(recorded input)`` instead of running it,
+        once the first window showed that the sub-block's output is exactly that."""
+        if replayable and on_input is not None and names is not None and len(names) == 1 and self._can_record(names[0]):
+            return self._record(names[0], on_input)
+        with self._replaying() as hook:
+            got = capture_layer_inputs(self.layer, self.hidden, self.kwargs, names, on_input, stop_early,
+                                       device=self.device, what=self.what, window_hook=hook)
         if on_input is None:
             self.inputs.update(got)
         return got
+
+    def _can_record(self, name: str) -> bool:
+        parent = name.rpartition(".")[0]
+        return (bool(parent) and parent not in self.replays and isinstance(self.hidden, list) and len(self.hidden) > 0
+                and os.environ.get("SLMCTL_REPLAY", "1") != "0")
+
+    def _record(self, name: str, on_input) -> dict[str, list]:
+        """The recapture of one linear that also records its inputs, and its sub-block's output on window 0."""
+        pname = name.rpartition(".")[0]
+        parent, lin = self.layer.get_submodule(pname), self.layer.get_submodule(name)
+        xs: list = []
+        outs: list = []
+
+        def keep(n, x):
+            xs.append(x)
+            on_input(n, x)
+
+        def after(mod, args, out):  # window 0: the sub-block's own output and lin(x) where it ran, then stop
+            outs.append((out, lin.forward(xs[0].to(lin.weight.device)) if len(xs) == 1 else None))
+            raise _Stop
+
+        handle = parent.register_forward_hook(after)
+        try:
+            with self._replaying() as hook:
+                capture_layer_inputs(self.layer, self.hidden[:1], self.kwargs, [name], keep, False,
+                                     device=self.device, what=self.what, window_hook=hook)
+        finally:
+            handle.remove()
+        replay = _Replay.check(parent, lin, xs, outs)
+        with self._replaying() as hook:
+            capture_layer_inputs(self.layer, self.hidden[1:], self.kwargs, [name], keep, True, device=self.device,
+                                 what=self.what,
+                                 window_hook=None if hook is None else (lambda j: hook(j + 1)))
+        if replay is not None and len(xs) == len(self.hidden):
+            self.replays[pname] = replay
+        return {}
+
+    @contextmanager
+    def _replaying(self):
+        """The recorded sub-blocks replayed while the layer runs over the step's windows; yields the window hook."""
+        for r in self.replays.values():
+            r.patch()
+        try:
+            yield (lambda j: [r.at(j) for r in self.replays.values()]) if self.replays else None
+        finally:
+            for r in self.replays.values():
+                r.unpatch()
+
+    def release(self) -> None:
+        """Forget the recorded sub-blocks (their inputs); the layer runs as it is from now on."""
+        self.replays.clear()
+
+
+class _Replay:
+    """A sub-block (attention, MLP) whose output is ``lin(x)``, ``lin`` its last linear and ``x`` that linear's
+    input, which depends only on weights that no longer change. True-sequential calibration runs the layer once
+    per group of linears; from the group after ``lin``'s on, the sub-block is replayed from the recorded inputs
+    with ``lin``'s current (quantised) weight: bit for bit what running it would give, without its attention or
+    its other matmuls. Recorded only when window 0 showed the sub-block's output to be exactly ``lin(x)`` (and
+    the rest of a tuple output None), so a family that does more after its last linear is run as it is."""
+
+    def __init__(self, parent, lin, xs: list, tuple_len: int | None):
+        self.parent, self.lin, self.xs, self.tuple_len = parent, lin, xs, tuple_len
+        self.j = 0
+
+    @classmethod
+    def check(cls, parent, lin, xs: list, outs: list) -> "_Replay | None":
+        import torch
+
+        if len(xs) != 1 or len(outs) != 1 or outs[0][1] is None:
+            return None
+        out, again = outs[0]
+        first, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+        if not torch.is_tensor(first) or any(r is not None for r in rest):
+            return None
+        if again.shape != first.shape or again.dtype != first.dtype or not torch.equal(again, first):
+            return None
+        return cls(parent, lin, xs, len(out) if isinstance(out, tuple) else None)
+
+    def at(self, j: int) -> None:
+        self.j = j
+
+    def patch(self) -> None:
+        def forward(*args, **kwargs):
+            w = self.lin.weight
+            y = self.lin.forward(self.xs[self.j].to(device=w.device))
+            return y if self.tuple_len is None else (y, *([None] * (self.tuple_len - 1)))
+
+        self.parent.forward = forward
+
+    def unpatch(self) -> None:
+        self.parent.__dict__.pop("forward", None)
 
 
 def iter_layers(lm: LayerwiseModel, windows: list[list[int]] | None = None, *, hidden: list | None = None,
@@ -522,14 +638,40 @@ def iter_layers(lm: LayerwiseModel, windows: list[list[int]] | None = None, *, h
             yield step
             step.inputs = {}
             hidden = lm.spill.advance(step)
+            step.release()
             if not step.keep:
                 lm.free_layer(i)
+            release_freed_memory()
     finally:
         lm.spill.close()
     if lm.device.type != "cpu":
         peak = lm.device_report().get("peak_bytes")
         lm.log(f"{lm.device}: peak {peak / 2**20:.0f} MiB on the device (one decoder layer and its activations)"
                if peak is not None else f"layers ran on {lm.device}")
+
+
+_TRIM = None  # libc's malloc_trim once looked up (False: not glibc)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last layer back to the OS (glibc's malloc_trim): the previous layer's
+    captured inputs and Hessians are freed between layers, but glibc keeps freed heap pages mapped, and the
+    next layer's allocations do not always reuse them, so the process's resident size creeps up layer by layer.
+    A no-op off glibc; SLMCTL_MALLOC_TRIM=0 turns it off."""
+    import os
+
+    if os.environ.get("SLMCTL_MALLOC_TRIM", "1") == "0":
+        return
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
 
 
 # ---------------------------------------------------------------- activations over the memory budget

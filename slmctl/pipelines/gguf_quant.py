@@ -132,7 +132,8 @@ class GGUFQuant:
                 if not todo:
                     continue
                 acc = HessianAccumulator(step.layer.get_submodule(todo[0]).in_features)
-                step.recapture([todo[0]], on_input=lambda n, x: acc.add(x), stop_early=True)
+                step.recapture([todo[0]], on_input=lambda n, x: acc.add(x), stop_early=True,
+                               replayable=len(grp) == 1 and todo == grp)
                 H = acc.result()
                 prepared = prepare(H, damp=self.damp, act_order=self.act_order)
                 for n in todo:

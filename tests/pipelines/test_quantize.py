@@ -216,7 +216,8 @@ def test_awq_fake_quantize_matches_rtn_grid():
 
 
 def test_true_sequential_gptq_runs_each_group_once(tiny_llama):
-    # one forward per group that stops at that group, plus one to find the groups: never a full re-run per linear
+    # one forward per group that stops at that group (or at the end of the sub-block it closes, window 0 only),
+    # plus one to find the groups: never a full re-run per linear
     import slmctl.layerwise as L
     from slmctl.io.artifact import open_artifact
     from slmctl.methods.quantize.gptq import quantize_gptq
@@ -237,8 +238,11 @@ def test_true_sequential_gptq_runs_each_group_once(tiny_llama):
     finally:
         L.capture_layer_inputs = orig
     assert sorted(res) == sorted(lm.linear_names(0))
-    assert calls == [(("self_attn.q_proj",), True), (("self_attn.o_proj",), True), (("mlp.gate_proj",), True),
-                     (("mlp.down_proj",), True)]
+    # o_proj and down_proj end their sub-blocks: their pass runs window 0 to the end of the sub-block (to check
+    # that it can be replayed from their inputs), then the other windows stop at them as the rest do
+    assert calls == [(("self_attn.q_proj",), True), (("self_attn.o_proj",), False), (("self_attn.o_proj",), True),
+                     (("mlp.gate_proj",), True), (("mlp.down_proj",), False), (("mlp.down_proj",), True)]
+    assert sorted(step.replays) == ["mlp", "self_attn"]
 
 
 # ---------------------------------------------------------------- layer-by-layer runner

@@ -137,17 +137,12 @@ def searched_qparams(w, h, cfg: QuantConfig, shrinks=SHRINKS):
 
     w = w.float()
     h = h.float().clamp(min=0)
-    best_err = best_s = best_z = None
-    for f in shrinks:
-        s, z = minmax_qparams(w, cfg, shrink=f)
-        err = ((w - quantize_column(w, s[:, None], z[:, None], cfg.maxq)) ** 2 * h).sum(1)
-        if best_err is None:
-            best_err, best_s, best_z = err, s, z
-        else:
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_s = torch.where(better, s, best_s)
-            best_z = torch.where(better, z, best_z)
+    f = torch.tensor(shrinks, dtype=torch.float32)[:, None]  # every candidate at once: (shrinks, rows)
+    s, z = minmax_qparams(w, cfg, shrink=f)
+    err = ((w - quantize_column(w, s[:, :, None], z[:, :, None], cfg.maxq)) ** 2 * h).sum(-1)
+    best = err.argmin(0)  # the first of equal errors: the least clipping
+    rows = torch.arange(w.shape[0])
+    best_s, best_z = s[best, rows], z[best, rows]
     return best_s, best_z
 
 
@@ -263,7 +258,7 @@ def quantize_gptq(layer, cfg: QuantConfig, *, names: list[str], step, gptq: GPTQ
         return out
     for grp in groups:
         acc = HessianAccumulator(layer.get_submodule(grp[0]).in_features)
-        step.recapture([grp[0]], on_input=lambda n, x: acc.add(x), stop_early=True)
+        step.recapture([grp[0]], on_input=lambda n, x: acc.add(x), stop_early=True, replayable=len(grp) == 1)
         out.update(_quantize_group(layer, grp, acc.result(), cfg, gcfg))
     return out
 
