@@ -158,11 +158,12 @@ def commands(verb: str, shape: str, model: Path, other: Path, work: Path) -> dic
         for peer, script in (("llmcompressor", LLMC), ("gptqmodel", GPTQMODEL)):
             py = PEERS / peer / "bin" / "python"
             if shape in PEER_SHAPES[peer] and py.is_file():
-                (work / f"{peer}.py").write_text(script)
+                # not named after the package: a script called gptqmodel.py would import itself
+                (work / f"run_{peer}.py").write_text(script)
                 # GPTQModel sizes its CPU pool at half the cores, which on two cores is below its own loader pool
                 # of 2 and refuses to start; GPTQMODEL_CPU_WORKERS=2 is its own setting for that
                 cmds[peer] = ["env", "CUDA_VISIBLE_DEVICES=", "PYTHONWARNINGS=ignore", "GPTQMODEL_CPU_WORKERS=2", str(py),
-                              str(work / f"{peer}.py"), str(model), str(work / peer), str(calibration_ids(model))]
+                              str(work / f"run_{peer}.py"), str(model), str(work / peer), str(calibration_ids(model))]
         return cmds
     if verb == "wanda":
         return {"slmctl": [*slm, "prune", str(model), "--method", "wanda", "--sparsity", "0.5", *calib, "--seqlen",
@@ -197,10 +198,22 @@ def measure_verb(verb: str, shape: str, model: Path, other: Path, params: int) -
         (cache / "hashes.json").unlink(missing_ok=True)  # slmctl hashes its inputs every time
 
     rounds = BIG_ROUNDS if (verb == "gptq" or params >= BIG_PARAMS) else ROUNDS
+    failed = {}
     with heavy(LOCK):
-        runs = alternate(cmds, rounds=rounds, before=before, cwd=ROOT, env=env, retries=RETRIES)
+        while True:
+            try:
+                runs = alternate(cmds, rounds=rounds, before=before, cwd=ROOT, env=env, retries=RETRIES)
+                break
+            except RuntimeError as exc:  # a peer that fails is reported, not fatal: slmctl's rows still count
+                peer = next((k for k in cmds if k != "slmctl" and str(exc).startswith(f"{k} failed")), None)
+                if peer is None:
+                    raise
+                failed[peer] = str(exc).strip().splitlines()[-1][:300]
+                print(f"{shape} {verb}: {peer} failed: {failed[peer]}", file=sys.stderr, flush=True)
+                del cmds[peer]
     before("")  # the outputs are not kept: at 1.5B they are gigabytes per verb
     entry = {"rounds": rounds, "commands": {k: portable(" ".join(map(str, v))) for k, v in cmds.items()},
+             "failed": failed,
              "runs": {k: [{kk: vv for kk, vv in r.items() if kk not in ("stdout", "stderr")} for r in v]
                       for k, v in runs.items()},
              "wall": {k: stats(v) for k, v in runs.items()}, "rss": {k: stats(v, "peak_rss_mib") for k, v in runs.items()}}
@@ -401,6 +414,10 @@ def render(result: dict) -> str:
               "a packing extension on its first use (cached under ~/.cache/gptqmodel): "
               + ("it was cached before this run." if result.get("gptqmodel_ext_cached") else
                  "it was NOT cached before this run, so its first measured run includes the compile.") , ""]
+    fails = [(s, v, p, e) for s in shapes for v, d in res[s]["verbs"].items() for p, e in (d.get("failed") or {}).items()]
+    if fails:
+        L += ["Peers that failed (no row for them there): "
+              + "; ".join(f"{p} on {s} ({v}): `{e.replace('`', chr(39))}`" for s, v, p, e in fails), ""]
     L += ["Targets (issue 21):", ""] + [f"- {c}" for c in checks]
     loads = [x["load_before"][0] for s in shapes for v in res[s]["verbs"].values() for rs in v["runs"].values() for x in rs]
     other = [x["other_cores"] or 0 for s in shapes for v in res[s]["verbs"].values() for rs in v["runs"].values() for x in rs]
