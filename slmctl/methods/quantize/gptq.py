@@ -209,9 +209,16 @@ def _inverse_cholesky(H, damp: float):
     """Upper Cholesky factor of H^-1 after damping; more damping if H is not positive definite."""
     import torch
 
-    # one thread: LAPACK's multi-threaded inverse slows down tenfold when the cores are busy
+    # one thread for the usual sizes: LAPACK's multi-threaded inverse of a 1536 x 1536 Hessian slowed down
+    # tenfold when the cores were busy. From BIG_HESSIAN columns on (the down projections of 0.5B+ models) each
+    # call is seconds of work on one thread and dominated GPTQ's time at those sizes; there all threads pay off.
+    if H.shape[0] >= BIG_HESSIAN:
+        return _inverse_cholesky_damped(H, damp)
     with _few_threads():
         return _inverse_cholesky_damped(H, damp)
+
+
+BIG_HESSIAN = 2048
 
 
 def _inverse_cholesky_damped(H, damp: float):
