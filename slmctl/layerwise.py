@@ -553,8 +553,9 @@ class LayerStep:
             handle.remove()
         replay = _Replay.check(parent, lin, xs, outs)
         with self._replaying() as hook:
-            capture_layer_inputs(self.layer, self.hidden[1:], self.kwargs, [name], keep, True, device=self.device,
-                                 what=self.what,
+            # the other windows' inputs are kept only if window 0 showed the sub-block can be replayed
+            capture_layer_inputs(self.layer, self.hidden[1:], self.kwargs, [name], keep if replay else on_input, True,
+                                 device=self.device, what=self.what,
                                  window_hook=None if hook is None else (lambda j: hook(j + 1)))
         if replay is not None and len(xs) == len(self.hidden):
             self.replays[pname] = replay
