@@ -42,6 +42,9 @@ WINDOWS = int(os.environ.get("BENCH_GQ_WINDOWS", "8"))
 CTX = int(os.environ.get("BENCH_GQ_CTX", "512"))
 TYPES = os.environ.get("BENCH_GQ_TYPES", "q4_0,q4_k_m,q3_k_m,q2_k").split(",")
 AR_ITERS = [int(i) for i in os.environ.get("BENCH_GQ_AR_ITERS", "0").split(",") if i.strip()]
+# llama.cpp file types AutoRound 0.16 has no preset for, and the preset it has nearest to each (its Q2_K_S is
+# llama.cpp's Q2_K_S mixture, smaller than Q2_K: the report says when sizes differ by more than 1%)
+AR_TYPES = {"q2_k": "q2_k_s"}
 AR_PY = Path(os.environ.get("BENCH_AUTOROUND_PYTHON", str(PEERS / "autoround/bin/python")))
 ONNX = os.environ.get("BENCH_GQ_ONNX", "1") != "0"
 LOCK = os.environ.get("BENCH_LOCK")  # run each command under this flock (the shared heavy-job lock)
@@ -125,6 +128,7 @@ def main() -> int:
     t_im = run([PY, "-c", IMATRIX, MODEL, str(im), DATA, str(SAMPLES), str(SEQLEN)])
     print(f"f16 {t_f16['wall_s']:.1f}s, imatrix {t_im['wall_s']:.1f}s", file=sys.stderr)
     rows: list[dict] = []
+    failed: list[dict] = []
     prev = Path(os.environ.get("SLMCTL_BENCH_RESULTS", ROOT / "bench" / "results")) / "gguf_quant.json"
     if os.environ.get("BENCH_GQ_APPEND") and prev.is_file():  # add types to the previous run's rows
         rows = [r for r in json.loads(prev.read_text())["rows"] if r["type"] not in TYPES]
@@ -154,10 +158,18 @@ def main() -> int:
                 m = run([PY, "-c", LLAMA_Q, str(f16), str(path), t, str(im)])
                 wall = m["wall_s"] + t_f16["wall_s"] + t_im["wall_s"]
             elif tool.startswith("AutoRound"):
-                m = run([str(AR_PY), str(out / "autoround.py"), str(ids), str(out / f"{slug}-{t}"), f"gguf:{t}",
-                         tool.split("=")[1]])
+                ar_t = AR_TYPES.get(t, t)
+                try:
+                    m = run([str(AR_PY), str(out / "autoround.py"), str(ids), str(out / f"{slug}-{t}"), f"gguf:{ar_t}",
+                             tool.split("=")[1]])
+                except RuntimeError as exc:  # a type this AutoRound does not make: said in the report, not fatal
+                    print(f"{tool} {t}: {str(exc)[-400:]}", file=sys.stderr)
+                    failed.append({"type": t, "tool": tool, "error": str(exc).strip().splitlines()[-1][-300:]})
+                    continue
                 path = Path(m["stdout"].strip().splitlines()[-1])
                 wall = m["wall_s"]
+                if ar_t != t:
+                    tool = f"{tool} ({ar_t.upper()})"
             elif "ONNX" in tool or "onnxruntime" in tool:
                 path = out / f"{slug}"
                 kind = ["--bits", "4"] if "slmctl" in tool else ["--type", "default"]
@@ -177,11 +189,11 @@ def main() -> int:
                    "peak_rss_mib": m["peak_rss_mib"], "load_before": m["load_before"], "contended": m["contended"], **ev}
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
-        report(rows, t_f16, t_im)
+        report(rows, t_f16, t_im, failed)
     return 0
 
 
-def report(rows: list[dict], t_f16: dict, t_im: dict) -> None:
+def report(rows: list[dict], t_f16: dict, t_im: dict, failed: list[dict] = ()) -> None:
     """bench/results/gguf_quant.{json,md} from the rows measured so far."""
     fp32 = rows[0]["ref_ppl"]
     lines = ["## gguf_quant: GGUF quantisation vs llama.cpp's quantiser (issue 20)", "",
@@ -208,12 +220,17 @@ def report(rows: list[dict], t_f16: dict, t_im: dict) -> None:
             continue
         for peer in [x for x in rows if x["type"] == t and not x["tool"].startswith(("slmctl", "onnxruntime"))]:
             rise, prise = mine["ppl"] - fp32, peer["ppl"] - fp32
+            size = mine["bytes"] / peer["bytes"]
             lines.append(f"- {t.upper()} vs {peer['tool']}: KL {mine['kld'] / peer['kld']:.2f}x, ppl rise "
-                         f"{rise / prise if prise else float('nan'):.2f}x, size {mine['bytes'] / peer['bytes']:.3f}x")
+                         f"{rise / prise if prise else float('nan'):.2f}x, size {size:.3f}x"
+                         + ("" if abs(size - 1) <= 0.01 else " (sizes differ by more than 1%: not an equal-size "
+                            "comparison)"))
         onnx = next((x for x in rows if x["type"] == t and x["tool"].startswith("slmctl ONNX")), None)
         if onnx is not None:
             lines.append(f"- slmctl ONNX int4 (block 32) vs slmctl GGUF {t.upper()}: KL {onnx['kld'] / mine['kld']:.2f}x "
                          f"(target <= 1.2x), size {onnx['bytes'] / mine['bytes']:.3f}x")
+    for f in failed:
+        lines.append(f"- {f['type'].upper()}: {f['tool']} did not run: {f['error']}")
     if any(r["contended"] for r in rows):
         lines += ["", "Wall times were measured on a contended machine (load column): quality columns are not "
                   "affected by load, the wall times are not final."]
@@ -222,7 +239,7 @@ def report(rows: list[dict], t_f16: dict, t_im: dict) -> None:
               "quantisation run (2-core machine shared with other jobs)."]
     md = "\n".join(lines)
     write_results("gguf_quant", {"rows": rows, "fp32_ppl": fp32, "samples": SAMPLES, "seq_len": SEQLEN,
-                                 "windows": WINDOWS, "ctx": CTX, "types": types}, md,
+                                 "windows": WINDOWS, "ctx": CTX, "types": types, "failed": list(failed)}, md,
                   packages=("llama-cpp-python", "numpy", "onnxruntime"))
     print(md)
 
