@@ -17,6 +17,8 @@ class LazyTensor:
     nbytes: int  # bytes on disk
     loader: Callable[[], Any] = field(repr=False)
     source: str = ""  # file it lives in
+    row_loader: Callable[[Any], Any] | None = field(default=None, repr=False)  # rows(idx) without the rest
+
 
     @property
     def numel(self) -> int:
@@ -24,3 +26,12 @@ class LazyTensor:
 
     def load(self):
         return self.loader()
+
+    def rows(self, idx):
+        """Rows ``idx`` (sorted, unique ints) of a 2-D tensor, read alone where the format allows it (safetensors:
+        one read per run of consecutive rows), so an embedding's few used rows cost no more than themselves."""
+        if self.row_loader is not None:
+            return self.row_loader(idx)
+        import torch
+
+        return self.load()[torch.as_tensor(list(idx), dtype=torch.long)]

@@ -123,12 +123,45 @@ def _loader(path: Path, ent: _Entry, data_start: int):
     return load
 
 
+def _row_loader(path: Path, ent: _Entry, data_start: int):
+    def rows(idx):
+        import torch
+
+        if len(ent.shape) != 2:
+            raise ValueError(f"{path}: rows of a {len(ent.shape)}-D tensor")
+        idx = [int(i) for i in idx]
+        n_rows, width = ent.shape
+        row_bytes = width * DTYPES[ent.dtype][0]
+        buf = bytearray(len(idx) * row_bytes)
+        view = memoryview(buf)
+        with open(path, "rb") as f:
+            k = 0
+            while k < len(idx):  # one read per run of consecutive rows
+                if not 0 <= idx[k] < n_rows:
+                    raise IndexError(f"{path}: row {idx[k]} of a {n_rows}-row tensor")
+                e = k + 1
+                while e < len(idx) and idx[e] == idx[e - 1] + 1:
+                    e += 1
+                f.seek(data_start + ent.begin + idx[k] * row_bytes)
+                want = (e - k) * row_bytes
+                if f.readinto(view[k * row_bytes:e * row_bytes]) != want:
+                    raise FormatError(f"{path}: file shrank while reading a tensor")
+                k = e
+        tdtype = getattr(torch, DTYPES[ent.dtype][1])
+        if not buf:
+            return torch.empty((0, width), dtype=tdtype)
+        return torch.frombuffer(buf, dtype=tdtype).reshape(len(idx), width)
+
+    return rows
+
+
 def open_file(path: str | os.PathLike) -> tuple[dict[str, LazyTensor], dict[str, str]]:
     """Lazy tensors and metadata of one .safetensors file."""
     path = Path(path)
     entries, meta, start = read_header(path)
     out = {
-        name: LazyTensor(name, e.dtype, e.shape, e.end - e.begin, _loader(path, e, start), str(path))
+        name: LazyTensor(name, e.dtype, e.shape, e.end - e.begin, _loader(path, e, start), str(path),
+                         _row_loader(path, e, start) if len(e.shape) == 2 else None)
         for name, e in entries.items()
     }
     return out, meta
@@ -154,6 +187,15 @@ def parse_size(text: str | int | None) -> int | None:
         from ..errors import UsageError
 
         raise UsageError(f"cannot read size {text!r}", hint="write it like 2GB, 500MB or 1048576") from None
+
+
+def _contiguous(tensor):
+    import numpy as np
+    import torch
+
+    if isinstance(tensor, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(tensor))
+    return tensor.detach().cpu().contiguous()
 
 
 class ShardedWriter:
@@ -199,28 +241,45 @@ class ShardedWriter:
 
     def add(self, name: str, tensor) -> None:
         """Append one tensor (torch or numpy), converted to contiguous bytes."""
-        import numpy as np
+        t = _contiguous(tensor)
+        self.add_chunks(name, tuple(t.shape), [t])
+
+    def add_chunks(self, name: str, shape: tuple[int, ...], chunks) -> None:
+        """Append one tensor of ``shape`` given as consecutive pieces (e.g. blocks of rows, all of one dtype),
+        each written as it comes: memory stays near one piece rather than the tensor."""
+        import math
+
         import torch
 
         if name in self._names:
             raise ValueError(f"tensor {name} written twice")
         self._names.add(name)
-        if isinstance(tensor, np.ndarray):
-            tensor = torch.from_numpy(np.ascontiguousarray(tensor))
-        t = tensor.detach().cpu().contiguous()
+        it = iter(chunks)
+        t = _contiguous(next(it))
         dtype = TORCH_TO_ST[str(t.dtype).removeprefix("torch.")]
-        nbytes = t.numel() * t.element_size()
+        nbytes = math.prod(shape) * t.element_size()
         cur = self._shards[-1]
         if self.max and cur["size"] and cur["size"] + nbytes > self.max:
             self._new_shard()
             cur = self._shards[-1]
         begin = cur["size"]
-        if nbytes:
-            # flatten before the byte view: a 0-d tensor (a scalar) cannot be viewed as bytes
-            cur["fh"].write(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.dtype != torch.bool
-                            else t.numpy().tobytes())
+        wrote = 0
+        while t is not None:
+            if TORCH_TO_ST[str(t.dtype).removeprefix("torch.")] != dtype:
+                raise ValueError(f"tensor {name}: pieces of different dtypes")
+            n = t.numel() * t.element_size()
+            if n:
+                # flatten before the byte view: a 0-d tensor (a scalar) cannot be viewed as bytes
+                cur["fh"].write(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.dtype != torch.bool
+                                else t.numpy().tobytes())
+            wrote += n
+            t = next(it, None)
+            if t is not None:
+                t = _contiguous(t)
+        if wrote != nbytes:
+            raise ValueError(f"tensor {name}: {wrote} bytes written for shape {list(shape)} (needs {nbytes})")
         cur["size"] += nbytes
-        cur["entries"][name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [begin, begin + nbytes]}
+        cur["entries"][name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, begin + nbytes]}
 
     def close(self) -> list[Path]:
         """Write headers and final shard files; return their paths (again, when called twice)."""

@@ -512,6 +512,24 @@ def merge_tensor(p: Planned, tensors: dict, method, *, dtype=None, seed: int = 0
     return method.apply(tensors, base_t, p.params, p.options, gen)
 
 
+ROW_BLOCK_BYTES = 32 << 20  # float32 bytes of one block of rows of one input
+
+
+def _row_blocks(p: Planned, lazies: dict, method) -> list[tuple[int, int]] | None:
+    """Row ranges to merge ``p`` by, or None to merge it whole: only for a ``rowwise`` method, a 2-D tensor
+    bigger than one block whose inputs have its shape and can be read by rows (safetensors), no vocabulary
+    permutation."""
+    if not method.rowwise or p.vocab or len(p.shape) != 2:
+        return None
+    if any(t.row_loader is None or tuple(t.shape) != tuple(p.shape) for t in lazies.values()):
+        return None
+    rows, cols = p.shape
+    step = max(1, ROW_BLOCK_BYTES // max(1, cols * 4))
+    if step >= rows:
+        return None
+    return [(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+
 def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: MergeRecipe | None = None, *,
           config: str | Path | dict | None = None, lora: str | None = None, force: bool = False,
           allow_pickle: bool = False, log: Log = _nolog, progress=None, **options: Any) -> Path:
@@ -599,16 +617,24 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: Mer
             (w.folder / "mergekit_config.yml").write_text(mkc.to_yaml(doc))
             items = progress(plan.tensors, desc="merge") if progress else plan.tensors
             for p in items:
-                loaded = {k: opened[k].tensors[v].load() for k, v in p.inputs.items()}
-                res = merge_tensor(p, loaded, meth, dtype=cfg.dtype, seed=seed,
-                                   vocabs=getattr(plan, "vocabs", None), target_vocab=getattr(plan, "target_vocab", None))
-                del loaded
-                if out_dt and res.is_floating_point():
-                    import torch
+                lazies = {k: opened[k].tensors[v] for k, v in p.inputs.items()}
+                blocks = _row_blocks(p, lazies, meth)
 
-                    res = res.to(getattr(torch, out_dt))
-                w.add(p.name, res)
-                del res
+                def merged(rows=None, p=p, lazies=lazies):
+                    loaded = {k: (t.load() if rows is None else t.rows(rows)) for k, t in lazies.items()}
+                    res = merge_tensor(p, loaded, meth, dtype=cfg.dtype, seed=seed, vocabs=getattr(plan, "vocabs", None),
+                                       target_vocab=getattr(plan, "target_vocab", None))
+                    del loaded
+                    if out_dt and res.is_floating_point():
+                        import torch
+
+                        res = res.to(getattr(torch, out_dt))
+                    return res
+
+                if blocks is None:
+                    w.add(p.name, merged())
+                else:  # a block of rows at a time: memory near one block, not the tensor (bit for bit the same)
+                    w.add_chunks(p.name, tuple(p.shape), (merged(range(a, b)) for a, b in blocks))
             prov.update(provenance.build("merge", recipe, [rec.result() for m in opened.values() for rec in m.inputs],
                                          typed=asked))
     finally:

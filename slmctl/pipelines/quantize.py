@@ -317,6 +317,7 @@ def _layerwise(art, lm, windows, w, cfg, gcfg, method, add_packed, log, progress
                 t_src = art.tensors[src]
                 w.add(src, sd[pname].to(_dtype(t_src.dtype)))
         log(f"layer {step.idx + 1}/{lm.n_layers}: {len(results)} linears in {time.perf_counter() - t:.1f}s")
+        del results, sd  # the codes are written: not held while the next layer is quantised
 
 
 def _dtype(st_dtype: str):

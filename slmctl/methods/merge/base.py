@@ -30,6 +30,9 @@ class MergeMethod:
     doc: str = ""
     min_models: int = 1
     max_models: int | None = None
+    # each output element depends only on the same element of the inputs (no per-tensor statistics, no random
+    # draws): the pipeline may merge a big tensor a block of rows at a time, with the same result
+    rowwise: bool = False
 
 
 METHODS: Registry[MergeMethod] = Registry("merge method")

@@ -34,6 +34,6 @@ def _apply(tensors, base, params, options, generator=None):
 
 register(MergeMethod(
     "linear", _apply, "https://arxiv.org/abs/2203.05482", base="none",
-    tensor_params={"weight": REQUIRED}, options={"normalize": True},
+    tensor_params={"weight": REQUIRED}, options={"normalize": True}, rowwise=True,
     doc="Weighted average of the models (model soups); --weights, normalised by their sum.",
 ))

@@ -22,6 +22,6 @@ def _apply(tensors, base, params, options, generator=None):
 
 register(MergeMethod(
     "passthrough", _apply, "https://arxiv.org/abs/2312.15166", base="none",
-    tensor_params={"scale": None}, max_models=1,
+    tensor_params={"scale": None}, max_models=1, rowwise=True,
     doc="Copy tensors from one model per slice (layer stacking / frankenmerges); needs --config slices.",
 ))

@@ -120,6 +120,7 @@ def _make(name: str, url: str, doc: str, *, consensus: str | None = None, sparsi
         name, apply, url, base="required", tensor_params=tparams,
         options={"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False},
         random=sparsification in ("random", "della_magprune"), doc=doc,
+        rowwise=sparsification is None and consensus is None,
     ))
 
 

@@ -22,9 +22,26 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
     return n, m
 
 
+SELECT_MIN = 64  # along a dimension this long or longer, the k lowest are found by selection, not a sort
+
+
 def _lowest(score, k: int, dim: int):
+    """True at the ``k`` lowest scores along ``dim``, ties going to the earlier position: the first k of a
+    stable ascending sort. Long rows use selection (``kthvalue``, linear time) for the k-th lowest value: every
+    score below it, then the first of those equal to it until there are k, which is the stable sort's set."""
     import torch
 
+    n = score.shape[dim]
+    if k <= 0:
+        return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
+    if n >= SELECT_MIN and k < n and score.is_floating_point() and not bool(torch.isnan(score).any()):
+        thr = torch.kthvalue(score, k, dim=dim, keepdim=True).values
+        lt = score < thr
+        eq = score == thr
+        need = k - lt.sum(dim, keepdim=True)
+        if bool((eq.sum(dim, keepdim=True) > need).any()):  # ties at the threshold: the earliest ones
+            eq &= eq.cumsum(dim) <= need
+        return lt | eq
     idx = torch.sort(score, dim=dim, stable=True)[1].narrow(dim, 0, k)
     mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     return mask.scatter_(dim, idx, True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UsageError
-from .common import QUANTIZERS, QuantConfig, QuantResult, minmax_qparams, quantize_column
+from .common import QUANTIZERS, QuantConfig, QuantResult, minmax_qparams
 
 
 @dataclass(frozen=True)
@@ -43,26 +43,49 @@ class GPTQConfig:
 class HessianAccumulator:
     """Running ``2/n * sum x^T x`` over the rows of the inputs it is given.
 
-    Each batch's ``x^T x`` is a float32 matmul (fast BLAS), summed into a float64 total, so
-    thousands of batches do not lose precision while the expensive part stays in float32.
+    Below ``BIG_HESSIAN`` columns each batch's ``x^T x`` is a float32 matmul (fast BLAS) summed into a
+    float64 total, so thousands of batches do not lose precision while the expensive part stays in float32.
+    From ``BIG_HESSIAN`` columns on (the down projections of 0.5B+ models: a 8960-column float64 Hessian is
+    642 MB, and each batch's float32 product and its float64 copy are two more of those) the total is float32,
+    updated in place (``addmm_`` on its upper triangle, by blocks of rows: the lower one is its mirror), and
+    ``result()`` mirrors and scales it in place: one n x n buffer, as the peers keep.
     """
 
     def __init__(self, columns: int):
         import torch
 
-        self.S = torch.zeros(columns, columns, dtype=torch.float64)
+        self.big = columns >= BIG_HESSIAN
+        self.S = torch.zeros(columns, columns, dtype=torch.float32 if self.big else torch.float64)
         self.n = 0
+        self._done = False
 
     def add(self, x) -> None:
         import torch
 
+        if self._done:
+            raise RuntimeError("HessianAccumulator.add after result()")
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        self.S += (x.T @ x).to(torch.float64)
+        if self.big:  # the upper triangle only, by blocks of rows (about 56% of the products); result() mirrors it
+            n = x.shape[1]
+            step = -(-n // SYM_BLOCKS)
+            for a in range(0, n, step):
+                self.S[a:a + step, a:].addmm_(x[:, a:a + step].T, x[:, a:])
+        else:
+            self.S += (x.T @ x).to(torch.float64)
         self.n += x.shape[0]
 
     def result(self):
         import torch
 
+        if self.big:  # mirrored and scaled in place, once: the accumulator is spent
+            if not self._done:
+                n = self.S.shape[0]
+                step = -(-n // SYM_BLOCKS)
+                for a in range(0, n, step):
+                    self.S[a + step:, a:a + step] = self.S[a:a + step, a + step:].T
+                self.S.mul_(2.0 / max(self.n, 1))
+                self._done = True
+            return self.S
         return (self.S * (2.0 / max(self.n, 1))).to(torch.float32)
 
 
@@ -71,33 +94,32 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     import torch
 
     W = W.detach().clone().float()
-    H = H.detach().clone().to(torch.float64)
     rows, cols = W.shape
     maxq = cfg.maxq
     g = cfg.group_len(cols)
     n_groups = cfg.n_groups(cols)
 
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    diag = torch.diag(H).to(torch.float64)
+    dead = diag == 0
+    diag[dead] = 1
     W[:, dead] = 0
 
     static = None
     if cfg.group_size != -1 and gcfg.static_groups:
         if gcfg.scale_search:
-            h = torch.diag(H).float()
+            h = diag.float()
             static = [searched_qparams(W[:, i * g:(i + 1) * g], h[i * g:(i + 1) * g], cfg) for i in range(n_groups)]
         else:
             static = [minmax_qparams(W[:, i * g:(i + 1) * g], cfg) for i in range(n_groups)]
 
     perm = None
     if gcfg.act_order:
-        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        perm = torch.argsort(diag, descending=True, stable=True)
         W = W[:, perm]
-        H = H[perm][:, perm]
         invperm = torch.argsort(perm)
 
-    hdiag = torch.diag(H).float() if gcfg.scale_search and static is None and cfg.group_size != -1 else None
-    Hinv = _inverse_cholesky(H, gcfg.damp)
+    hdiag = (diag if perm is None else diag[perm]).float() if gcfg.scale_search and static is None and cfg.group_size != -1 else None
+    Hinv = inverse_hessian_factor(H, gcfg.damp, perm)
 
     Q = torch.zeros(rows, cols, dtype=torch.int32)
     scales = [None] * n_groups
@@ -108,8 +130,9 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
         scale, zero = minmax_qparams(W, cfg)
         scales[0], zeros[0] = scale, zero
     bs = gcfg.block_size
+    threads = torch.get_num_threads() if cols >= BIG_HESSIAN else 1
     with _few_threads():
-        _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag)
+        _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag, threads)
     if perm is not None:
         Q = Q[:, invperm]
     if cfg.group_size == -1:
@@ -139,7 +162,11 @@ def searched_qparams(w, h, cfg: QuantConfig, shrinks=SHRINKS):
     h = h.float().clamp(min=0)
     f = torch.tensor(shrinks, dtype=torch.float32)[:, None]  # every candidate at once: (shrinks, rows)
     s, z = minmax_qparams(w, cfg, shrink=f)
-    err = ((w - quantize_column(w, s[:, :, None], z[:, :, None], cfg.maxq)) ** 2 * h).sum(-1)
+    # ((w - quantize_column(w, s, z)) ** 2 * h).sum(-1), in one buffer (in place: the same values, bit for bit)
+    s3, z3 = s[:, :, None], z[:, :, None]
+    t = w / s3
+    t.round_().add_(z3).clamp_(0, cfg.maxq).sub_(z3).mul_(s3)
+    err = t.neg_().add_(w).square_().mul_(h).sum(-1)
     best = err.argmin(0)  # the first of equal errors: the least clipping
     rows = torch.arange(w.shape[0])
     best_s, best_z = s[best, rows], z[best, rows]
@@ -162,8 +189,10 @@ class _few_threads:
         torch.set_num_threads(self.n)
 
 
-def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag=None):
-    """The column loop, in numpy: thousands of tiny vector ops, where torch's per-op overhead dominates."""
+def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag=None, threads: int = 1):
+    """The column loop, in numpy: thousands of tiny vector ops, where torch's per-op overhead dominates.
+    ``threads``: for the update of the columns after each block (one big matrix product per block; for a
+    Hessian of BIG_HESSIAN columns and more it is most of the loop's arithmetic)."""
     import numpy as np
     import torch
 
@@ -201,24 +230,98 @@ def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg
             err = (w - s_n * (q - z_n)) / d
             Wn[:, i:] -= np.outer(err, Hn[i, i:])
             En[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        if threads > 1 and i2 < cols:
+            torch.set_num_threads(threads)
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            torch.set_num_threads(1)
+        else:
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
         loss += (Err1.double() ** 2).sum(1) / 2  # sum of (w - q)^2 / d^2 / 2, as the reference reports
+
+
+def inverse_hessian_factor(H, damp: float, perm=None):
+    """Upper Cholesky factor (float32) of the damped inverse of ``H`` in the column order ``perm`` (None: as
+    it is), dead columns (zero diagonal) set to 1 first; ``H`` itself is left as it is.
+
+    Below ``BIG_HESSIAN`` columns: float64, and the reference's steps (Cholesky, its inverse, Cholesky of that).
+    From ``BIG_HESSIAN`` columns on (see ``_big_inverse_factor``): float32 and one factorisation, with all
+    threads, in two n x n buffers."""
+    import torch
+
+    if H.shape[0] >= BIG_HESSIAN:
+        return _big_inverse_factor(H, damp, perm)
+    H = H.detach().clone().to(torch.float64)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    if perm is not None:
+        H = H[perm][:, perm]
+    return _inverse_cholesky(H, damp)
 
 
 def _inverse_cholesky(H, damp: float):
     """Upper Cholesky factor of H^-1 after damping; more damping if H is not positive definite."""
     import torch
 
-    # one thread for the usual sizes: LAPACK's multi-threaded inverse of a 1536 x 1536 Hessian slowed down
-    # tenfold when the cores were busy. From BIG_HESSIAN columns on (the down projections of 0.5B+ models) each
-    # call is seconds of work on one thread and dominated GPTQ's time at those sizes; there all threads pay off.
-    if H.shape[0] >= BIG_HESSIAN:
-        return _inverse_cholesky_damped(H, damp)
+    # one thread: LAPACK's multi-threaded inverse of a 1536 x 1536 Hessian slowed down tenfold when the cores were
+    # busy. Hessians of BIG_HESSIAN columns and more go through _big_inverse_factor (all threads) instead.
     with _few_threads():
         return _inverse_cholesky_damped(H, damp)
 
 
 BIG_HESSIAN = 2048
+SYM_BLOCKS = 8  # blocks of rows of a big Hessian's running total (its upper triangle is summed, then mirrored)
+
+
+def _big_inverse_factor(H, damp: float, perm=None):
+    """The upper Cholesky factor U of ``A^-1``, A = the damped ``H`` in the order ``perm``, from one Cholesky
+    factorisation: with J the reversal of the column order and ``J A J = L L^T``,
+    ``A^-1 = J L^-T L^-1 J = (J L^-1 J)^T (J L^-1 J)``, and ``J L^-1 J`` is upper triangular with a positive
+    diagonal, so it is U. That is a Cholesky and a triangular inverse (about n^3 flops) where the reference's
+    Cholesky, ``cholesky_inverse`` and second Cholesky take 4/3 n^3, in float32 (as the reference code and the
+    peers invert) rather than float64, and in two n x n buffers rather than six."""
+    import torch
+
+    n = H.shape[0]
+    order = torch.arange(n) if perm is None else torch.as_tensor(perm)
+    rev = order.flip(0)
+    M = H.detach().to(torch.float32)[rev[:, None], rev]  # J A J, undamped (a new buffer: H is left alone)
+    d = M.diagonal()
+    d[d <= 0] = 1  # dead columns (no input ever reached them)
+    mean = float(d.mean())
+    added = 0.0
+    for k in range(6):
+        step = damp * (10 ** k) * mean
+        d += step - added
+        added = step
+        L, info = torch.linalg.cholesky_ex(M)
+        if int(info) == 0:
+            del M, d
+            Linv = _lower_inverse(L)
+            del L
+            return Linv.flip((0, 1))
+        del L
+    raise UsageError("GPTQ: the Hessian is not positive definite even with heavy damping",
+                     hint="use more calibration samples (--samples) or --method rtn")
+
+
+def _lower_inverse(L, leaf: int = 512):
+    """Inverse of a lower-triangular L, by halves: inv([[A, 0], [C, D]]) = [[A^-1, 0], [-D^-1 C A^-1, D^-1]];
+    the off-diagonal blocks are matrix products (fast BLAS), the leaves triangular solves."""
+    import torch
+
+    out = torch.zeros_like(L)
+
+    def fill(a: int, b: int) -> None:
+        if b - a <= leaf:
+            out[a:b, a:b] = torch.linalg.solve_triangular(L[a:b, a:b], torch.eye(b - a, dtype=L.dtype), upper=False)
+            return
+        m = (a + b) // 2
+        fill(a, m)
+        fill(m, b)
+        out[m:b, a:m] = -(out[m:b, m:b] @ (L[m:b, a:m] @ out[a:m, a:m]))
+
+    fill(0, L.shape[0])
+    return out
 
 
 def _inverse_cholesky_damped(H, damp: float):
