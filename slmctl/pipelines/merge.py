@@ -512,14 +512,14 @@ def merge_tensor(p: Planned, tensors: dict, method, *, dtype=None, seed: int = 0
     return method.apply(tensors, base_t, p.params, p.options, gen)
 
 
-ROW_BLOCK_BYTES = 32 << 20  # float32 bytes of one block of rows of one input
+ROW_BLOCK_BYTES = 8 << 20  # float32 bytes of one block of rows of one input
 
 
-def _row_blocks(p: Planned, lazies: dict, method) -> list[tuple[int, int]] | None:
+def _row_blocks(p: Planned, lazies: dict, method, permuted: bool = False) -> list[tuple[int, int]] | None:
     """Row ranges to merge ``p`` by, or None to merge it whole: only for a ``rowwise`` method, a 2-D tensor
-    bigger than one block whose inputs have its shape and can be read by rows (safetensors), no vocabulary
-    permutation."""
-    if not method.rowwise or p.vocab or len(p.shape) != 2:
+    bigger than one block whose inputs have its shape and can be read by rows (safetensors), and no vocabulary
+    permutation (``permuted``: the models' vocabularies differ and this is an embedding or LM head)."""
+    if not method.rowwise or permuted or len(p.shape) != 2:
         return None
     if any(t.row_loader is None or tuple(t.shape) != tuple(p.shape) for t in lazies.values()):
         return None
@@ -618,7 +618,8 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: Mer
             items = progress(plan.tensors, desc="merge") if progress else plan.tensors
             for p in items:
                 lazies = {k: opened[k].tensors[v] for k, v in p.inputs.items()}
-                blocks = _row_blocks(p, lazies, meth)
+                blocks = _row_blocks(p, lazies, meth,
+                                     permuted=p.vocab and getattr(plan, "target_vocab", None) is not None)
 
                 def merged(rows=None, p=p, lazies=lazies):
                     loaded = {k: (t.load() if rows is None else t.rows(rows)) for k, t in lazies.items()}
