@@ -730,21 +730,21 @@ _TRIM = None  # libc's malloc_trim once looked up (False: not glibc)
 
 
 def release_freed_memory() -> None:
-    """Collect the last layer's garbage (cycles included) and hand the memory back to the OS (glibc's malloc_trim): the previous layer's
-    captured inputs and Hessians are freed between layers, but glibc keeps freed heap pages mapped, and the
-    next layer's allocations do not always reuse them, so the process's resident size creeps up layer by layer.
-    A no-op off glibc; SLMCTL_MALLOC_TRIM=0 turns it off."""
+    """Collect the last layer's garbage (cycles included) and hand the memory back to the OS (glibc's
+    malloc_trim): the previous layer's captured inputs and Hessians are freed between layers, but glibc keeps
+    freed heap pages mapped, and the next layer's allocations do not always reuse them, so the process's resident
+    size creeps up layer by layer. SLMCTL_GC=0 skips the collection, SLMCTL_MALLOC_TRIM=0 the trim (a no-op off
+    glibc)."""
     import gc
     import os
 
-    if os.environ.get("SLMCTL_MALLOC_TRIM", "1") == "0":
-        return
-    # reference cycles hold tensors of the layer just done (the tracebacks of the _Stop that ends an early capture
-    # keep the forward's frames, and their activations): on a 0.5B shape they grew the peak by about 0.2 GB a layer
+    # reference cycles hold tensors of the layer just done: on a 0.5B shape the peak grew by about 0.2 GB a layer
     # until the cyclic collector happened to run (iter_layers freezes what was alive before the first layer, so
     # this scans only what the layers made)
     if os.environ.get("SLMCTL_GC", "1") != "0":
         gc.collect()
+    if os.environ.get("SLMCTL_MALLOC_TRIM", "1") == "0":
+        return
     global _TRIM
     if _TRIM is None:
         try:

@@ -124,11 +124,11 @@ def _loader(path: Path, ent: _Entry, data_start: int):
 
 
 def _row_loader(path: Path, ent: _Entry, data_start: int):
+    """Reader of rows ``idx`` of a 2-D tensor (``LazyTensor.rows``), one read per run of consecutive rows."""
+
     def rows(idx):
         import torch
 
-        if len(ent.shape) != 2:
-            raise ValueError(f"{path}: rows of a {len(ent.shape)}-D tensor")
         idx = [int(i) for i in idx]
         n_rows, width = ent.shape
         row_bytes = width * DTYPES[ent.dtype][0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gguf_kquants as K
-from .gptq import BIG_HESSIAN, _big_inverse_factor, _few_threads, _inverse_cholesky
+from .gptq import _few_threads, inverse_hessian_factor
 
 
 def _columns(blk: K.Blocks, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,20 +37,10 @@ def prepare(H, *, damp: float = 0.01, act_order: bool = True):
     """
     import torch
 
-    if H.shape[0] >= BIG_HESSIAN:  # float32, one factorisation, H left as it is (see gptq._big_inverse_factor)
-        H = torch.as_tensor(H)
-        diag = torch.diag(H).numpy().astype(np.float32)
-        perm = np.argsort(-diag, kind="stable") if act_order else np.arange(len(diag))
-        return perm, _big_inverse_factor(H, damp, torch.as_tensor(perm) if act_order else None).numpy(), diag
-    H = torch.as_tensor(H).to(torch.float64).clone()
+    H = torch.as_tensor(H)
     diag = torch.diag(H).numpy().astype(np.float32)
-    dead = torch.diag(H) <= 0
-    H[dead, dead] = 1
     perm = np.argsort(-diag, kind="stable") if act_order else np.arange(len(diag))
-    if act_order:
-        idx = torch.as_tensor(perm)
-        H = H[idx][:, idx]
-    return perm, _inverse_cholesky(H, damp).numpy().astype(np.float32), diag
+    return perm, inverse_hessian_factor(H, damp, torch.as_tensor(perm) if act_order else None).numpy(), diag
 
 
 def gptq_blocks(kind: str, W: np.ndarray, H=None, *, damp: float = 0.01, act_order: bool = True,

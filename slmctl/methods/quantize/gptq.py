@@ -66,22 +66,24 @@ class HessianAccumulator:
             raise RuntimeError("HessianAccumulator.add after result()")
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)
         if self.big:  # the upper triangle only, by blocks of rows (about 56% of the products); result() mirrors it
-            n = x.shape[1]
-            step = -(-n // SYM_BLOCKS)
-            for a in range(0, n, step):
+            step = self._step()
+            for a in range(0, x.shape[1], step):
                 self.S[a:a + step, a:].addmm_(x[:, a:a + step].T, x[:, a:])
         else:
             self.S += (x.T @ x).to(torch.float64)
         self.n += x.shape[0]
+
+    def _step(self) -> int:
+        """Rows per block of a big total (SYM_BLOCKS blocks)."""
+        return -(-self.S.shape[0] // SYM_BLOCKS)
 
     def result(self):
         import torch
 
         if self.big:  # mirrored and scaled in place, once: the accumulator is spent
             if not self._done:
-                n = self.S.shape[0]
-                step = -(-n // SYM_BLOCKS)
-                for a in range(0, n, step):
+                step = self._step()
+                for a in range(0, self.S.shape[0], step):
                     self.S[a + step:, a:a + step] = self.S[a:a + step, a + step:].T
                 self.S.mul_(2.0 / max(self.n, 1))
                 self._done = True
@@ -230,18 +232,16 @@ def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg
             err = (w - s_n * (q - z_n)) / d
             Wn[:, i:] -= np.outer(err, Hn[i, i:])
             En[:, i] = err
-        if threads > 1 and i2 < cols:
-            torch.set_num_threads(threads)
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-            torch.set_num_threads(1)
-        else:
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        torch.set_num_threads(threads)
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        torch.set_num_threads(1)
         loss += (Err1.double() ** 2).sum(1) / 2  # sum of (w - q)^2 / d^2 / 2, as the reference reports
 
 
 def inverse_hessian_factor(H, damp: float, perm=None):
     """Upper Cholesky factor (float32) of the damped inverse of ``H`` in the column order ``perm`` (None: as
-    it is), dead columns (zero diagonal) set to 1 first; ``H`` itself is left as it is.
+    it is), dead columns (no positive diagonal) set to 1 first; ``H`` itself is left as it is. GPTQ on
+    safetensors and on GGUF grids (gguf_gptq.prepare) both invert through here.
 
     Below ``BIG_HESSIAN`` columns: float64, and the reference's steps (Cholesky, its inverse, Cholesky of that).
     From ``BIG_HESSIAN`` columns on (see ``_big_inverse_factor``): float32 and one factorisation, with all
@@ -251,7 +251,7 @@ def inverse_hessian_factor(H, damp: float, perm=None):
     if H.shape[0] >= BIG_HESSIAN:
         return _big_inverse_factor(H, damp, perm)
     H = H.detach().clone().to(torch.float64)
-    dead = torch.diag(H) == 0
+    dead = torch.diag(H) <= 0
     H[dead, dead] = 1
     if perm is not None:
         H = H[perm][:, perm]
