@@ -68,3 +68,59 @@ def load_float32(lazy, rows: tuple[int, int] | None = None) -> np.ndarray:
     if got != n:
         raise FormatError(f"{src}: file shrank while reading tensor {lazy.name!r}")
     return out.reshape(shape)
+
+
+class RowReader:
+    """Rows of one plain safetensors tensor, read straight into a caller's float32 buffer.
+
+    The streaming exporter converts a tensor a slice of rows at a time; reading each slice into the
+    same small buffers (the raw bytes and the float32 rows, both reused) keeps them in the CPU caches and
+    spares the kernel a fresh zeroed page for every megabyte, which is most of the cost of widening
+    bf16 when each slice gets new arrays. ``RowReader.of(lazy)`` is None for any other source.
+    """
+
+    def __init__(self, path: str, name: str, ent, start: int):
+        self.path, self.name = path, name
+        self.dtype = np.dtype("<u2" if ent.dtype == "BF16" else _NP[ent.dtype])
+        self.bf16 = ent.dtype == "BF16"
+        self.shape = tuple(ent.shape)
+        self.offset = start + ent.begin
+        self.nbytes = ent.end - ent.begin
+        self.row_bytes = self.nbytes // max(self.shape[0], 1) if self.shape else self.nbytes
+        self._raw = None
+
+    @classmethod
+    def of(cls, lazy) -> "RowReader | None":
+        src = str(getattr(lazy, "source", "") or "")
+        if not src.endswith(".safetensors"):
+            return None
+        entries, _, start = _header(src)
+        ent = entries.get(lazy.name)
+        if ent is None or len(ent.shape) < 1 or (ent.dtype not in _NP and ent.dtype != "BF16") \
+                or not np.issubdtype(np.dtype(_NP.get(ent.dtype, "<f2")), np.floating):
+            return None
+        return cls(src, lazy.name, ent, start)
+
+    def read(self, f, i: int, j: int, out: np.ndarray) -> np.ndarray:
+        """Rows i..j-1 into ``out`` (float32, at least that many elements): a view of ``out`` shaped as the rows.
+        ``f`` is the open file (binary, unbuffered or buffered); the raw bytes go through one reused buffer."""
+        n = (j - i) * self.row_bytes
+        count = n // self.dtype.itemsize
+        dst = out[:count]
+        if self.dtype == np.float32:
+            raw = memoryview(dst).cast("B")
+        else:
+            if self._raw is None or self._raw.nbytes < n:
+                self._raw = np.empty(n, dtype=np.uint8)
+            raw = memoryview(self._raw[:n])
+        f.seek(self.offset + i * self.row_bytes)
+        got = f.readinto(raw)
+        if got != n:
+            raise FormatError(f"{self.path}: file shrank while reading tensor {self.name!r}")
+        if self.dtype != np.float32:
+            part = self._raw[:n].view(self.dtype)
+            if self.bf16:  # the top half of a float32: widen exactly
+                np.left_shift(part, 16, out=dst.view(np.uint32), dtype=np.uint32)
+            else:
+                dst[:] = part
+        return dst.reshape(j - i, *self.shape[1:])

@@ -41,12 +41,42 @@ def test_big_inverse_factor_is_the_reference_factor(act_order):
 
 
 def test_lower_inverse_by_halves():
-    from slmctl.methods.quantize.gptq import _lower_inverse
+    from slmctl.methods.quantize.gptq import _lower_inverse_
 
     L = torch.linalg.cholesky(_spd(200, seed=3))
-    inv = _lower_inverse(L, leaf=16)  # several levels of halving
+    inv = L.clone()
+    _lower_inverse_(inv, leaf=16)  # several levels of halving, in place
     assert torch.allclose(inv @ L, torch.eye(200), atol=1e-4)
     assert torch.equal(inv, torch.tril(inv))
+    leaf = torch.linalg.solve_triangular(L, torch.eye(200), upper=False)  # one leaf: the plain solve
+    whole = L.clone()
+    _lower_inverse_(whole, leaf=256)
+    assert torch.equal(whole, leaf)
+
+
+def test_in_place_reordering_and_reversal():
+    from slmctl.methods.quantize.gptq import _reorder_symmetric_, _reverse_
+
+    M = torch.randn(37, 37)
+    for order in (torch.randperm(37, generator=torch.Generator().manual_seed(1)), torch.arange(37).flip(0),
+                  torch.arange(37)):
+        got = M.clone()
+        _reorder_symmetric_(got, order, rows_per_block=5)
+        assert torch.equal(got, M[order][:, order])
+    got = M.clone()
+    _reverse_(got, chunk=7)  # chunks that do not divide the half
+    assert torch.equal(got, M.flip((0, 1)))
+
+
+def test_big_inverse_factor_overwrite_reuses_the_buffer():
+    from slmctl.methods.quantize.gptq import _big_inverse_factor
+
+    H = _spd(300, seed=5)
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(2))
+    want = _big_inverse_factor(H, 0.01, perm)
+    own = H.clone()
+    got = _big_inverse_factor(own, 0.01, perm, overwrite=True)
+    assert got.data_ptr() == own.data_ptr() and torch.equal(got, want)
 
 
 def test_big_inverse_factor_damps_more_when_needed():

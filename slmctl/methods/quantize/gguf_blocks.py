@@ -51,9 +51,20 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.trunc(y, out=y)
 
 
+def _magnitudes(b: np.ndarray) -> np.ndarray:
+    """|b| as the bits of a float32 with the sign cleared, read as uint32: for floats their order is the order of
+    the magnitudes, and integer max/argmax run several times faster than numpy's float reductions (no NaN checks)."""
+    return b.view(np.uint32) & np.uint32(0x7FFFFFFF)
+
+
+def _absmax(b: np.ndarray) -> np.ndarray:
+    """Per block (row of ``b``), the largest magnitude, as a (blocks, 1) float32 column."""
+    return _magnitudes(b).max(axis=1, keepdims=True).view(np.float32)
+
+
 def _signed_absmax(b: np.ndarray) -> np.ndarray:
     """Per block, the value with the largest magnitude, sign kept (first one on ties)."""
-    idx = np.abs(b).argmax(axis=1)[:, None]
+    idx = _magnitudes(b).argmax(axis=1)[:, None]
     return np.take_along_axis(b, idx, axis=1)
 
 
@@ -77,7 +88,7 @@ def _high_bits(q: np.ndarray) -> np.ndarray:
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     """8-bit, one f16 scale per 32 weights: q = round(x / (absmax/127))."""
     b, shape = _blocks(x)
-    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+    d = (_absmax(b) / np.float32(127)).astype(np.float32)
     q = _round_half_away(b * _inverse(d)).astype(np.int8).view(np.uint8)
     return _pack([_f16_bytes(d), q], shape)
 

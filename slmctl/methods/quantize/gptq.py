@@ -15,7 +15,9 @@ Transformers", https://arxiv.org/abs/2210.17323 (reference code: https://github.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...errors import UsageError
 from .common import QUANTIZERS, QuantConfig, QuantResult, minmax_qparams
@@ -91,11 +93,15 @@ class HessianAccumulator:
         return (self.S * (2.0 / max(self.n, 1))).to(torch.float32)
 
 
-def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig(), bias=None) -> QuantResult:
-    """GPTQ for one weight (out, in) given its Hessian (in, in). Returns codes, grids and g_idx."""
+def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig(), bias=None,
+                         own_hessian: bool = False) -> QuantResult:
+    """GPTQ for one weight (out, in) given its Hessian (in, in). Returns codes, grids and g_idx.
+    ``own_hessian``: ``H`` and ``W`` are the caller's to spend (a big H becomes the inverse factor in its own
+    buffer; W is worked on in place)."""
     import torch
 
-    W = W.detach().clone().float()
+    # a weight the caller built for this call (own_hessian: it is spent too) is updated in place, not copied
+    W = W.detach().float() if own_hessian and W.dtype == torch.float32 else W.detach().clone().float()
     rows, cols = W.shape
     maxq = cfg.maxq
     g = cfg.group_len(cols)
@@ -121,7 +127,8 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
         invperm = torch.argsort(perm)
 
     hdiag = (diag if perm is None else diag[perm]).float() if gcfg.scale_search and static is None and cfg.group_size != -1 else None
-    Hinv = inverse_hessian_factor(H, gcfg.damp, perm)
+    Hinv = inverse_hessian_factor(H, gcfg.damp, perm, overwrite=own_hessian)
+    del H
 
     Q = torch.zeros(rows, cols, dtype=torch.int32)
     scales = [None] * n_groups
@@ -150,6 +157,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
 
 
 SHRINKS = tuple(round(1.0 - 0.02 * k, 2) for k in range(16))  # 1.00, 0.98, ... 0.70
+SEARCH_ELEMENTS = 1 << 22  # candidates x rows x group columns searched at once (16 MB of float32 scratch)
 
 
 def searched_qparams(w, h, cfg: QuantConfig, shrinks=SHRINKS):
@@ -162,6 +170,10 @@ def searched_qparams(w, h, cfg: QuantConfig, shrinks=SHRINKS):
 
     w = w.float()
     h = h.float().clamp(min=0)
+    step = max(1, SEARCH_ELEMENTS // max(1, len(shrinks) * w.shape[1]))
+    if w.shape[0] > step:  # rows are independent: a slice at a time keeps the (shrinks, rows, g) scratch small
+        parts = [searched_qparams(w[a:a + step], h, cfg, shrinks) for a in range(0, w.shape[0], step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     f = torch.tensor(shrinks, dtype=torch.float32)[:, None]  # every candidate at once: (shrinks, rows)
     s, z = minmax_qparams(w, cfg, shrink=f)
     # ((w - quantize_column(w, s, z)) ** 2 * h).sum(-1), in one buffer (in place: the same values, bit for bit)
@@ -238,18 +250,19 @@ def _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg
         loss += (Err1.double() ** 2).sum(1) / 2  # sum of (w - q)^2 / d^2 / 2, as the reference reports
 
 
-def inverse_hessian_factor(H, damp: float, perm=None):
+def inverse_hessian_factor(H, damp: float, perm=None, overwrite: bool = False):
     """Upper Cholesky factor (float32) of the damped inverse of ``H`` in the column order ``perm`` (None: as
-    it is), dead columns (no positive diagonal) set to 1 first; ``H`` itself is left as it is. GPTQ on
+    it is), dead columns (no positive diagonal) set to 1 first; ``H`` itself is left as it is unless
+    ``overwrite`` (big Hessians then become the factor, in their own buffer). GPTQ on
     safetensors and on GGUF grids (gguf_gptq.prepare) both invert through here.
 
     Below ``BIG_HESSIAN`` columns: float64, and the reference's steps (Cholesky, its inverse, Cholesky of that).
     From ``BIG_HESSIAN`` columns on (see ``_big_inverse_factor``): float32 and one factorisation, with all
-    threads, in two n x n buffers."""
+    threads, in place but for the Cholesky itself."""
     import torch
 
     if H.shape[0] >= BIG_HESSIAN:
-        return _big_inverse_factor(H, damp, perm)
+        return _big_inverse_factor(H, damp, perm, overwrite=overwrite)
     H = H.detach().clone().to(torch.float64)
     dead = torch.diag(H) <= 0
     H[dead, dead] = 1
@@ -272,56 +285,183 @@ BIG_HESSIAN = 2048
 SYM_BLOCKS = 8  # blocks of rows of a big Hessian's running total (its upper triangle is summed, then mirrored)
 
 
-def _big_inverse_factor(H, damp: float, perm=None):
+def _big_inverse_factor(H, damp: float, perm=None, overwrite: bool = False):
     """The upper Cholesky factor U of ``A^-1``, A = the damped ``H`` in the order ``perm``, from one Cholesky
     factorisation: with J the reversal of the column order and ``J A J = L L^T``,
     ``A^-1 = J L^-T L^-1 J = (J L^-1 J)^T (J L^-1 J)``, and ``J L^-1 J`` is upper triangular with a positive
     diagonal, so it is U. That is a Cholesky and a triangular inverse (about n^3 flops) where the reference's
     Cholesky, ``cholesky_inverse`` and second Cholesky take 4/3 n^3, in float32 (as the reference code and the
-    peers invert) rather than float64, and in two n x n buffers rather than six."""
+    peers invert) rather than float64.
+
+    Memory: everything but the Cholesky happens in one n x n buffer (the reordering, the triangular inverse by
+    halves, the reversal), so the peak is two of them while torch factorises. ``overwrite``: that buffer is ``H``
+    itself (float32, contiguous), which then holds U; otherwise a copy, and ``H`` is left alone."""
     import torch
 
     n = H.shape[0]
-    order = torch.arange(n) if perm is None else torch.as_tensor(perm)
-    rev = order.flip(0)
-    M = H.detach().to(torch.float32)[rev[:, None], rev]  # J A J, undamped (a new buffer: H is left alone)
+    order = (torch.arange(n) if perm is None else torch.as_tensor(perm)).flip(0)
+    if overwrite and H.dtype == torch.float32 and H.is_contiguous():
+        M = H.detach()
+    else:
+        M = H.detach().to(torch.float32, copy=True).contiguous()
+    _reorder_symmetric_(M, order)  # J A J, undamped
     d = M.diagonal()
     d[d <= 0] = 1  # dead columns (no input ever reached them)
     mean = float(d.mean())
     added = 0.0
+    potrf = _lapack_potrf()
     for k in range(6):
         step = damp * (10 ** k) * mean
         d += step - added
         added = step
-        L, info = torch.linalg.cholesky_ex(M)
-        if int(info) == 0:
-            del M, d
-            Linv = _lower_inverse(L)
+        if potrf is not None:
+            ok = _cholesky_in_place(M, potrf)
+        else:
+            L, info = torch.linalg.cholesky_ex(M)  # torch factorises a copy: M stays for a retry
+            ok = int(info) == 0
+            if ok:
+                M.copy_(L)
             del L
-            return Linv.flip((0, 1))
-        del L
+        if ok:
+            del d
+            M.tril_()
+            _lower_inverse_(M)
+            _reverse_(M)  # J L^-1 J
+            return M
     raise UsageError("GPTQ: the Hessian is not positive definite even with heavy damping",
                      hint="use more calibration samples (--samples) or --method rtn")
 
 
-def _lower_inverse(L, leaf: int = 512):
-    """Inverse of a lower-triangular L, by halves: inv([[A, 0], [C, D]]) = [[A^-1, 0], [-D^-1 C A^-1, D^-1]];
-    the off-diagonal blocks are matrix products (fast BLAS), the leaves triangular solves."""
+_POTRF: list = []
+
+
+def _lapack_potrf():
+    """LAPACK's single-precision Cholesky (``spotrf_``) from the BLAS/LAPACK library torch links (MKL on x86
+    builds), or None where torch does not export it: then torch's own Cholesky, which works on a copy."""
+    if not _POTRF:
+        fn = None
+        if os.environ.get("SLMCTL_LAPACK", "1") != "0":
+            try:
+                import ctypes
+
+                import torch
+
+                lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+                fn = lib.spotrf_
+                fn.restype = None
+                fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p,
+                               ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+            except (OSError, AttributeError):
+                fn = None
+        _POTRF.append(fn)
+    return _POTRF[0]
+
+
+def _cholesky_in_place(M, potrf) -> bool:
+    """Lower Cholesky factor of the symmetric, C-contiguous float32 ``M`` written over its lower triangle (the
+    strict upper one is left as it was); False if ``M`` is not positive definite, and then ``M`` is as it was.
+
+    LAPACK reads memory column-major, where M's rows are its columns: ``uplo='L'`` there is the call torch makes
+    on its column-major copy (so the factor is the same, bit for bit) and writes L^T into M's upper triangle,
+    leaving M's lower one as it was; a transpose by blocks then puts L in the lower triangle. On failure the
+    upper triangle and diagonal are restored from the untouched lower one and a saved diagonal."""
+    import ctypes
+
+    n = M.shape[0]
+    diag = M.diagonal().clone()
+    N, info = ctypes.c_int(n), ctypes.c_int(0)
+    potrf(b"L", ctypes.byref(N), ctypes.c_void_p(M.data_ptr()), ctypes.byref(N), ctypes.byref(info))
+    if info.value < 0:
+        raise RuntimeError(f"spotrf: argument {-info.value} is invalid")
+    if info.value == 0:
+        _transpose_(M)
+        return True
+    step = 512
+    for a in range(0, n, step):  # mirror the untouched strict lower triangle back, a block of columns at a time
+        b = min(n, a + step)
+        lo = M[a:b, a:b].tril(-1)
+        M[a:b, a:b] = lo + lo.T
+        M[:a, a:b] = M[a:b, :a].T
+    M.diagonal().copy_(diag)
+    return False
+
+
+def _transpose_(M, step: int = 512) -> None:
+    """A square matrix transposed in place, a pair of blocks at a time."""
+    n = M.shape[0]
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        M[a:b, a:b] = M[a:b, a:b].T.clone()
+        for c in range(b, n, step):
+            d = min(n, c + step)
+            t = M[a:b, c:d].T.clone()
+            M[a:b, c:d] = M[c:d, a:b].T
+            M[c:d, a:b] = t
+
+
+def _reorder_symmetric_(M, order, rows_per_block: int = 512) -> None:
+    """``M[order][:, order]`` in place: the rows by following the permutation's cycles (one row of scratch),
+    then the columns a block of rows at a time."""
     import torch
 
-    out = torch.zeros_like(L)
+    idx = [int(i) for i in order]
+    n = len(idx)
+    if idx == list(range(n)):
+        return
+    seen = bytearray(n)
+    for s in range(n):
+        if seen[s] or idx[s] == s:
+            seen[s] = 1
+            continue
+        first = M[s].clone()
+        i = s
+        while True:  # row i takes row idx[i], which is read before it is overwritten
+            seen[i] = 1
+            j = idx[i]
+            if j == s:
+                M[i] = first
+                break
+            M[i] = M[j]
+            i = j
+    cols = torch.as_tensor(idx)
+    for a in range(0, n, rows_per_block):
+        M[a:a + rows_per_block] = M[a:a + rows_per_block].index_select(1, cols)
+
+
+def _reverse_(M, chunk: int = 1 << 20) -> None:
+    """Both dimensions of a contiguous matrix reversed in place (element k of the flat buffer swaps with
+    element N-1-k), ``chunk`` elements of scratch at a time."""
+    flat = M.view(-1)
+    N = flat.numel()
+    for k in range(0, N // 2, chunk):
+        e = min(chunk, N // 2 - k)
+        head = flat[k:k + e].clone()
+        flat[k:k + e] = flat[N - k - e:N - k].flip(0)
+        flat[N - k - e:N - k] = head.flip(0)
+
+
+def _lower_inverse_(L, leaf: int = 512) -> None:
+    """Inverse of a lower-triangular L (zero above the diagonal), in place, by halves:
+    inv([[A, 0], [C, D]]) = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]; the off-diagonal blocks are matrix products (fast
+    BLAS) with one block of scratch, the leaves triangular solves."""
+    import torch
 
     def fill(a: int, b: int) -> None:
         if b - a <= leaf:
-            out[a:b, a:b] = torch.linalg.solve_triangular(L[a:b, a:b], torch.eye(b - a, dtype=L.dtype), upper=False)
+            blk = L[a:b, a:b]
+            blk.copy_(torch.linalg.solve_triangular(blk, torch.eye(b - a, dtype=L.dtype), upper=False))
             return
         m = (a + b) // 2
         fill(a, m)
         fill(m, b)
-        out[m:b, a:m] = -(out[m:b, m:b] @ (L[m:b, a:m] @ out[a:m, a:m]))
+        C = L[m:b, a:m]
+        t = C @ L[a:m, a:m]  # C A^-1
+        C.copy_(t)
+        del t
+        t = L[m:b, m:b] @ C  # D^-1 C A^-1
+        C.copy_(t).neg_()
 
     fill(0, L.shape[0])
-    return out
 
 
 def _inverse_cholesky_damped(H, damp: float):
@@ -355,6 +495,8 @@ def quantize_gptq(layer, cfg: QuantConfig, *, names: list[str], step, gptq: GPTQ
     """
     import torch
 
+    from ...layerwise import release_freed_memory
+
     gcfg = gptq or GPTQConfig()
     want = set(names)
     groups = [[n for n in grp if n in want] for grp in step.groups()]
@@ -370,6 +512,9 @@ def quantize_gptq(layer, cfg: QuantConfig, *, names: list[str], step, gptq: GPTQ
         acc = HessianAccumulator(layer.get_submodule(grp[0]).in_features)
         step.recapture([grp[0]], on_input=lambda n, x: acc.add(x), stop_early=True, replayable=len(grp) == 1)
         out.update(_quantize_group(layer, grp, acc.result(), cfg, gcfg))
+        del acc
+        if layer.get_submodule(grp[0]).in_features >= BIG_HESSIAN:
+            release_freed_memory()  # the big Hessian's scratch, before the next group's activations
     return out
 
 
@@ -380,7 +525,8 @@ def _quantize_group(layer, grp: list[str], H, cfg: QuantConfig, gcfg: GPTQConfig
     lins = [layer.get_submodule(n) for n in grp]
     with torch.no_grad():
         W = torch.cat([lin.weight.data.float() for lin in lins], 0)
-        res = gptq_quantize_weight(W, H, cfg, gcfg)
+        res = gptq_quantize_weight(W, H, cfg, gcfg, own_hessian=True)  # the accumulator and the stack are spent
+        del H, W
         out = {}
         row = 0
         for n, lin in zip(grp, lins):

@@ -203,30 +203,58 @@ def _convert(a: np.ndarray, p: _Planned, spec: ArchSpec, cfg: dict, grid=None) -
     return _encode_rows(lambda i, j: a[i:j], p.shape, p.gtype)
 
 
-# stored by GGUF exactly as the HF model holds them (no family reorders them): converted slice by slice
-# straight from the file, so the largest tensor of a small model is never whole in float32
-STREAMED = ("token_embd.weight", "output.weight")
+def _plain(spec: ArchSpec, p: _Planned) -> bool:
+    """GGUF stores this tensor exactly as the HF model holds it (no transposition, reordering or arithmetic)."""
+    return not (spec.transposed(p.hf) or spec.permuted(p.hf) or spec.shifted_norm(p.hf)
+                or (spec.fold_query_scale and p.hf.endswith("self_attn.q_norm.weight"))
+                or _tensor_op(spec, p.hf) is not None)
 
 
-def _encode_rows(read: Callable[[int, int], np.ndarray], shape: tuple[int, ...], gtype: str) -> np.ndarray:
-    """A float32 tensor of ``shape`` in GGUF type ``gtype``, encoded ``CHUNK`` elements at a time:
-    ``read(i, j)`` gives rows i..j-1 of its outermost dimension (from memory or from the file)."""
+def _type_fn(gtype: str) -> Callable[[np.ndarray], np.ndarray]:
     from ...methods.quantize.gguf_blocks import GGUF_BLOCK_TYPES, quantize_bf16
 
-    fn = {"f32": lambda x: x, "f16": lambda x: x.astype(np.float16), "bf16": quantize_bf16}.get(gtype) \
+    return {"f32": lambda x: x, "f16": lambda x: x.astype(np.float16), "bf16": quantize_bf16}.get(gtype) \
         or GGUF_BLOCK_TYPES.get(gtype)
+
+
+def _encode_rows(read: Callable[[int, int], np.ndarray], shape: tuple[int, ...], gtype: str,
+                 chunk: int = CHUNK) -> np.ndarray:
+    """A float32 tensor of ``shape`` in GGUF type ``gtype``, encoded about ``chunk`` elements at a time:
+    ``read(i, j)`` gives rows i..j-1 of its outermost dimension (from memory or from the file). What
+    ``read`` returns may be a reused buffer: each slice is encoded before the next one is read."""
+    fn = _type_fn(gtype)
     n = shape[0] if shape else 1
     per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    step = max(1, CHUNK // max(per_row, 1))
+    step = max(1, chunk // max(per_row, 1))
     if len(shape) < 2 or n <= step:
-        return fn(read(0, n))
+        out = fn(read(0, n))
+        return out.copy() if gtype == "f32" else out  # never the reader's buffer
+    if gtype in ("f16", "f32"):  # cast straight into the result, no temporary per slice
+        out = np.empty(shape, dtype=np.float16 if gtype == "f16" else np.float32)
+        for i in range(0, n, step):
+            np.copyto(out[i:i + step], read(i, min(n, i + step)), casting="same_kind")
+        return out
     # row chunks keep the block maths' temporaries small next to the tensor itself
     first = fn(read(0, step))
     out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
     out[:step] = first
     for i in range(step, n, step):
-        out[i:i + step] = fn(read(i, i + step))
+        out[i:i + step] = fn(read(i, min(n, i + step)))
     return out
+
+
+# slices read straight from a safetensors file: small enough that the float32 rows stay in the CPU caches
+FILE_CHUNK = 1 << 18
+
+
+def _encode_file(reader, shape: tuple[int, ...], gtype: str) -> np.ndarray:
+    """A plain safetensors tensor in GGUF type ``gtype``, read and encoded a slice of rows at a time through
+    reused buffers (io.np_tensors.RowReader): memory stays near the encoded tensor, never its float32 copy."""
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    rows = shape[0] if len(shape) < 2 else max(1, min(shape[0], FILE_CHUNK // max(per_row, 1)))
+    buf = np.empty(rows * per_row, dtype=np.float32)
+    with open(reader.path, "rb", buffering=0) as f:
+        return _encode_rows(lambda i, j: reader.read(f, i, j, buf), shape, gtype, chunk=rows * per_row)
 
 
 def _first(cfg: dict, keys: tuple[str, ...]):
@@ -422,7 +450,7 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
     from ...io.artifact import PROVENANCE_KEY
     from ...io.gguf_writer import GGUFStreamWriter
     from ...io.hf_vocab import read_vocab
-    from ...io.np_tensors import load_float32
+    from ...io.np_tensors import RowReader, load_float32
     from ...io.prefetch import ordered_map
 
     cfg = art.config
@@ -476,9 +504,10 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
             if p.make is not None:
                 return p.make()
             lt, grid = art.tensors[p.hf], (grids[p.hf]() if p.hf in grids else None)
-            if grid is None and p.gguf in STREAMED and tuple(lt.shape) == p.shape \
-                    and str(getattr(lt, "source", "")).endswith(".safetensors"):  # other sources load whole
-                return _encode_rows(lambda i, j: load_float32(lt, rows=(i, j)), p.shape, p.gtype)
+            if grid is None and tuple(lt.shape) == p.shape and _plain(spec, p):
+                reader = RowReader.of(lt)  # other sources load whole
+                if reader is not None:
+                    return _encode_file(reader, p.shape, p.gtype)
             return _convert(load_float32(lt), p, spec, cfg, grid)
 
         # the next tensors are read and converted on the other cores while this one is written
