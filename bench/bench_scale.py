@@ -23,7 +23,7 @@ bench/run.py, the plot goes beside the results instead, so a smoke run never tou
 Budget (make bench, 2 quiet cores): about 25 minutes at the defaults. Environment, to scale down a smoke run:
 BENCH_SCALE_SHAPES (the three), BENCH_SCALE_VERBS (export-f16 export-q8_0 gptq wanda merge eval imatrix),
 BENCH_SCALE_ROUNDS (3: rounds of the cheap verbs below BENCH_SCALE_BIG_PARAMS, 3e8 parameters: the 135M shape),
-BENCH_SCALE_BIG_ROUNDS (1: rounds from that size on, and of GPTQ at every size), BENCH_SCALE_LLMC_SHAPES (qwen2.5-0.5b) and BENCH_SCALE_GPTQMODEL_SHAPES
+BENCH_SCALE_BIG_ROUNDS (1: rounds from that size on, and of GPTQ at every size; exports always get BENCH_SCALE_ROUNDS), BENCH_SCALE_LLMC_SHAPES (qwen2.5-0.5b) and BENCH_SCALE_GPTQMODEL_SHAPES
 (smollm2-135m qwen2.5-0.5b): where the GPTQ peers run ("" for none), BENCH_SCALE_CONVERTER_SHAPES (qwen2.5-1.5b),
 BENCH_SCALE_RETRIES (2: reruns of a contended round), BENCH_LOCK (run each command under this flock, the shared heavy-job lock).
 """
@@ -197,7 +197,8 @@ def measure_verb(verb: str, shape: str, model: Path, other: Path, params: int) -
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         (cache / "hashes.json").unlink(missing_ok=True)  # slmctl hashes its inputs every time
 
-    rounds = BIG_ROUNDS if (verb == "gptq" or params >= BIG_PARAMS) else ROUNDS
+    # exports take seconds and are where disk speed swings most: every size gets the full rounds
+    rounds = ROUNDS if verb.startswith("export-") else BIG_ROUNDS if (verb == "gptq" or params >= BIG_PARAMS) else ROUNDS
     failed = {}
     with heavy(LOCK):
         while True:
@@ -310,7 +311,9 @@ def render(result: dict) -> str:
          f"Each command a fresh process, start-up included; median [min-max] over {result['rounds']} rounds below "
          f"{result.get('big_params', 1e9) / 1e6:.0f}M "
          f"parameters, {result['big_rounds']} from there on and for GPTQ at every size (the section has to fit a "
-         "`make bench` on two cores). Calibration: "
+         f"`make bench` on two cores); the exports get {result['rounds']} rounds at every size. Dirty pages are "
+         "written out (`sync`) before every command, so none pays for the previous one's writes (the converter does "
+         "not fsync its output; slmctl does, before renaming it into place). Calibration: "
          f"{SAMPLES} x {SEQLEN} tokens of `{DATA}` (seed 0, the same token windows for every tool); eval: "
          f"{WINDOWS} x {CTX} tokens. slmctl hashes its inputs for provenance on every run (empty hash cache). "
          "Exponent: log(t2/t1) / log(p2/p1) between consecutive sizes, from the medians; start-up cost is in the "

@@ -3,7 +3,8 @@
 Every command is measured the same way for slmctl and for its peer: started as a fresh process through
 bench/launch.py (so its peak RSS is its own, read from wait4's rusage; GNU time is not needed), wall time
 end to end with start-up included, the load average before and after, and how many cores' worth of CPU
-other processes took while it ran. A pair measured while something else used more than
+other processes took while it ran. Dirty pages are written out (``sync``) before each command, so no command
+pays for the previous one's writes. A pair measured while something else used more than
 ``CONTENDED_CORES`` is rerun, and marked if it stays contended; ratios come from uncontended rounds only.
 """
 
@@ -78,6 +79,9 @@ def alternate(cmds: dict[str, list[str]], rounds: int = 3, before=None, cwd=None
             for n in order:
                 if before:
                     before(n)
+                # the previous command's dirty pages (a peer that does not fsync leaves gigabytes of them) are
+                # written out before the next command starts, not during it: each side starts from a clean cache
+                os.sync()
                 m = measure(cmds[n], cwd=cwd, env=env)
                 if m["rc"] != 0:
                     raise RuntimeError(f"{n} failed (exit {m['rc']}): {' '.join(map(str, cmds[n]))}\n{m['stderr'][-3000:]}")
