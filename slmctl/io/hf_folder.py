@@ -14,14 +14,15 @@ from .atomic import atomic_path
 
 @contextmanager
 def hf_folder(out: Path, *, src_dir: Path | None, config: dict[str, Any] | None, prov: dict[str, Any],
-              force: bool = False, max_shard_size: int | None = None) -> Iterator[Any]:
+              force: bool = False, max_shard_size: int | None = None, expected: list[str] | None = None) -> Iterator[Any]:
     """The one HF-folder writer: yields a ShardedWriter (``w.add(name, tensor)``; ``w.folder`` is the folder
     being written, for any other file) and renames the folder into place when the block ends without error.
 
     The side files (tokenizer, generation config) are copied from ``src_dir`` (None: none) and ``config``
     written as config.json (None: the caller writes it). ``prov`` goes into every shard header and into
     slmctl.json; it is serialised when the block ends, so the caller may complete it (e.g. the sparsity a
-    streaming producer achieved, the inputs' hashes) inside the block.
+    streaming producer achieved, the inputs' hashes) inside the block. ``expected``: the names of the tensors
+    to come, when known (each shard is then renamed into place rather than copied behind its header).
     """
     from .. import provenance
     from .atomic import write_provenance_file
@@ -34,7 +35,8 @@ def hf_folder(out: Path, *, src_dir: Path | None, config: dict[str, Any] | None,
                     shutil.copyfile(src_dir / name, tmp / name)
         if config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        with ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
+        with ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)},
+                           expected=expected) as w:
             yield w
             w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
         write_provenance_file(tmp / PROVENANCE_FILE, prov)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import FormatError, InputError
+from .atomic import WRITEBACK_BYTES, start_writeback
 from .lazy import LazyTensor
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
@@ -198,6 +199,14 @@ def _contiguous(tensor):
     return tensor.detach().cpu().contiguous()
 
 
+def _header_room(names: list[str], metadata: dict[str, str] | None) -> int:
+    """Bytes to reserve for a shard's header (8-byte length included), 8-aligned: every named tensor's entry
+    with room for long shapes and offsets, and the metadata twice over (provenance is completed at the end)."""
+    meta = len(json.dumps(metadata or {}))
+    n = 8 + 64 + sum(len(x.encode()) + 160 for x in names) + 2 * meta + (64 << 10)
+    return -(-n // 8) * 8
+
+
 class ShardedWriter:
     """Stream tensors into safetensors shards of at most ``max_shard_size`` bytes.
 
@@ -210,8 +219,12 @@ class ShardedWriter:
     """
 
     def __init__(self, folder: Path, *, max_shard_size: int | None = None, metadata: dict[str, str] | None = None,
-                 single_file: Path | None = None, prefix: str = "model"):
+                 single_file: Path | None = None, prefix: str = "model", expected: list[str] | None = None):
         self.folder = Path(folder)
+        # the names of the tensors to come, when the caller knows them: each shard's scratch file then starts with
+        # room for its header, and a header that fits is written into it, so the shard is renamed into place
+        # instead of copied behind its header (which wrote every byte twice)
+        self._reserve = _header_room(expected, metadata) if expected else 0
         self.max = max_shard_size
         self.meta = dict(metadata or {})
         self.meta.setdefault("format", "pt")
@@ -237,7 +250,10 @@ class ShardedWriter:
             scratch = self.single_file.parent / f"{self.single_file.name}.body{i}"
         else:
             scratch = self.folder / f".shard{i}.body"
-        self._shards.append({"scratch": scratch, "fh": open(scratch, "wb"), "entries": {}, "size": 0})
+        fh = open(scratch, "wb")
+        if self._reserve:
+            fh.seek(self._reserve)  # a hole the header is written into on close
+        self._shards.append({"scratch": scratch, "fh": fh, "entries": {}, "size": 0})
 
     def add(self, name: str, tensor) -> None:
         """Append one tensor (torch or numpy), converted to contiguous bytes."""
@@ -272,6 +288,10 @@ class ShardedWriter:
                 # flatten before the byte view: a 0-d tensor (a scalar) cannot be viewed as bytes
                 cur["fh"].write(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.dtype != torch.bool
                                 else t.numpy().tobytes())
+                end = self._reserve + cur["size"] + wrote + n
+                if end - cur.get("kicked", 0) >= WRITEBACK_BYTES:  # the disk writes while the next pieces come
+                    start_writeback(cur["fh"], cur.get("kicked", 0), end)
+                    cur["kicked"] = end
             wrote += n
             t = next(it, None)
             if t is not None:
@@ -301,13 +321,23 @@ class ShardedWriter:
             header["__metadata__"] = self.meta
             raw = json.dumps(header, separators=(",", ":"), sort_keys=False).encode()
             raw += b" " * (-len(raw) % 8)  # align the data to 8 bytes, as the reference writer does
-            with open(dest, "wb") as out, open(sh["scratch"], "rb") as body:
-                out.write(struct.pack("<Q", len(raw)))
-                out.write(raw)
-                shutil.copyfileobj(body, out, 8 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.unlink(sh["scratch"])
+            room = self._reserve - 8
+            if self._reserve and len(raw) <= room:  # spaces pad a JSON header (the format allows whitespace)
+                with open(sh["scratch"], "r+b") as out:
+                    out.write(struct.pack("<Q", room))
+                    out.write(raw + b" " * (room - len(raw)))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(sh["scratch"], dest)
+            else:
+                with open(dest, "wb") as out, open(sh["scratch"], "rb") as body:
+                    out.write(struct.pack("<Q", len(raw)))
+                    out.write(raw)
+                    body.seek(self._reserve)
+                    shutil.copyfileobj(body, out, 8 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.unlink(sh["scratch"])
             paths.append(dest)
             total += sh["size"]
             for name in sh["entries"]:

@@ -610,7 +610,8 @@ def merge(models: Sequence[str] = (), out: str | Path | None = None, recipe: Mer
         recipe = {"method": meth.name, "config": doc, "seed": seed, "max_shard_size": shard}
         tok = opened[plan.tokenizer_key]
         prov: dict[str, Any] = {}  # completed once the inputs' hashes (computed meanwhile) are in
-        with hf_folder(out, src_dir=tok.folder, config=out_cfg, prov=prov, force=force, max_shard_size=shard) as w:
+        with hf_folder(out, src_dir=tok.folder, config=out_cfg, prov=prov, force=force, max_shard_size=shard,
+                       expected=[p.name for p in plan.tensors]) as w:
             gen_cfg = opened[plan.template].folder / "generation_config.json" if opened[plan.template].folder else None
             if gen_cfg is not None and gen_cfg.is_file():
                 shutil.copyfile(gen_cfg, w.folder / "generation_config.json")

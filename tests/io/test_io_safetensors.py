@@ -77,3 +77,45 @@ def test_parse_size():
 
     with pytest.raises(UsageError):
         st.parse_size("lots")
+
+
+def test_sharded_writer_with_expected_names_renames_instead_of_copying(tmp_path, monkeypatch):
+    """With the tensor names known, each shard's header goes into room reserved at the head of its scratch file
+    (padded with spaces) and the scratch is renamed into place: the same tensors and metadata as the copying
+    path, read back by the reference loader; a header that outgrows the room falls back to the copy."""
+    import torch
+    from safetensors import safe_open
+
+    from slmctl.io import safetensors as st
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"layers.{i}.w": torch.randn(33, 17, generator=g).to(torch.bfloat16) for i in range(5)}
+    tensors["scalar"] = torch.tensor(3.0)
+    copies = []
+    real_copy = st.shutil.copyfileobj
+    monkeypatch.setattr(st.shutil, "copyfileobj", lambda *a, **k: (copies.append(1), real_copy(*a, **k)))
+    outs = {}
+    for kind, expected, meta in (("plain", None, {"k": "v"}), ("room", list(tensors), {"k": "v"}),
+                                 ("outgrown", ["x"], {"k": "v"})):
+        folder = tmp_path / kind
+        folder.mkdir()
+        copies.clear()
+        with st.ShardedWriter(folder, max_shard_size=2500, metadata=meta, expected=expected) as w:
+            for name, t in tensors.items():
+                w.add(name, t)
+            if kind == "outgrown":
+                w.meta["big"] = "x" * (200 << 10)  # provenance completed at the end, larger than the room
+        files = sorted(folder.glob("model-*.safetensors"))
+        assert len(files) > 1 and not list(folder.glob(".shard*"))
+        assert (len(copies) == 0) == (kind == "room"), kind
+        got = {}
+        for f in files:
+            with safe_open(str(f), "pt") as fh:
+                assert fh.metadata()["k"] == "v"
+                got.update({k: fh.get_tensor(k) for k in fh.keys()})
+            n = int.from_bytes(f.read_bytes()[:8], "little")
+            assert (8 + n) % 8 == 0
+        outs[kind] = got
+    for kind in ("room", "outgrown"):
+        assert outs[kind].keys() == tensors.keys()
+        assert all(torch.equal(outs[kind][k], tensors[k]) for k in tensors)
