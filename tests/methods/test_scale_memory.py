@@ -212,3 +212,24 @@ def test_selection_masks_equal_the_stable_sort(kind, dim):
     for k in (1, 5, 150, 299, x.shape[dim] - 1, x.shape[dim]):
         want = torch.zeros(x.shape, dtype=torch.bool).scatter_(dim, torch.sort(x, dim=dim, stable=True)[1].narrow(dim, 0, k), True)
         assert torch.equal(_lowest(x, k, dim), want), (kind, k)
+
+
+def test_in_place_lapack_cholesky_equals_torch_and_restores_on_failure(monkeypatch):
+    """The factor through LAPACK's spotrf on the Hessian's own buffer is torch's (bit for bit), and a matrix
+    that is not positive definite comes back as it was, for the retry with more damping."""
+    from slmctl.methods.quantize import gptq
+
+    H = _spd(260, seed=7)
+    perm = torch.randperm(260, generator=torch.Generator().manual_seed(3))
+    fast = gptq._big_inverse_factor(H, 0.01, perm)
+    monkeypatch.setattr(gptq, "_POTRF", [None])  # torch's Cholesky on a copy
+    slow = gptq._big_inverse_factor(H, 0.01, perm)
+    assert torch.equal(fast, slow)
+    monkeypatch.undo()
+    potrf = gptq._lapack_potrf()
+    if potrf is not None:
+        A = torch.randn(300, 300, generator=torch.Generator().manual_seed(4))
+        A = (A + A.T).contiguous()  # symmetric, indefinite
+        M = A.clone()
+        assert not gptq._cholesky_in_place(M, potrf)
+        assert torch.equal(M, A)
