@@ -47,7 +47,8 @@ def gguf_to_hf(src: Path, out: Path, *, force: bool, ref: str | None = None, max
                             [provenance.input_record(ref or str(src), src, art)])
     target = getattr(torch, dtype) if dtype else torch.float32
     _restore_rope(model.config, art, arch)
-    with hf_folder(out, src_dir=None, config=None, prov=prov, force=force, max_shard_size=max_shard_size) as w:
+    with hf_folder(out, src_dir=None, config=None, prov=prov, force=force, max_shard_size=max_shard_size,
+                   expected=[name for name, _ in unique_state_items(model)]) as w:
         model.config.dtype = target
         model.config.architectures = [type(model).__name__]  # save_pretrained sets it; config alone does not
         model.config.save_pretrained(w.folder)

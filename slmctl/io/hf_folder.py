@@ -43,9 +43,12 @@ def hf_folder(out: Path, *, src_dir: Path | None, config: dict[str, Any] | None,
 
 
 def write_hf_folder(out: Path, *, src_dir: Path, config: dict[str, Any], tensors: Iterable[tuple[str, Any]],
-                    prov: dict[str, Any], force: bool = False, max_shard_size: int | None = None) -> Path:
-    """``tensors`` is consumed one at a time (memory stays near one tensor); written atomically (hf_folder)."""
-    with hf_folder(out, src_dir=src_dir, config=config, prov=prov, force=force, max_shard_size=max_shard_size) as w:
+                    prov: dict[str, Any], force: bool = False, max_shard_size: int | None = None,
+                    expected: list[str] | None = None) -> Path:
+    """``tensors`` is consumed one at a time (memory stays near one tensor); written atomically (hf_folder).
+    ``expected``: the names ``tensors`` will give, when known (hf_folder)."""
+    with hf_folder(out, src_dir=src_dir, config=config, prov=prov, force=force, max_shard_size=max_shard_size,
+                   expected=expected) as w:
         for name, t in tensors:
             w.add(name, t)
     return out

@@ -55,4 +55,4 @@ def export_hf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bo
         cfg.pop("torch_dtype", None)
     return write_hf_folder(out, src_dir=art.path if art.path.is_dir() else art.path.parent, config=cfg,
                            tensors=stream_tensors(art, dtype, progress), prov=prov, force=force,
-                           max_shard_size=shard)
+                           max_shard_size=shard, expected=list(art.tensors))
