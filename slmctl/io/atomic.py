@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import errno
 import os
 import shutil
@@ -169,7 +170,20 @@ def write_provenance_file(path: Path, prov: dict) -> None:
 
 
 WRITEBACK_BYTES = 64 << 20  # a big output's pages are handed to the disk every this many bytes
-_SFR: list = []
+
+
+@functools.cache
+def _sync_file_range():
+    """libc's ``sync_file_range`` (Linux), or None."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def start_writeback(f, start: int, end: int) -> None:
@@ -180,18 +194,22 @@ def start_writeback(f, start: int, end: int) -> None:
     flushed first. ``SLMCTL_WRITEBACK=0`` turns it off."""
     if end <= start or os.environ.get("SLMCTL_WRITEBACK", "1") == "0":
         return
-    if not _SFR:
-        fn = None
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            fn = None
-        _SFR.append(fn)
-    if _SFR[0] is None:
+    fn = _sync_file_range()
+    if fn is None:
         return
     f.flush()
-    _SFR[0](f.fileno(), start, end - start, 2)  # SYNC_FILE_RANGE_WRITE; a failure only loses the head start
+    fn(f.fileno(), start, end - start, 2)  # SYNC_FILE_RANGE_WRITE; a failure only loses the head start
+
+
+class Writeback:
+    """An output file's writeback as a writer appends to it: after each write, ``wrote()`` hands the bytes
+    written since the last hand-off to the disk once there are ``WRITEBACK_BYTES`` of them."""
+
+    def __init__(self, f, start: int = 0):
+        self.f, self.done = f, start
+
+    def wrote(self) -> None:
+        end = self.f.tell()
+        if end - self.done >= WRITEBACK_BYTES:
+            start_writeback(self.f, self.done, end)
+            self.done = end

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .atomic import WRITEBACK_BYTES, start_writeback
+from .atomic import Writeback
 from .gguf_types import ggml_types
 
 ALIGNMENT = 32
@@ -152,7 +152,7 @@ class GGUFStreamWriter:
         self._f.write(b"\0" * _pad(len(blob)))
         self._state = "data"
         self._written = 0
-        self._flushed = 0
+        self._writeback = Writeback(self._f)
 
     def write_tensor(self, name: str, data: np.ndarray) -> None:
         """Write the next tensor's bytes (already converted to its declared type)."""
@@ -169,10 +169,7 @@ class GGUFStreamWriter:
         self._f.write(buf)
         self._f.write(b"\0" * _pad(info.nbytes))
         self._written += 1
-        end = self._f.tell()
-        if end - self._flushed >= WRITEBACK_BYTES:  # the disk writes while the next tensors convert
-            start_writeback(self._f, self._flushed, end)
-            self._flushed = end
+        self._writeback.wrote()  # the disk writes while the next tensors convert
 
     def close(self) -> None:
         if self._f is None:

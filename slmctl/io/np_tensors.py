@@ -30,44 +30,25 @@ def load_float32(lazy, rows: tuple[int, int] | None = None) -> np.ndarray:
     ``rows=(i, j)``: only rows i..j-1 of the outermost dimension, read from the file alone when the
     tensor is in a safetensors file (so a huge embedding converts in slices, never whole).
     """
-    src = getattr(lazy, "source", "")
-    entries, start, ent = {}, 0, None
-    if src and str(src).endswith(".safetensors"):
-        entries, _, start = _header(str(src))
-        ent = entries.get(lazy.name)
-    if ent is None or (ent.dtype not in _NP and ent.dtype != "BF16"):  # not a plain safetensors float: torch decodes
+    reader = RowReader.of(lazy)
+    if reader is None:  # not a plain safetensors tensor: torch decodes
         t = lazy.load()
         if hasattr(t, "float"):
             t = t.float().numpy()
         a = np.asarray(t, dtype=np.float32)
         return a if rows is None else a[rows[0]:rows[1]]
-    src_dtype = np.dtype("<u2" if ent.dtype == "BF16" else _NP[ent.dtype])
-    shape = tuple(ent.shape)
-    begin, n = ent.begin, ent.end - ent.begin
-    if rows is not None:
-        if not shape:
-            raise FormatError(f"{src}: tensor {lazy.name!r} is a scalar; it has no rows")
-        row = n // max(shape[0], 1)
-        i, j = max(0, rows[0]), min(shape[0], rows[1])
-        begin, n, shape = begin + i * row, max(0, j - i) * row, (max(0, j - i), *shape[1:])
-    out = np.empty(n // src_dtype.itemsize, dtype=np.float32)
-    with open(Path(src), "rb") as f:
-        f.seek(start + begin)
-        if src_dtype == np.float32:  # straight into the result, no second copy
-            got = f.readinto(memoryview(out).cast("B"))
-        else:  # converted chunk by chunk, so memory stays near the float32 result
-            got, step = 0, _CHUNK // src_dtype.itemsize
-            for i in range(0, out.size, step):
-                buf = f.read(min(step, out.size - i) * src_dtype.itemsize)
-                part = np.frombuffer(buf, dtype=src_dtype)
-                if ent.dtype == "BF16":  # bf16 is the top half of a float32: widen exactly, in place (no temporaries)
-                    np.left_shift(part, 16, out=out[i:i + part.size].view(np.uint32), dtype=np.uint32)
-                else:
-                    out[i:i + part.size] = part
-                got += len(buf)
-    if got != n:
-        raise FormatError(f"{src}: file shrank while reading tensor {lazy.name!r}")
-    return out.reshape(shape)
+    if rows is not None and not reader.shape:
+        raise FormatError(f"{reader.path}: tensor {lazy.name!r} is a scalar; it has no rows")
+    n = reader.shape[0] if reader.shape else 1
+    i, j = (0, n) if rows is None else (max(0, rows[0]), min(n, rows[1]))
+    j = max(i, j)
+    per_row = reader.row_bytes // reader.dtype.itemsize
+    out = np.empty((j - i) * per_row, dtype=np.float32)
+    step = max(1, _CHUNK // max(reader.row_bytes, 1))  # converted a chunk at a time: memory near the result
+    with open(reader.path, "rb", buffering=0) as f:
+        for a in range(i, j, step):
+            reader.read(f, a, min(j, a + step), out[(a - i) * per_row:])
+    return out.reshape((j - i, *reader.shape[1:]) if reader.shape else ())
 
 
 class RowReader:
@@ -76,7 +57,8 @@ class RowReader:
     The streaming exporter converts a tensor a slice of rows at a time; reading each slice into the
     same small buffers (the raw bytes and the float32 rows, both reused) keeps them in the CPU caches and
     spares the kernel a fresh zeroed page for every megabyte, which is most of the cost of widening
-    bf16 when each slice gets new arrays. ``RowReader.of(lazy)`` is None for any other source.
+    bf16 when each slice gets new arrays. Any stored float or integer type is read (cast to float32; a scalar is
+    one row); ``RowReader.of(lazy)`` is None for any other source or type.
     """
 
     def __init__(self, path: str, name: str, ent, start: int):
@@ -96,8 +78,7 @@ class RowReader:
             return None
         entries, _, start = _header(src)
         ent = entries.get(lazy.name)
-        if ent is None or len(ent.shape) < 1 or (ent.dtype not in _NP and ent.dtype != "BF16") \
-                or not np.issubdtype(np.dtype(_NP.get(ent.dtype, "<f2")), np.floating):
+        if ent is None or (ent.dtype not in _NP and ent.dtype != "BF16"):
             return None
         return cls(src, lazy.name, ent, start)
 
@@ -123,4 +104,4 @@ class RowReader:
                 np.left_shift(part, 16, out=dst.view(np.uint32), dtype=np.uint32)
             else:
                 dst[:] = part
-        return dst.reshape(j - i, *self.shape[1:])
+        return dst.reshape(j - i, *self.shape[1:]) if self.shape else dst.reshape(())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import FormatError, InputError
-from .atomic import WRITEBACK_BYTES, start_writeback
+from .atomic import Writeback
 from .lazy import LazyTensor
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
@@ -253,7 +253,8 @@ class ShardedWriter:
         fh = open(scratch, "wb")
         if self._reserve:
             fh.seek(self._reserve)  # a hole the header is written into on close
-        self._shards.append({"scratch": scratch, "fh": fh, "entries": {}, "size": 0})
+        self._shards.append({"scratch": scratch, "fh": fh, "entries": {}, "size": 0,
+                             "writeback": Writeback(fh, self._reserve)})
 
     def add(self, name: str, tensor) -> None:
         """Append one tensor (torch or numpy), converted to contiguous bytes."""
@@ -288,10 +289,7 @@ class ShardedWriter:
                 # flatten before the byte view: a 0-d tensor (a scalar) cannot be viewed as bytes
                 cur["fh"].write(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.dtype != torch.bool
                                 else t.numpy().tobytes())
-                end = self._reserve + cur["size"] + wrote + n
-                if end - cur.get("kicked", 0) >= WRITEBACK_BYTES:  # the disk writes while the next pieces come
-                    start_writeback(cur["fh"], cur.get("kicked", 0), end)
-                    cur["kicked"] = end
+                cur["writeback"].wrote()  # the disk writes while the next pieces come
             wrote += n
             t = next(it, None)
             if t is not None:

@@ -222,7 +222,7 @@ def test_in_place_lapack_cholesky_equals_torch_and_restores_on_failure(monkeypat
     H = _spd(260, seed=7)
     perm = torch.randperm(260, generator=torch.Generator().manual_seed(3))
     fast = gptq._big_inverse_factor(H, 0.01, perm)
-    monkeypatch.setattr(gptq, "_POTRF", [None])  # torch's Cholesky on a copy
+    monkeypatch.setattr(gptq, "_lapack_potrf", lambda: None)  # torch's Cholesky on a copy
     slow = gptq._big_inverse_factor(H, 0.01, perm)
     assert torch.equal(fast, slow)
     monkeypatch.undo()

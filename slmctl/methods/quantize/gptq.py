@@ -15,6 +15,7 @@ Transformers", https://arxiv.org/abs/2210.17323 (reference code: https://github.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     import torch
 
     # a weight the caller built for this call (own_hessian: it is spent too) is updated in place, not copied
-    W = W.detach().float() if own_hessian and W.dtype == torch.float32 else W.detach().clone().float()
+    W = W.detach() if own_hessian and W.dtype == torch.float32 else W.detach().clone().float()
     rows, cols = W.shape
     maxq = cfg.maxq
     g = cfg.group_len(cols)
@@ -293,8 +294,8 @@ def _big_inverse_factor(H, damp: float, perm=None, overwrite: bool = False):
     Cholesky, ``cholesky_inverse`` and second Cholesky take 4/3 n^3, in float32 (as the reference code and the
     peers invert) rather than float64.
 
-    Memory: everything but the Cholesky happens in one n x n buffer (the reordering, the triangular inverse by
-    halves, the reversal), so the peak is two of them while torch factorises. ``overwrite``: that buffer is ``H``
+    Memory: everything happens in one n x n buffer (the reordering, LAPACK's Cholesky, the triangular inverse by
+    halves, the reversal); only torch's Cholesky, the fallback, factorises a second one. ``overwrite``: that buffer is ``H``
     itself (float32, contiguous), which then holds U; otherwise a copy, and ``H`` is left alone."""
     import torch
 
@@ -332,29 +333,25 @@ def _big_inverse_factor(H, damp: float, perm=None, overwrite: bool = False):
                      hint="use more calibration samples (--samples) or --method rtn")
 
 
-_POTRF: list = []
-
-
+@functools.cache
 def _lapack_potrf():
     """LAPACK's single-precision Cholesky (``spotrf_``) from the BLAS/LAPACK library torch links (MKL on x86
-    builds), or None where torch does not export it: then torch's own Cholesky, which works on a copy."""
-    if not _POTRF:
-        fn = None
-        if os.environ.get("SLMCTL_LAPACK", "1") != "0":
-            try:
-                import ctypes
+    builds), or None where torch does not export it or with ``SLMCTL_LAPACK=0``: then torch's own Cholesky,
+    which works on a copy."""
+    if os.environ.get("SLMCTL_LAPACK", "1") == "0":
+        return None
+    try:
+        import ctypes
 
-                import torch
+        import torch
 
-                lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-                fn = lib.spotrf_
-                fn.restype = None
-                fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p,
-                               ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
-            except (OSError, AttributeError):
-                fn = None
-        _POTRF.append(fn)
-    return _POTRF[0]
+        fn = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")).spotrf_
+    except (OSError, AttributeError):
+        return None
+    fn.restype = None
+    fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p,
+                   ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+    return fn
 
 
 def _cholesky_in_place(M, potrf) -> bool:

@@ -251,7 +251,8 @@ def _encode_file(reader, shape: tuple[int, ...], gtype: str) -> np.ndarray:
     """A plain safetensors tensor in GGUF type ``gtype``, read and encoded a slice of rows at a time through
     reused buffers (io.np_tensors.RowReader): memory stays near the encoded tensor, never its float32 copy."""
     per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    rows = shape[0] if len(shape) < 2 else max(1, min(shape[0], FILE_CHUNK // max(per_row, 1)))
+    n = shape[0] if shape else 1
+    rows = n if len(shape) < 2 else max(1, min(n, FILE_CHUNK // max(per_row, 1)))
     buf = np.empty(rows * per_row, dtype=np.float32)
     with open(reader.path, "rb", buffering=0) as f:
         return _encode_rows(lambda i, j: reader.read(f, i, j, buf), shape, gtype, chunk=rows * per_row)
