@@ -201,7 +201,7 @@ def report(rows: list[dict], t_f16: dict, t_im: dict, failed: list[dict] = ()) -
              f"region of `{DATA}`, the same windows for every tool; evaluation: `slmctl eval OUT --reference {MODEL} "
              f"--windows {WINDOWS} --ctx {CTX}` on the held-out evaluation region (GGUFs run in llama.cpp). fp32 "
              f"perplexity {fp32:.3f}. llama.cpp = `llama_model_quantize` from llama-cpp-python on slmctl's f16 GGUF; "
-             "its importance matrix is slmctl's over the same windows (llama-imatrix is not in the package). "
+             "its importance matrix is slmctl's over the same windows (the imatrix section compares it with llama-imatrix's). "
              f"Wall time includes the f16 export ({t_f16['wall_s']:.0f} s) and the matrix ({t_im['wall_s']:.0f} s) "
              "where the row needs them. Ratios: this row over llama.cpp + imatrix of the same type.", "",
              "| type | tool | size MB | ppl | ppl rise | mean KL | top-1 % | wall s | KL ratio | rise ratio | load |",

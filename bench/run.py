@@ -36,7 +36,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 # run order and minutes per section on the 2-core machine at each script's defaults (smoke-measured; the
 # sections' owners agreed them). A section over its budget is reported, not stopped.
 BUDGET_MIN = {"gguf": 5, "merge": 3, "onnx": 5, "quantize": 8, "prune": 7, "distill": 6, "eval": 2, "profile": 5,
-              "calib": 25, "gguf_quant": 4, "scale": 10}
+              "calib": 25, "gguf_quant": 4, "imatrix": 9, "scale": 10}
 ORDER = list(BUDGET_MIN)
 
 

@@ -109,3 +109,28 @@ def test_results_carry_no_path_of_this_machine(bench, tmp_path, monkeypatch):
     assert "stdout" not in c["runs"]["a"][0] and c["wall"]["a"]["median"] == 2.0
     assert c["time_ratio"] is None and c["rss_ratio"] is None  # a contended side gives no ratio
     assert "(contended)" in timing.fmt(c["wall"]["b"]) and timing.fmt_ratio(None).startswith("not reported")
+
+
+def test_imatrix_section_agreement_and_verdict(bench):
+    """bench_imatrix's tensor-by-tensor agreement (Pearson per tensor over the names both hold) and its verdict."""
+    import numpy as np
+
+    import bench_imatrix as bi
+
+    rng = np.random.default_rng(0)
+    a = {f"blk.{i}.ffn_up.weight": rng.random(64).astype(np.float32) + 0.1 for i in range(3)}
+    b = {n: v * 3.0 for n, v in a.items()}  # a scale does not change the correlation
+    b["blk.0.ffn_up.weight"] = b["blk.0.ffn_up.weight"][::-1].copy()  # a reversed channel order does
+    b["output.weight"] = rng.random(8).astype(np.float32)  # only in one matrix: counted, not compared
+    got = bi.agreement(a, b)
+    assert got["tensors"] == [3, 3, 4]
+    assert got["pearson_median"] == pytest.approx(1.0) and got["pearson_min"] < 0.9
+    run = {"wall_s": 10.0, "peak_rss_mib": 100.0, "contended": False, "load_before": [0.1] * 3,
+           "load_after": [0.1] * 3, "other_cores": 0.0}
+    entries = {}
+    for peer, secs in (("llama-imatrix f16", 20.0), ("llama-imatrix f32", 8.0)):
+        c = bench[0].compare({"slmctl": [run], peer: [{**run, "wall_s": secs}]}, "slmctl", peer)
+        entries[peer] = {**c, "agreement": got}
+    md = bi.render(entries, Path("llama-imatrix"), 32808)
+    assert "| llama-imatrix f16 | 10.0 [10.0-10.0] | 20.0 [20.0-20.0] | 0.50x |" in md
+    assert "slmctl vs llama-imatrix f16: 0.50x: met" in md and "1.25x" in md
