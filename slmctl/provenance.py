@@ -12,7 +12,7 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 
@@ -32,13 +32,54 @@ def versions() -> dict[str, str]:
 def input_record(ref: str, path: Path, artifact=None) -> dict[str, Any]:
     from .io.hashing import artifact_sha256
 
-    rec: dict[str, Any] = {"ref": ref, "path": str(path), "sha256": artifact_sha256(path)}
+    return _record(ref, path, artifact, artifact_sha256(path))
+
+
+def _record(ref: str, path: Path, artifact, sha256: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {"ref": ref, "path": str(path), "sha256": sha256}
     if artifact is not None:
         rec["format"] = artifact.format
         parent = artifact.provenance()
         if parent:
             rec["provenance"] = parent
     return rec
+
+
+PENDING = "pending-sha256-"  # a placeholder's prefix: not hex, so no reader takes it for a digest
+
+
+def input_record_later(ref: str, path: Path, artifact=None) -> tuple[dict[str, Any], Callable[[], tuple[str, str]]]:
+    """``input_record`` with the input's hash computed on a background thread while the caller converts
+    (file reads and hashlib release the GIL): (record, finish). Until ``finish()`` the record's sha256 is a
+    placeholder exactly as long as a digest (64 characters, unique), so a writer can put the record in a
+    header now and overwrite the placeholder in place later; ``finish()`` waits for the hash, puts it in
+    the record and returns (placeholder, digest). An error while hashing is raised by ``finish()``."""
+    import secrets
+    import threading
+
+    from .io.hashing import artifact_sha256
+
+    placeholder = PENDING + secrets.token_hex(25)[: 64 - len(PENDING)]
+    rec = _record(ref, path, artifact, placeholder)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["digest"] = artifact_sha256(path)
+        except BaseException as exc:  # noqa: BLE001  (handed to finish())
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="slmctl-hash", daemon=True)
+    worker.start()
+
+    def finish() -> tuple[str, str]:
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        rec["sha256"] = box["digest"]
+        return placeholder, box["digest"]
+
+    return rec, finish
 
 
 _ASKED: contextvars.ContextVar = contextvars.ContextVar("slmctl_asked_recipe", default=None)

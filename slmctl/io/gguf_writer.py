@@ -148,6 +148,7 @@ class GGUFStreamWriter:
             head.append(_str(i.name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
                         + struct.pack("<IQ", ggml_types()[i.gtype][0], i.offset))
         blob = b"".join(head)
+        self._head = blob
         self._f.write(blob)
         self._f.write(b"\0" * _pad(len(blob)))
         self._state = "data"
@@ -170,6 +171,22 @@ class GGUFStreamWriter:
         self._f.write(b"\0" * _pad(info.nbytes))
         self._written += 1
         self._writeback.wrote()  # the disk writes while the next tensors convert
+
+    def patch_header(self, old: str, new: str) -> None:
+        """Overwrite ``old``, which occurs exactly once in the written metadata, with ``new`` of the same
+        UTF-8 length, in place (e.g. a provenance hash computed while the tensors were written)."""
+        ob, nb = old.encode(), new.encode()
+        if self._state != "data" or self._f is None:
+            raise GGUFWriterError("patch_header before open() or after close()")
+        if len(ob) != len(nb):
+            raise GGUFWriterError(f"patch_header: {len(nb)} bytes cannot replace {len(ob)}")
+        at = self._head.find(ob)
+        if at < 0 or self._head.find(ob, at + 1) >= 0:
+            raise GGUFWriterError(f"patch_header: {old!r} " + ("does not occur" if at < 0 else "occurs more than once")
+                                 + " in the metadata")
+        self._f.flush()
+        os.pwrite(self._f.fileno(), nb, at)
+        self._head = self._head[:at] + nb + self._head[at + len(ob):]
 
     def close(self) -> None:
         if self._f is None:

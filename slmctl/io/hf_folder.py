@@ -6,7 +6,7 @@ import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .artifact import PROVENANCE_FILE, PROVENANCE_KEY, SIDE_FILES
 from .atomic import atomic_path
@@ -14,7 +14,8 @@ from .atomic import atomic_path
 
 @contextmanager
 def hf_folder(out: Path, *, src_dir: Path | None, config: dict[str, Any] | None, prov: dict[str, Any],
-              force: bool = False, max_shard_size: int | None = None, expected: list[str] | None = None) -> Iterator[Any]:
+              force: bool = False, max_shard_size: int | None = None, expected: list[str] | None = None,
+              finish: Callable[[], Any] | None = None) -> Iterator[Any]:
     """The one HF-folder writer: yields a ShardedWriter (``w.add(name, tensor)``; ``w.folder`` is the folder
     being written, for any other file) and renames the folder into place when the block ends without error.
 
@@ -23,6 +24,8 @@ def hf_folder(out: Path, *, src_dir: Path | None, config: dict[str, Any] | None,
     slmctl.json; it is serialised when the block ends, so the caller may complete it (e.g. the sparsity a
     streaming producer achieved, the inputs' hashes) inside the block. ``expected``: the names of the tensors
     to come, when known (each shard is then renamed into place rather than copied behind its header).
+    ``finish`` (provenance.input_record_later's) is called when the block ends, before ``prov`` is serialised:
+    the inputs are hashed while the tensors are written.
     """
     from .. import provenance
     from .atomic import write_provenance_file
@@ -38,17 +41,19 @@ def hf_folder(out: Path, *, src_dir: Path | None, config: dict[str, Any] | None,
         with ShardedWriter(tmp, max_shard_size=max_shard_size, metadata={PROVENANCE_KEY: provenance.dumps(prov)},
                            expected=expected) as w:
             yield w
+            if finish is not None:
+                finish()
             w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
         write_provenance_file(tmp / PROVENANCE_FILE, prov)
 
 
 def write_hf_folder(out: Path, *, src_dir: Path, config: dict[str, Any], tensors: Iterable[tuple[str, Any]],
                     prov: dict[str, Any], force: bool = False, max_shard_size: int | None = None,
-                    expected: list[str] | None = None) -> Path:
+                    expected: list[str] | None = None, finish: Callable[[], Any] | None = None) -> Path:
     """``tensors`` is consumed one at a time (memory stays near one tensor); written atomically (hf_folder).
-    ``expected``: the names ``tensors`` will give, when known (hf_folder)."""
+    ``expected``: the names ``tensors`` will give, when known; ``finish``: see hf_folder."""
     with hf_folder(out, src_dir=src_dir, config=config, prov=prov, force=force, max_shard_size=max_shard_size,
-                   expected=expected) as w:
+                   expected=expected, finish=finish) as w:
         for name, t in tensors:
             w.add(name, t)
     return out

@@ -119,7 +119,8 @@ def prune(model: str, out: str | Path, recipe: PruneRecipe | None = None, *, for
                                                                metric=adaptive_metric, lam=adaptive_lambda)
     calibrated = recipe.pop("_calibrated", True)
     recipe = {"method": method, **recipe, "calibration": calib if calibrated else None}
-    inputs = [provenance.input_record(model, path, art)]
+    rec, finish = provenance.input_record_later(model, path, art)  # hashed while the tensors are written
+    inputs = [rec]
     info = ctx.get("calib_info")
     if calibrated and info:
         inputs.append({"ref": info["data"], "role": "calibration", "sha256": info["sha256"],
@@ -139,7 +140,7 @@ def prune(model: str, out: str | Path, recipe: PruneRecipe | None = None, *, for
 
     src_dir = path if path.is_dir() else path.parent
     write_hf_folder(out, src_dir=src_dir, config=config, tensors=counting(state_iter), prov=prov, force=force,
-                    max_shard_size=shard)
+                    max_shard_size=shard, finish=finish)
     log(f"wrote {out}")
     rep: dict[str, Any] = {"output": str(out), "input": str(path), "method": method, "recipe": recipe,
                            "parameters_before": params_before, "parameters_after": counted["params"],

@@ -216,7 +216,8 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
     # asymmetric GPTQ layout: gptq_v2 zero points (see io.quantized_formats), symmetric: v1
     pack = functools.partial(gptq_tensors, v2=not cfg.sym) if fmt == "gptq" else ct_tensors
     stats = {"quantized_linears": 0, "quantized_params": 0, "quantized_bytes": 0}
-    inputs = [provenance.input_record(ref, path, art)]
+    rec, finish = provenance.input_record_later(ref, path, art)  # hashed while the model is quantised
+    inputs = [rec]
     losses: list[float] = []
     windows = lm = None
     if method != "rtn":
@@ -255,7 +256,7 @@ def _write(art, ref, path, out, cfg, gcfg, method, fmt, recipe, *, data, field, 
 
     config = dict(art.config)
     config["quantization_config"] = qc_json
-    with hf_folder(out, src_dir=art.path, config=config, prov=prov, force=force) as w:
+    with hf_folder(out, src_dir=art.path, config=config, prov=prov, force=force, finish=finish) as w:
         if method == "rtn":
             _rtn_stream(art, w, cfg, add_packed, progress, skip)
         else:

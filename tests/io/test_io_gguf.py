@@ -104,3 +104,30 @@ def test_unknown_tensor_type(tmp_path):
     with pytest.raises(UnsupportedError, match="unknown type id 250"):
         gguf_io.read(p)
     assert g.tensors["w"].type_name == "F32"
+
+
+def test_patch_header_overwrites_in_place(tmp_path):
+    import numpy as np
+    import pytest
+
+    from slmctl.io.gguf import read
+    from slmctl.io.gguf_writer import GGUFStreamWriter, GGUFWriterError
+
+    path = tmp_path / "p.gguf"
+    w = GGUFStreamWriter(path, "llama")
+    w.add_string("slmctl.x", "AAAA-pending")
+    w.add_string("slmctl.y", "twice twice")
+    w.add_tensor_info("t", (4,), "f32")
+    w.open()
+    w.write_tensor("t", np.arange(4, dtype=np.float32))
+    with pytest.raises(GGUFWriterError, match="bytes cannot replace"):
+        w.patch_header("AAAA-pending", "short")
+    with pytest.raises(GGUFWriterError, match="does not occur"):
+        w.patch_header("absent!", "present")
+    with pytest.raises(GGUFWriterError, match="more than once"):
+        w.patch_header("twice", "thrce")
+    w.patch_header("AAAA-pending", "BBBB-done!!!")
+    w.close()
+    g = read(path)
+    assert g.metadata["slmctl.x"] == "BBBB-done!!!"
+    assert g.lazy_tensors()["t"].load().tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -443,11 +443,13 @@ def per_layer_sizes(cfg: dict) -> dict[str, list[int]]:
 
 
 def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str | None = None, log: Log,
-               progress=None, quant=None) -> dict[str, Any]:
+               progress=None, quant=None, finish: Callable[[], tuple[str, str]] | None = None) -> dict[str, Any]:
     """Stream one HF artifact into a GGUF file at ``out_tmp``; returns a summary.
 
     ``quant`` (pipelines.gguf_quant.GGUFQuant): slmctl's own quantisation to a llama.cpp file type
-    (``outtype`` then names it, e.g. q4_k_m): it sets each tensor's type and produces its blocks."""
+    (``outtype`` then names it, e.g. q4_k_m): it sets each tensor's type and produces its blocks.
+    ``finish`` (provenance.input_record_later's): the input hash, computed while the tensors are written;
+    its placeholder in the provenance metadata is overwritten before the file is closed."""
     from ...io.artifact import PROVENANCE_KEY
     from ...io.gguf_writer import GGUFStreamWriter
     from ...io.hf_vocab import read_vocab
@@ -514,6 +516,8 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
         # the next tensors are read and converted on the other cores while this one is written
         for p, a in ordered_map(convert, it):
             w.write_tensor(p.gguf, a)
+        if finish is not None:
+            w.patch_header(*finish())
         w.close()
     except BaseException:
         w.abort()

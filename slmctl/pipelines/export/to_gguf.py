@@ -50,7 +50,12 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
         to_gguf(art, ref, out, t, method=method, data=data, imatrix=imatrix, force=force, vocab_pre=vocab_pre,
                 log=log, progress=progress, verb="export")
         return _with_modelfile(out, modelfile, force, log)
-    prov = provenance.build("export", recipe, [provenance.input_record(ref, art.path, art)])
+    plain = art.format in ("hf", "safetensors") and t not in KQUANTS
+    if plain:  # the input is hashed while the tensors convert; write_gguf puts the digest in the header
+        rec, finish = provenance.input_record_later(ref, art.path, art)
+    else:
+        rec, finish = provenance.input_record(ref, art.path, art), None
+    prov = provenance.build("export", recipe, [rec])
     if art.format == "gguf":  # GGUF -> GGUF: requantise with llama.cpp
         if t not in LLAMA_TYPES:
             raise UnsupportedError(f"{art.path}: GGUF -> {t} is not supported")
@@ -74,7 +79,7 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
                 write_gguf(art, f16, "f16", prov, vocab_pre=vocab_pre, log=log, progress=progress)
                 model_quantize(f16, tmp, file_types()[t], t, im)
         else:
-            info = write_gguf(art, tmp, t, prov, vocab_pre=vocab_pre, log=log, progress=progress)
+            info = write_gguf(art, tmp, t, prov, vocab_pre=vocab_pre, log=log, progress=progress, finish=finish)
             log(f"GGUF {info['arch']}, {info['tensors']} tensors, outtype {t}, tokenizer pre {info['pre']!r}")
     write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
     return _with_modelfile(out, modelfile, force, log)

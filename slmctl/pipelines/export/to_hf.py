@@ -47,12 +47,12 @@ def export_hf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: bo
     if art.config is None:
         raise InputError(f"{art.path}: no config.json beside the weights, so an HF folder cannot be built",
                          hint="use --format safetensors, or put the model's config.json next to it")
-    prov = provenance.build("export", {"format": "hf", "dtype": dtype, "max_shard_size": shard},
-                            [provenance.input_record(ref, art.path, art)])
+    rec, finish = provenance.input_record_later(ref, art.path, art)  # hashed while the tensors are written
+    prov = provenance.build("export", {"format": "hf", "dtype": dtype, "max_shard_size": shard}, [rec])
     cfg = dict(art.config)
     if dtype != "auto":
         cfg["dtype"] = dtype
         cfg.pop("torch_dtype", None)
     return write_hf_folder(out, src_dir=art.path if art.path.is_dir() else art.path.parent, config=cfg,
                            tensors=stream_tensors(art, dtype, progress), prov=prov, force=force,
-                           max_shard_size=shard, expected=list(art.tensors))
+                           max_shard_size=shard, expected=list(art.tensors), finish=finish)

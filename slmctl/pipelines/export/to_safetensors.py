@@ -27,11 +27,13 @@ def export_safetensors(art, ref: str, out: Path, *, dtype: str, max_shard_size, 
     if art.format == "gguf":
         raise UnsupportedError(f"{art.path}: GGUF -> a single .safetensors file is not supported",
                                hint="use --format hf, which dequantises and renames the tensors")
-    prov = provenance.build("export", {"format": "safetensors", "dtype": dtype},
-                            [provenance.input_record(ref, art.path, art)])
+    rec, finish = provenance.input_record_later(ref, art.path, art)  # hashed while the tensors are written
+    prov = provenance.build("export", {"format": "safetensors", "dtype": dtype}, [rec])
     with atomic_path(out, force=force) as tmp:
         with ShardedWriter(tmp.parent, single_file=tmp, metadata={PROVENANCE_KEY: provenance.dumps(prov)}) as w:
             for name, t in stream_tensors(art, dtype, progress):
                 w.add(name, t)
+            finish()  # the header is written when the block ends: with the digest in it
+            w.meta[PROVENANCE_KEY] = provenance.dumps(prov)
     write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
     return out
