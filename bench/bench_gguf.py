@@ -21,7 +21,7 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from timing import PEERS, ROOT, alternate, cells, compare as compare_runs, fmt_ratio as _r, hot_path, \
+from timing import PEERS, ROOT, alternate, cells, compare as compare_runs, fmt, fmt_ratio as _r, hot_path, \
     hot_path_note, load_note, ratio, \
     write_results  # noqa: E402  (bench/ is on sys.path)
 
@@ -82,7 +82,7 @@ def main() -> int:
         model = model_folder(shape)
         params = parameters(model)
         for t in TYPES:
-            outs = {k: OUT / f"{shape}-{t}-{k}.gguf" for k in ("slmctl", "slmctl-warm", "convert")}
+            outs = {k: OUT / f"{shape}-{t}-{k}.gguf" for k in ("slmctl", "slmctl-warm", "convert", "convert-fsynced")}
             cold, warm = OUT / "cache-cold", OUT / "cache-warm"
 
             def before(name: str) -> None:
@@ -95,12 +95,16 @@ def main() -> int:
                     "convert": [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", t,
                                 "--outfile", str(outs["convert"])],
                     "slmctl-warm": [*slm, "export", str(model), "--format", "gguf", "--outtype", t, "-o",
-                                    str(outs["slmctl-warm"]), "--quiet"]}
+                                    str(outs["slmctl-warm"]), "--quiet"],
+                    # the converter with its output fsynced, as slmctl's writer does before the rename
+                    "convert-fsynced": [sys.executable, str(Path(__file__).resolve().parent / "fsynced.py"),
+                                        str(outs["convert-fsynced"]), sys.executable, str(src / "convert_hf_to_gguf.py"),
+                                        str(model), "--outtype", t, "--outfile", str(outs["convert-fsynced"])]}
             # the warm hash cache is filled once before the rounds
             subprocess.run([*slm, "inspect", str(model), "--json"], env=dict(os.environ, SLMCTL_CACHE=str(warm)),
                            capture_output=True, check=False)
             envs = {"slmctl": {"SLMCTL_CACHE": str(cold)}, "slmctl-warm": {"SLMCTL_CACHE": str(warm)},
-                    "convert": {"PYTHONPATH": str(src / "gguf-py")}}
+                    "convert": {"PYTHONPATH": str(src / "gguf-py")}, "convert-fsynced": {"PYTHONPATH": str(src / "gguf-py")}}
             plain = dict(cmds)
             for name in cmds:  # each command sets its own environment through env(1)
                 cmds[name] = ["env", *(f"{k}={v}" for k, v in envs[name].items()), *cmds[name]]
@@ -109,7 +113,8 @@ def main() -> int:
                 outs["convert"].is_file() else (0, 0)
             entry = {"shape": shape, "parameters": params, "outtype": t, "identical_tensors": [same, total],
                      **compare_runs(runs, "slmctl", "convert"),
-                     "time_ratio_warm": ratio(runs["slmctl-warm"], runs["convert"])}
+                     "time_ratio_warm": ratio(runs["slmctl-warm"], runs["convert"]),
+                     "time_ratio_fsynced": ratio(runs["slmctl"], runs["convert-fsynced"])}
             if entry["time_ratio"] is not None and entry["time_ratio"] > 0.5:  # over the target: where the time goes
                 before("slmctl")
                 entry["hot_path"] = hot_path(plain["slmctl"], env={**os.environ, **envs["slmctl"]})
@@ -143,7 +148,10 @@ def render(data: list[dict], src: Path) -> str:
         t, r = e["time_ratio"], e["rss_ratio"]
         verdict = "not judged (contended)" if t is None or r is None else \
             "met" if t <= 0.5 and r <= 0.5 else "NOT met"
+        d = e.get("time_ratio_fsynced")
         L.append(f"- {e['shape']} {e['outtype']}: time {_r(t)}, RSS {_r(r)}: {verdict}"
+                 + ("" if d is None else f"; against the converter with its output fsynced (as slmctl's is before "
+                    f"the rename; {fmt(e['wall']['convert-fsynced'])} s): time {_r(d)}")
                  + (f". Where slmctl's time goes: {hot_path_note(e['hot_path'])}" if e.get("hot_path") else ""))
     L += ["", load_note(data)]
     return "\n".join(L)

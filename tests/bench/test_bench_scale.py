@@ -91,3 +91,22 @@ def test_verdicts_follow_the_targets(scale):
     assert "- export-f16: peak RSS under its bound at every size: MISSED" in lines  # its bound has an allowance
     assert "- gptq: peak RSS under its bound at every size: MISSED (under the bound plus the 250 MiB import floor: " \
            "MISSED)" in lines
+
+
+def test_export_ratios_plain_and_fsynced(scale):
+    """The converter comparison: each size's plain ratio judges the target; the fsynced converter's ratio is
+    shown beside it and judged on its own line, for this section's sizes and the gguf section's rows."""
+    result = _result(scale, {"export-f16": [1.0, 4.0, 10.0]}, rss=[100.0, 100.0, 100.0], llmc=[None] * 3)
+    v = result["results"]["c"]["verbs"]["export-f16"]
+    v["wall"]["converter"], v["wall"][scale.FSYNCED] = _stat(15.0), _stat(25.0)
+    v["rss"]["converter"] = v["rss"][scale.FSYNCED] = _stat(800.0)
+    result["gguf_section"] = {"run_id": "r1", "rows": [("sample", 135e6, "f16", 0.38, 0.30),
+                                                       ("qwen2.5-0.5b", 402e6, "q8_0", 0.44)]}
+    lines = scale.render(result).splitlines()
+    assert "- c (this section) f16: 0.67x: MISSED (0.40x fsynced: met)" in lines, lines
+    assert "- sample, 135M (gguf section, run `r1`) f16: 0.38x: met (0.30x fsynced: met)" in lines
+    assert "- qwen2.5-0.5b, 402M (gguf section, run `r1`) q8_0: 0.44x: met" in lines
+    assert "- GGUF export <= 0.5x the converter's time at every size measured: MISSED" in lines
+    # one row has no fsynced comparison: that check cannot claim every size
+    assert any(ln.startswith("- GGUF export <= 0.5x the converter's time with its output fsynced") and
+               ln.endswith("MISSED") for ln in lines), lines
