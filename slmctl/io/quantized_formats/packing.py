@@ -5,8 +5,22 @@ from __future__ import annotations
 import math
 
 
+PACK_ELEMENTS = 1 << 21  # codes packed at once: the int64 working copies stay about 16 MB
+
+
 def pack_rows(values, bits: int):
-    """Pack unsigned ``bits``-bit codes (rows, cols) into int32 (rows, ceil(cols*bits/32)), bit stream per row."""
+    """Pack unsigned ``bits``-bit codes (rows, cols) into int32 (rows, ceil(cols*bits/32)), bit stream per row.
+    Rows are independent: a big matrix is packed a slice of rows at a time."""
+    import torch
+
+    rows = values.shape[0]
+    step = max(1, PACK_ELEMENTS // max(values.shape[1], 1))
+    if rows > step:
+        return torch.cat([_pack_rows(values[a:a + step], bits) for a in range(0, rows, step)])
+    return _pack_rows(values, bits)
+
+
+def _pack_rows(values, bits: int):
     import torch
 
     v = values.to(torch.int64) & ((1 << bits) - 1)
@@ -54,7 +68,23 @@ def _to_int32(words):
     return torch.where(w >= 1 << 31, w - (1 << 32), w).to(torch.int32)
 
 
+DEQUANT_ELEMENTS = 1 << 20  # elements per row slice: each temporary about 4 MB, not the weight's size
+
+
 def dequantize(q, scale, zero, g_idx):
-    """``scale * (q - zero)`` with per-column groups: (out, in) float32 (methods.quantize uses this one too)."""
+    """``scale * (q - zero)`` with per-column groups: (out, in) float32 (methods.quantize uses this one too).
+    Computed a slice of rows at a time into the result, so the temporaries (the codes as floats, the gathered
+    scales and zeros) stay a few MB instead of four copies of the weight; the same arithmetic per element."""
+    import torch
+
     gi = g_idx.long()
-    return scale[gi].T * (q.float() - zero[gi].T.float())
+    rows = q.shape[0]
+    step = max(1, DEQUANT_ELEMENTS // max(q.shape[1] if q.dim() > 1 else 1, 1))
+    out = None
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        part = scale[gi, a:b].T * (q[a:b].float() - zero[gi, a:b].T.float())
+        if out is None:
+            out = torch.empty((rows, *part.shape[1:]), dtype=part.dtype)
+        out[a:b] = part
+    return out if out is not None else scale[gi].T * (q.float() - zero[gi].T.float())

@@ -93,6 +93,13 @@ class HessianAccumulator:
             return self.S
         return (self.S * (2.0 / max(self.n, 1))).to(torch.float32)
 
+    def take(self):
+        """``result()``, and the accumulator lets go of its buffer: a big Hessian (which GPTQ turns into its
+        inverse factor in place) is freed as soon as its taker drops it, not when the accumulator goes."""
+        H = self.result()
+        self.S = None
+        return H
+
 
 def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig(), bias=None,
                          own_hessian: bool = False) -> QuantResult:
@@ -124,14 +131,15 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     perm = None
     if gcfg.act_order:
         perm = torch.argsort(diag, descending=True, stable=True)
-        W = W[:, perm]
+        W = _permute_columns(W, perm, in_place=True)  # W is this call's own (handed over or cloned above)
         invperm = torch.argsort(perm)
 
     hdiag = (diag if perm is None else diag[perm]).float() if gcfg.scale_search and static is None and cfg.group_size != -1 else None
     Hinv = inverse_hessian_factor(H, gcfg.damp, perm, overwrite=own_hessian)
     del H
 
-    Q = torch.zeros(rows, cols, dtype=torch.int32)
+    # codes of up to 8 bits in one byte each (a quarter of int32's memory; every consumer widens them)
+    Q = torch.zeros(rows, cols, dtype=torch.uint8 if maxq <= 255 else torch.int32)
     scales = [None] * n_groups
     zeros = [None] * n_groups
     loss = torch.zeros(rows, dtype=torch.float64)
@@ -144,7 +152,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     with _few_threads():
         _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag, threads)
     if perm is not None:
-        Q = Q[:, invperm]
+        Q = _permute_columns(Q, invperm, in_place=True)
     if cfg.group_size == -1:
         g_idx = torch.zeros(cols, dtype=torch.int32)
     elif static is not None or perm is None:
@@ -155,6 +163,17 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     scale_t = torch.stack(scales)
     zero_t = torch.stack(zeros).to(torch.int32)
     return QuantResult(Q, scale_t, zero_t, g_idx, cfg, bias, info={"loss": float(loss.sum()), "row_loss": loss})
+
+
+def _permute_columns(M, order, in_place: bool, rows_per_slice: int | None = None):
+    """``M[:, order]``; with ``in_place`` written back into M a slice of rows at a time, so no second
+    matrix of M's size is made (a slice's gathered copy is a few MB)."""
+    if not in_place:
+        return M[:, order]
+    step = rows_per_slice or max(1, (1 << 20) // max(M.shape[1], 1))
+    for a in range(0, M.shape[0], step):
+        M[a:a + step] = M[a:a + step, order]
+    return M
 
 
 SHRINKS = tuple(round(1.0 - 0.02 * k, 2) for k in range(16))  # 1.00, 0.98, ... 0.70
@@ -441,24 +460,27 @@ def _lower_inverse_(L, leaf: int = 512) -> None:
     """Inverse of a lower-triangular L (zero above the diagonal), in place, by halves:
     inv([[A, 0], [C, D]]) = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]; the off-diagonal blocks are matrix products (fast
     BLAS) with one block of scratch, the leaves triangular solves."""
+    _fill_lower_inverse(L, 0, L.shape[0], leaf)
+
+
+def _fill_lower_inverse(L, a: int, b: int, leaf: int) -> None:
+    """Rows/columns a..b-1 of ``_lower_inverse_``. A module function, not a recursive closure: a closure that
+    calls itself is a reference cycle, which kept the n x n matrix alive until the cyclic collector ran."""
     import torch
 
-    def fill(a: int, b: int) -> None:
-        if b - a <= leaf:
-            blk = L[a:b, a:b]
-            blk.copy_(torch.linalg.solve_triangular(blk, torch.eye(b - a, dtype=L.dtype), upper=False))
-            return
-        m = (a + b) // 2
-        fill(a, m)
-        fill(m, b)
-        C = L[m:b, a:m]
-        t = C @ L[a:m, a:m]  # C A^-1
-        C.copy_(t)
-        del t
-        t = L[m:b, m:b] @ C  # D^-1 C A^-1
-        C.copy_(t).neg_()
-
-    fill(0, L.shape[0])
+    if b - a <= leaf:
+        blk = L[a:b, a:b]
+        blk.copy_(torch.linalg.solve_triangular(blk, torch.eye(b - a, dtype=L.dtype), upper=False))
+        return
+    m = (a + b) // 2
+    _fill_lower_inverse(L, a, m, leaf)
+    _fill_lower_inverse(L, m, b, leaf)
+    C = L[m:b, a:m]
+    t = C @ L[a:m, a:m]  # C A^-1
+    C.copy_(t)
+    del t
+    t = L[m:b, m:b] @ C  # D^-1 C A^-1
+    C.copy_(t).neg_()
 
 
 def _inverse_cholesky_damped(H, damp: float):
@@ -503,12 +525,12 @@ def quantize_gptq(layer, cfg: QuantConfig, *, names: list[str], step, gptq: GPTQ
         accs = {grp[0]: HessianAccumulator(layer.get_submodule(grp[0]).in_features) for grp in groups}
         step.recapture(list(accs), on_input=lambda n, x: accs[n].add(x), stop_early=True)
         for grp in groups:
-            out.update(_quantize_group(layer, grp, accs[grp[0]].result(), cfg, gcfg))
+            out.update(_quantize_group(layer, grp, accs.pop(grp[0]).take(), cfg, gcfg))
         return out
     for grp in groups:
         acc = HessianAccumulator(layer.get_submodule(grp[0]).in_features)
         step.recapture([grp[0]], on_input=lambda n, x: acc.add(x), stop_early=True, replayable=len(grp) == 1)
-        out.update(_quantize_group(layer, grp, acc.result(), cfg, gcfg))
+        out.update(_quantize_group(layer, grp, acc.take(), cfg, gcfg))
         del acc
         if layer.get_submodule(grp[0]).in_features >= BIG_HESSIAN:
             release_freed_memory()  # the big Hessian's scratch, before the next group's activations
@@ -521,9 +543,10 @@ def _quantize_group(layer, grp: list[str], H, cfg: QuantConfig, gcfg: GPTQConfig
 
     lins = [layer.get_submodule(n) for n in grp]
     with torch.no_grad():
-        W = torch.cat([lin.weight.data.float() for lin in lins], 0)
-        res = gptq_quantize_weight(W, H, cfg, gcfg, own_hessian=True)  # the accumulator and the stack are spent
-        del H, W
+        # the stack and the Hessian are handed over, not kept here: GPTQ works on both in place and frees them
+        res = gptq_quantize_weight(torch.cat([lin.weight.data.float() for lin in lins], 0), H, cfg, gcfg,
+                                   own_hessian=True)
+        del H
         out = {}
         row = 0
         for n, lin in zip(grp, lins):
