@@ -212,8 +212,8 @@ def measure_verb(verb: str, shape: str, model: Path, other: Path, params: int) -
         print(f"{shape} {verb}: warming GPTQModel (compiling its packing extension)", file=sys.stderr, flush=True)
         subprocess.run(cmds["gptqmodel"], cwd=ROOT, env=env, capture_output=True)
         before("")
-    # exports take seconds and are where disk speed swings most: every size gets the full rounds
-    rounds = ROUNDS if verb.startswith("export-") else BIG_ROUNDS if (verb == "gptq" or params >= BIG_PARAMS) else ROUNDS
+    # exports and merges take seconds and are where disk speed swings most: every size gets the full rounds
+    rounds = ROUNDS if verb.startswith("export-") or verb == "merge" else BIG_ROUNDS if (verb == "gptq" or params >= BIG_PARAMS) else ROUNDS
     failed = {}
     with heavy(LOCK):
         while True:
@@ -326,7 +326,7 @@ def render(result: dict) -> str:
          f"Each command a fresh process, start-up included; median [min-max] over {result['rounds']} rounds below "
          f"{result.get('big_params', 1e9) / 1e6:.0f}M "
          f"parameters, {result['big_rounds']} from there on and for GPTQ at every size (the section has to fit a "
-         f"`make bench` on two cores); the exports get {result['rounds']} rounds at every size. Dirty pages are "
+         f"`make bench` on two cores); the exports and merges get {result['rounds']} rounds at every size. Dirty pages are "
          "written out (`sync`) before every command, so none pays for the previous one's writes (the converter does "
          "not fsync its output; slmctl does, before renaming it into place). Calibration: "
          f"{SAMPLES} x {SEQLEN} tokens of `{DATA}` (seed 0, the same token windows for every tool); eval: "
