@@ -258,13 +258,13 @@ def test_sliced_codes_permutation_packing_and_dequantisation_equal_the_whole(mon
     """Row slices (column permutation in place, bit packing, dequantisation) give bit for bit what the
     whole-matrix expressions give; uint8 codes pack and dequantise as int32 ones do."""
     from slmctl.io.quantized_formats import packing
-    from slmctl.methods.quantize.gptq import HessianAccumulator, _permute_columns
+    from slmctl.methods.quantize.gptq import HessianAccumulator, _permute_columns_
 
     g = torch.Generator().manual_seed(1)
     M = torch.randn(37, 50, generator=g)
     order = torch.randperm(50, generator=g)
     want = M[:, order]
-    assert torch.equal(_permute_columns(M.clone(), order, in_place=True, rows_per_slice=4), want)
+    assert torch.equal(_permute_columns_(M.clone(), order, rows_per_slice=4), want)
     codes = torch.randint(0, 16, (37, 64), generator=g, dtype=torch.int32)
     whole = packing.pack_rows(codes, 4)
     scale, zero = torch.rand(2, 37, generator=g) + 0.1, torch.randint(0, 16, (2, 37), generator=g)

@@ -131,7 +131,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     perm = None
     if gcfg.act_order:
         perm = torch.argsort(diag, descending=True, stable=True)
-        W = _permute_columns(W, perm, in_place=True)  # W is this call's own (handed over or cloned above)
+        W = _permute_columns_(W, perm)  # W is this call's own (handed over or cloned above)
         invperm = torch.argsort(perm)
 
     hdiag = (diag if perm is None else diag[perm]).float() if gcfg.scale_search and static is None and cfg.group_size != -1 else None
@@ -152,7 +152,7 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     with _few_threads():
         _gptq_blocks(W, Hinv, Q, scales, zeros, static, perm, loss, scale, zero, cfg, bs, hdiag, threads)
     if perm is not None:
-        Q = _permute_columns(Q, invperm, in_place=True)
+        Q = _permute_columns_(Q, invperm)
     if cfg.group_size == -1:
         g_idx = torch.zeros(cols, dtype=torch.int32)
     elif static is not None or perm is None:
@@ -165,11 +165,9 @@ def gptq_quantize_weight(W, H, cfg: QuantConfig, gcfg: GPTQConfig = GPTQConfig()
     return QuantResult(Q, scale_t, zero_t, g_idx, cfg, bias, info={"loss": float(loss.sum()), "row_loss": loss})
 
 
-def _permute_columns(M, order, in_place: bool, rows_per_slice: int | None = None):
-    """``M[:, order]``; with ``in_place`` written back into M a slice of rows at a time, so no second
-    matrix of M's size is made (a slice's gathered copy is a few MB)."""
-    if not in_place:
-        return M[:, order]
+def _permute_columns_(M, order, rows_per_slice: int | None = None):
+    """``M[:, order]`` written back into M a slice of rows at a time, so no second matrix of M's size is made
+    (a slice's gathered copy is a few MB). M must be the caller's own."""
     step = rows_per_slice or max(1, (1 << 20) // max(M.shape[1], 1))
     for a in range(0, M.shape[0], step):
         M[a:a + step] = M[a:a + step, order]
