@@ -21,6 +21,7 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
+import fsynced  # noqa: E402  (bench/ is on sys.path)
 from timing import PEERS, ROOT, alternate, cells, compare as compare_runs, fmt, fmt_ratio as _r, hot_path, \
     hot_path_note, load_note, ratio, \
     write_results  # noqa: E402  (bench/ is on sys.path)
@@ -95,11 +96,10 @@ def main() -> int:
                     "convert": [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", t,
                                 "--outfile", str(outs["convert"])],
                     "slmctl-warm": [*slm, "export", str(model), "--format", "gguf", "--outtype", t, "-o",
-                                    str(outs["slmctl-warm"]), "--quiet"],
-                    # the converter with its output fsynced, as slmctl's writer does before the rename
-                    "convert-fsynced": [sys.executable, str(Path(__file__).resolve().parent / "fsynced.py"),
-                                        str(outs["convert-fsynced"]), sys.executable, str(src / "convert_hf_to_gguf.py"),
-                                        str(model), "--outtype", t, "--outfile", str(outs["convert-fsynced"])]}
+                                    str(outs["slmctl-warm"]), "--quiet"]}
+            # the converter with its output fsynced, as slmctl's writer does before the rename
+            cmds["convert-fsynced"] = fsynced.command([*cmds["convert"][:-1], outs["convert-fsynced"]],
+                                                      outs["convert-fsynced"])
             # the warm hash cache is filled once before the rounds
             subprocess.run([*slm, "inspect", str(model), "--json"], env=dict(os.environ, SLMCTL_CACHE=str(warm)),
                            capture_output=True, check=False)

@@ -153,9 +153,10 @@ def commands(verb: str, shape: str, model: Path, other: Path, work: Path) -> dic
             cmds["converter"] = ["env", f"PYTHONPATH={src / 'gguf-py'}", PY, str(src / "convert_hf_to_gguf.py"),
                                  str(model), "--outtype", t, "--outfile", str(work / "converter.gguf")]
             # the same with its output fsynced, as slmctl's writers do before the rename (bench/fsynced.py)
+            import fsynced
+
             synced = work / "converter-synced.gguf"
-            cmds[FSYNCED] = [PY, str(Path(__file__).resolve().parent / "fsynced.py"), str(synced),
-                             *cmds["converter"][:-1], str(synced)]
+            cmds[FSYNCED] = fsynced.command([*cmds["converter"][:-1], synced], synced)
         return cmds
     if verb == "gptq":
         cmds = {"slmctl": [*slm, "quantize", str(model), "--method", "gptq", "-b", "4", "-g", "128", "--sym", *calib,

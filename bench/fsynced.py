@@ -7,6 +7,13 @@ the two sides do the same work; the bench sections report the plain and the fsyn
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+
+def command(cmd: list[str], out) -> list[str]:
+    """``cmd`` (which writes ``out``) run through this wrapper, so its output is fsynced before it returns."""
+    return [sys.executable, str(Path(__file__).resolve()), str(out), *map(str, cmd)]
+
 
 if __name__ == "__main__":
     out, cmd = sys.argv[1], sys.argv[2:]

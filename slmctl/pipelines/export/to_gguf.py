@@ -50,8 +50,7 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
         to_gguf(art, ref, out, t, method=method, data=data, imatrix=imatrix, force=force, vocab_pre=vocab_pre,
                 log=log, progress=progress, verb="export")
         return _with_modelfile(out, modelfile, force, log)
-    plain = art.format in ("hf", "safetensors") and t not in KQUANTS
-    if plain:  # the input is hashed while the tensors convert; write_gguf puts the digest in the header
+    if art.format in ("hf", "safetensors"):  # hashed while the tensors convert; write_gguf puts the digest in the header
         rec, finish = provenance.input_record_later(ref, art.path, art)
     else:
         rec, finish = provenance.input_record(ref, art.path, art), None
@@ -76,7 +75,7 @@ def export_gguf(art, ref: str, out: Path, *, dtype: str, max_shard_size, force: 
             with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.f16-") as td:
                 f16 = Path(td) / "model-f16.gguf"
                 log(f"writing an f16 GGUF, then {t.upper()} with llama.cpp's quantiser")
-                write_gguf(art, f16, "f16", prov, vocab_pre=vocab_pre, log=log, progress=progress)
+                write_gguf(art, f16, "f16", prov, vocab_pre=vocab_pre, log=log, progress=progress, finish=finish)
                 model_quantize(f16, tmp, file_types()[t], t, im)
         else:
             info = write_gguf(art, tmp, t, prov, vocab_pre=vocab_pre, log=log, progress=progress, finish=finish)
