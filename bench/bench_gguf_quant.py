@@ -15,6 +15,9 @@ time. Rows:
 * AutoRound (iters=0, its "optimised RTN"): auto-round's own GGUF export (``format="gguf:T"``) in its own venv
   (.peers/autoround, `make peers`), fed the same windows as token ids; BENCH_GQ_AR_ITERS=0,200 adds its tuned
   rows (sign-gradient descent: many times the time, left out of the default run to keep it near 30 minutes);
+* slmctl gptq, AutoRound's mixture: where AutoRound's file differs in size from slmctl's by more than 1% (its
+  own tensor-type mixture: another fallback for rows that do not fill 256-wide blocks, Q8_0 embeddings),
+  slmctl again with ``--tensor-types-from`` AutoRound's file, so the two are compared at equal size;
 * ONNX int4 (with Q4_0's rows): `slmctl quantize MODEL.onnx --bits 4 -g 32` (slmctl's calibrated MatMulNBits: the
   same importance-weighted block-32 scales as Q4_0 and GPTQ codes) on the float ONNX export, beside
   onnxruntime's own MatMulNBits quantiser (`--type default`, RTN) at the same block size; BENCH_GQ_ONNX=0 drops
@@ -118,6 +121,22 @@ def evaluate(path: Path) -> dict:
     return {"ppl": r["ppl"], "ref_ppl": r["reference_ppl"], "kld": r["kld"]["mean"], "top1": r["top1_agreement_pct"]}
 
 
+def slmctl_gptq(t: str, path: Path, extra: list[str]) -> dict:
+    return run([PY, "-m", "slmctl", "quantize", MODEL, "--format", "gguf", "--type", t, "--method", "gptq",
+                "--data", DATA, "--samples", str(SAMPLES), "--seq-len", str(SEQLEN), "--no-report", "-o",
+                str(path), "--force", "--quiet", *extra])
+
+
+def measured_row(t: str, tool: str, path: Path, wall: float, m: dict) -> dict:
+    ev = evaluate(path)
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir()
+                                                           if f.name.startswith("model.onnx"))
+    row = {"type": t, "tool": tool, "bytes": size, "wall_s": round(wall, 1),
+           "peak_rss_mib": m["peak_rss_mib"], "load_before": m["load_before"], "contended": m["contended"], **ev}
+    print(json.dumps(row), file=sys.stderr)
+    return row
+
+
 def main() -> int:
     out = Path(os.environ.get("BENCH_GQ_OUT", tempfile.mkdtemp(prefix="bench-gguf-quant-")))
     out.mkdir(parents=True, exist_ok=True)
@@ -178,17 +197,17 @@ def main() -> int:
                          "--quiet"])
                 wall = m["wall_s"] + t_onnx["wall_s"]
             else:
-                m = run([PY, "-m", "slmctl", "quantize", MODEL, "--format", "gguf", "--type", t, "--method", "gptq",
-                         "--data", DATA, "--samples", str(SAMPLES), "--seq-len", str(SEQLEN), "--no-report", "-o",
-                         str(path), "--force", "--quiet"] + (["--no-act-order"] if "no act-order" in tool else []))
+                m = slmctl_gptq(t, path, ["--no-act-order"] if "no act-order" in tool else [])
                 wall = m["wall_s"]
-            ev = evaluate(path)
-            size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir()
-                                                                   if f.name.startswith("model.onnx"))
-            row = {"type": t, "tool": tool, "bytes": size, "wall_s": round(wall, 1),
-                   "peak_rss_mib": m["peak_rss_mib"], "load_before": m["load_before"], "contended": m["contended"], **ev}
-            print(json.dumps(row), file=sys.stderr)
+            row = measured_row(t, tool, path, wall, m)
             rows.append(row)
+            mine = next((x for x in rows if x["type"] == t and x["tool"] == "slmctl gptq"), None)
+            if tool.startswith("AutoRound") and mine and abs(row["bytes"] / mine["bytes"] - 1) > 0.01:
+                # AutoRound's file has another tensor-type mixture: slmctl again with exactly its types, so the
+                # two are compared at equal size
+                mixed = out / f"slmctlgptq-armix-{t}.gguf"
+                m = slmctl_gptq(t, mixed, ["--tensor-types-from", str(path)])
+                rows.append(measured_row(t, f"slmctl gptq, {tool.split(' (')[0]}'s mixture", mixed, m["wall_s"], m))
         report(rows, t_f16, t_im, failed)
     return 0
 
@@ -219,12 +238,15 @@ def report(rows: list[dict], t_f16: dict, t_im: dict, failed: list[dict] = ()) -
         if mine is None:
             continue
         for peer in [x for x in rows if x["type"] == t and not x["tool"].startswith(("slmctl", "onnxruntime"))]:
-            rise, prise = mine["ppl"] - fp32, peer["ppl"] - fp32
-            size = mine["bytes"] / peer["bytes"]
-            lines.append(f"- {t.upper()} vs {peer['tool']}: KL {mine['kld'] / peer['kld']:.2f}x, ppl rise "
-                         f"{rise / prise if prise else float('nan'):.2f}x, size {size:.3f}x"
-                         + ("" if abs(size - 1) <= 0.01 else " (sizes differ by more than 1%: not an equal-size "
-                            "comparison)"))
+            for me in [mine] + [x for x in rows if x["type"] == t and x["tool"].startswith("slmctl gptq, ")
+                                and x["tool"].endswith("'s mixture") and peer["tool"].startswith(x["tool"][13:-10])]:
+                rise, prise = me["ppl"] - fp32, peer["ppl"] - fp32
+                size = me["bytes"] / peer["bytes"]
+                lines.append(f"- {t.upper()} vs {peer['tool']}{' (' + me['tool'] + ')' if me is not mine else ''}: "
+                             f"KL {me['kld'] / peer['kld']:.2f}x, ppl rise "
+                             f"{rise / prise if prise else float('nan'):.2f}x, size {size:.3f}x"
+                             + ("" if abs(size - 1) <= 0.01 else " (sizes differ by more than 1%: not an equal-size "
+                                "comparison)"))
         onnx = next((x for x in rows if x["type"] == t and x["tool"].startswith("slmctl ONNX")), None)
         if onnx is not None:
             lines.append(f"- slmctl ONNX int4 (block 32) vs slmctl GGUF {t.upper()}: KL {onnx['kld'] / mine['kld']:.2f}x "

@@ -194,6 +194,8 @@ class QuantizeRecipe(Recipe):
     true_sequential: bool = True
     scale_search: bool = True
     qtype: Optional[str] = None
+    tensor_type: Optional[list] = None
+    tensor_types_from: Optional[str] = None
     allow_requantize: bool = False
     skip_incompatible: bool = False
     report: bool = _report(True)
@@ -207,6 +209,9 @@ class QuantizeRecipe(Recipe):
         if self.damp < 0:
             raise UsageError(f"--damp must not be negative, got {self.damp}")
         self._gate_needs(self.report, "the quality report", "drop --no-report", "max_ppl_increase")
+        if (self.tensor_type or self.tensor_types_from) and self.fmt != "gguf":
+            raise UsageError("--tensor-type/--tensor-types-from choose GGUF tensor types: they need --format gguf",
+                             hint="e.g. slmctl quantize MODEL --format gguf --type q4_k_m --tensor-type attn_v=q6_k")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,15 @@ def quantize(
     scale_search: Annotated[bool, typer.Option("--scale-search/--no-scale-search", help="GPTQ: each group's grid clipped where that lowers the Hessian-weighted rounding error (off: plain min/max grid).")] = True,
     qtype: Annotated[Optional[str], typer.Option("--type", help="GGUF input or --format gguf: llama.cpp type (q4_k_m, q8_0, ...); "
                                                                "ONNX input: onnxruntime type.")] = None,
+    tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="--format gguf: PATTERN=TYPE, "
+                                                             "repeatable: tensors whose GGUF name matches the regular "
+                                                             "expression get this ggml type (q8_0, q6_k, q4_k, f16, ...) "
+                                                             "instead of the --type mixture's; the first match wins.",
+                                                             show_default=False)] = None,
+    tensor_types_from: Annotated[Optional[str], typer.Option("--tensor-types-from", help="--format gguf: take every "
+                                                             "tensor's type from this GGUF file of the same model (e.g. "
+                                                             "to match another tool's file size); --type defaults to "
+                                                             "its file type.", show_default=False)] = None,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="GGUF: requantise an already quantised file.")] = False,
     skip_incompatible: Annotated[bool, typer.Option("--skip-incompatible", help="Leave unquantised (float) the linears "
                                                     "the format's runtime cannot load with this grid (e.g. input width "
@@ -58,7 +67,8 @@ def quantize(
     recipe = QuantizeRecipe(bits=bits, method=method, group_size=group_size, sym=sym, fmt=format,
                             data=data or "sample:mix", field=field, samples=samples, seq_len=seq_len, seed=seed,
                             damp=damp, act_order=act_order, static_groups=static_groups,
-                            true_sequential=true_sequential, scale_search=scale_search, qtype=qtype, allow_requantize=allow_requantize,
+                            true_sequential=true_sequential, scale_search=scale_search, qtype=qtype, tensor_type=tensor_type,
+                            tensor_types_from=tensor_types_from, allow_requantize=allow_requantize,
                             skip_incompatible=skip_incompatible, report=report_on, **report.fields)
     res = api.quantize(model, output, recipe, force=run.force, trust_remote_code=run.trust_remote_code, log=out.log,
                        progress=lambda it=None, desc="", **kw: out.progress(it, desc=desc, **kw))

@@ -52,24 +52,38 @@ class GGUFQuant:
 
     def __init__(self, art, ftype: str, method: str, *, importance: dict[str, np.ndarray] | None = None,
                  windows: list[list[int]] | None = None, lm=None, damp: float = 0.01, act_order: bool = True,
-                 imatrix_source: str = "", log: Log = lambda m: None, progress=None):
+                 imatrix_source: str = "", tensor_type=(), types_from: str | PathLike | None = None,
+                 log: Log = lambda m: None, progress=None):
         if method not in METHODS:
             raise UsageError(f"unknown GGUF quantisation method {method!r}", hint="valid: " + ", ".join(METHODS))
         self.art, self.ftype, self.method = art, ftype, method
         self.importance, self.windows, self.lm = importance, windows, lm
         self.damp, self.act_order = damp, act_order
         self.imatrix_source = imatrix_source
+        self.rules = tensor_type
+        self.types_from = types_from
         self.log, self.progress = log, progress
         self.mixture: dict[str, str] = {}
         self.stats: dict[str, Any] = {"seconds_layers": 0.0}
 
     # ------------------------------------------------------------ types
     def retype(self, planned, spec, cfg) -> None:
-        from ..methods.quantize.gguf_mixture import model_info, tensor_types
+        from ..methods.quantize.gguf_mixture import model_info, override_types, reference_types, tensor_types
 
         q = [p for p in planned if p.gtype not in ("f32",)]
         types = tensor_types([(p.gguf, p.shape) for p in q], self.ftype, model_info(cfg, spec.gguf_arch),
                              has_imatrix=self.method != "rtn")
+        if self.rules or self.types_from:
+            ref = reference_types(self.types_from)[0] if self.types_from else None
+            changed = override_types([(p.gguf, p.shape) for p in q], types, rules=self.rules, reference=ref,
+                                     reference_name=str(self.types_from))
+            counts: dict[str, int] = {}
+            for _, got in changed.values():
+                counts[got] = counts.get(got, 0) + 1
+            what = " and ".join(w for w, on in (("--tensor-types-from", self.types_from), ("--tensor-type", self.rules))
+                                if on)
+            self.log(f"{len(changed)} tensor(s) typed by {what}: "
+                     + (", ".join(f"{n} {t.upper()}" for t, n in sorted(counts.items())) or "no change"))
         falls: dict[tuple[str, str], list[str]] = {}
         for p in q:
             if p.gguf in types:
@@ -211,16 +225,25 @@ def layerwise_imatrix(lm, windows, progress=None) -> dict[str, np.ndarray]:
 def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, field: str = "text", samples: int = 32,
             seq_len: int = 512, seed: int = 0, imatrix=None, damp: float = 0.01, act_order: bool = True,
             force: bool = False, vocab_pre: str | None = None, trust_remote_code: bool = False, log: Log = lambda m: None,
-            progress=None, verb: str = "quantize") -> dict[str, Any]:
-    """Quantise an HF model to a GGUF file of llama.cpp file type ``ftype`` with ``method``; returns a summary."""
+            progress=None, verb: str = "quantize", tensor_type=(), types_from=None) -> dict[str, Any]:
+    """Quantise an HF model to a GGUF file of llama.cpp file type ``ftype`` with ``method``; returns a summary.
+
+    ``tensor_type``: ``PATTERN=TYPE`` rules over llama.cpp's mixture (the first regex found in a tensor's name
+    decides its type); ``types_from``: a GGUF file of the same model whose tensor types are taken (then the rules).
+    """
 
     from .. import provenance
     from ..io.atomic import atomic_path
     from ..io.convert import write_provenance_file
     from .export.gguf_build import write_gguf
 
+    from ..methods.quantize.gguf_mixture import parse_tensor_types
+
     t = normalise_ftype(ftype)
     out = Path(out)
+    rules = parse_tensor_types(tensor_type)
+    if types_from is not None and not Path(types_from).is_file():
+        raise InputError(f"--tensor-types-from {types_from}: no such file", hint="give a GGUF file of the same model")
     if method is None:
         method = "gptq" if data else ("imatrix" if imatrix else "rtn")
     if method not in METHODS:
@@ -235,6 +258,11 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
         raise InputError(f"{art.path}: the model is already quantised", hint="quantise the floating-point model")
     recipe: dict[str, Any] = {"format": "gguf", "outtype" if verb == "export" else "type": t, "method": method}
     inputs = [provenance.input_record(ref, art.path, art)]
+    if tensor_type:
+        recipe["tensor_type"] = [str(r) for r in tensor_type]
+    if types_from is not None:
+        recipe["tensor_types_from"] = str(types_from)
+        inputs.append({**provenance.input_record(str(types_from), Path(types_from)), "role": "tensor types"})
     lm = windows = importance = None
     source = ""
     t0 = time.perf_counter()
@@ -272,7 +300,7 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
         recipe.update({"damp": damp, "act_order": act_order})
     prov = provenance.build(verb, recipe, inputs)
     quant = GGUFQuant(art, t, method, importance=importance, windows=windows, lm=lm, damp=damp, act_order=act_order,
-                      imatrix_source=source, log=log, progress=progress)
+                      imatrix_source=source, tensor_type=rules, types_from=types_from, log=log, progress=progress)
     with atomic_path(out, force=force) as tmp:
         info = write_gguf(art, tmp, t, prov, vocab_pre=vocab_pre, log=log, progress=progress, quant=quant)
     write_provenance_file(out.with_name(out.name + ".slmctl.json"), prov)
@@ -287,10 +315,14 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
 
 def quantize_verb(art, ref: str, path, out, *, qtype: str | None, method: str, data, field: str, samples: int,
                   seq_len: int, seed: int, damp: float, act_order: bool, report: bool, eval_data, eval_ctx: int,
-                  eval_windows: int, force: bool, trust_remote_code: bool, log: Log, progress) -> dict[str, Any]:
+                  eval_windows: int, force: bool, trust_remote_code: bool, log: Log, progress, tensor_type=(),
+                  types_from=None) -> dict[str, Any]:
     """``slmctl quantize MODEL --format gguf --type T [--method gptq|imatrix|rtn]``: the file, then the quality report."""
     import re
 
+    if not qtype and types_from is not None:  # the reference file's own file type
+        qtype = reference_file_type(types_from)
+        log(f"--type {qtype} (the file type of {types_from})")
     if not qtype:
         raise UsageError("--format gguf needs --type (a llama.cpp file type)", hint="e.g. --type q4_k_m")
     t = normalise_ftype(qtype)
@@ -302,7 +334,8 @@ def quantize_verb(art, ref: str, path, out, *, qtype: str | None, method: str, d
             else Path.cwd() / f"{stem}-{t.upper()}.gguf"
     res = to_gguf(art, ref, out, t, method=method, data=None if method == "rtn" else data, field=field,
                   samples=samples, seq_len=seq_len, seed=seed, damp=damp, act_order=act_order, force=force,
-                  trust_remote_code=trust_remote_code, log=log, progress=progress)
+                  trust_remote_code=trust_remote_code, log=log, progress=progress, tensor_type=tensor_type,
+                  types_from=types_from)
     if report:
         from ..calib import report_domains
         from ..eval.compare import quality_report
@@ -311,6 +344,21 @@ def quantize_verb(art, ref: str, path, out, *, qtype: str | None, method: str, d
         res["report"] = quality_report(res["output"], ref, data=report_domains(data, eval_data), calib=data,
                                        ctx=eval_ctx, windows=eval_windows, stats=stats, log=log, progress=progress)
     return res
+
+
+def reference_file_type(path) -> str:
+    """The llama.cpp file type (q4_k_m, ...) a GGUF file says it is (``general.file_type``)."""
+    from ..io.gguf_types import file_types
+    from ..methods.quantize.gguf_mixture import FTYPES, reference_types
+
+    if not Path(path).is_file():
+        raise InputError(f"--tensor-types-from {path}: no such file", hint="give a GGUF file of the same model")
+    _, ft = reference_types(path)
+    names = {v: k for k, v in file_types().items() if k in FTYPES}
+    if ft not in names:
+        raise UsageError(f"{path} does not name a file type slmctl writes (general.file_type {ft})",
+                         hint="pass --type")
+    return names[ft]
 
 
 def quantize_gguf(src_gguf: str | PathLike, out: str | PathLike, outtype: str, imatrix=None, *,

@@ -75,7 +75,8 @@ def _quantize(model: str, out: str | Path | None = None, *, bits: int = 4, metho
               group_size: int = 128, sym: bool = True, fmt: str = "gptq", data: str | list[str] = "sample:mix",
               field: str = "text", samples: int = 64, seq_len: int = 512, seed: int = 0, damp: float = 0.01,
               act_order: bool = True, static_groups: bool = True, true_sequential: bool = True,
-              scale_search: bool = True, qtype: str | None = None, allow_requantize: bool = False, report: bool = True,
+              scale_search: bool = True, qtype: str | None = None, tensor_type: list[str] | None = None,
+              tensor_types_from: str | None = None, allow_requantize: bool = False, report: bool = True,
               eval_data: str | list | None = None, eval_ctx: int = 512, eval_windows: int = 16,
               force: bool = False, trust_remote_code: bool = False, skip_incompatible: bool = False,
               log: Log = _nolog, progress=None) -> dict[str, Any]:
@@ -85,6 +86,9 @@ def _quantize(model: str, out: str | Path | None = None, *, bits: int = 4, metho
     from ..methods.quantize.common import QuantConfig, load_methods
 
     art, path = load_artifact(model, log=log)
+    if (tensor_type or tensor_types_from) and (art.format in ("gguf", "onnx") or fmt != "gguf"):
+        raise UsageError("--tensor-type/--tensor-types-from apply to slmctl's own GGUF quantisation of an HF model",
+                         hint="slmctl quantize HF_MODEL --format gguf --type T --tensor-type PATTERN=TYPE")
     if art.format == "gguf":
         target = _quantize_gguf(art, Path(out) if out else None, qtype=qtype, allow_requantize=allow_requantize,
                                 force=force, log=log)
@@ -103,7 +107,8 @@ def _quantize(model: str, out: str | Path | None = None, *, bits: int = 4, metho
         return quantize_verb(art, model, path, out, qtype=qtype, method=method, data=data, field=field,
                              samples=samples, seq_len=seq_len, seed=seed, damp=damp, act_order=act_order,
                              report=report, eval_data=eval_data, eval_ctx=eval_ctx, eval_windows=eval_windows,
-                             force=force, trust_remote_code=trust_remote_code, log=log, progress=progress)
+                             force=force, trust_remote_code=trust_remote_code, log=log, progress=progress,
+                             tensor_type=tensor_type or (), types_from=tensor_types_from)
     if qtype:
         raise UsageError("--type names a GGUF/ONNX quant type; this model is an HF/safetensors model",
                          hint="use --bits/--group-size/--method, or export to GGUF with "

@@ -4,6 +4,7 @@ importance matrix), gguf-py's dequantisers, llama-quantize's type mixture, GPTQ 
 from __future__ import annotations
 
 import ctypes
+import json
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,73 @@ def test_mixture_rules():
     assert q40["blk.0.ffn_down.weight"] == ("q4_1", None) and q40["blk.1.ffn_down.weight"] == ("q4_0", None)
     assert tensor_types(names, "q4_0", info, has_imatrix=False)["blk.0.ffn_down.weight"] == ("q4_0", None)
     assert tensor_types(names, "q2_k", info, has_imatrix=False)["blk.0.attn_q.weight"] == ("q4_0", "q2_k")
+
+
+def test_tensor_type_rules_and_reference_types():
+    """--tensor-type rules (first regex found wins) and a reference file's types override the mixture; a type the
+    rows cannot hold falls back as llama.cpp's would, and is said to be a fallback from the type asked for."""
+    from slmctl.errors import InputError, UsageError
+    from slmctl.methods.quantize.gguf_mixture import ModelInfo, override_types, parse_tensor_types, tensor_types
+
+    names = [("token_embd.weight", (1000, 512))]
+    for b in range(4):
+        names += [(f"blk.{b}.attn_v.weight", (128, 512)), (f"blk.{b}.ffn_down.weight", (512, 576))]
+    base = tensor_types(names, "q4_k_m", ModelInfo(n_layer=4), has_imatrix=False)
+    types = dict(base)
+    rules = parse_tensor_types([r"blk\.[01]\.ffn_down=q8_0", "ffn_down=q2_k", "attn_v=Q4_K"])
+    changed = override_types(names, types, rules=rules)
+    assert types["blk.0.ffn_down.weight"] == ("q8_0", None)  # the first rule that matches decides
+    assert types["blk.2.ffn_down.weight"] == ("q4_0", "q2_k")  # 576 columns: Q2_K falls back to Q4_0
+    assert all(types[f"blk.{b}.attn_v.weight"] == ("q4_k", None) for b in range(4))
+    assert types["token_embd.weight"] == base["token_embd.weight"] and "token_embd.weight" not in changed
+    assert changed["blk.3.ffn_down.weight"] == ("q2_k", "q4_0")
+    # the types of another file (numpy shapes), then the rules on top
+    ref = {n: ("q5_0" if "ffn" in n else "q8_0", s) for n, s in names}
+    types = dict(base)
+    override_types(names, types, rules=parse_tensor_types(["blk\\.3\\.=f16"]), reference=ref, reference_name="r.gguf")
+    assert types["blk.0.ffn_down.weight"] == ("q5_0", None) and types["token_embd.weight"] == ("q8_0", None)
+    assert types["blk.3.ffn_down.weight"] == ("f16", None) and types["blk.3.attn_v.weight"] == ("f16", None)
+    for bad, msg in (({**ref, "blk.1.attn_v.weight": ("q8_0", (64, 512))}, r"blk.1.attn_v.weight has shape \[64, 512\]"),
+                     ({k: v for k, v in ref.items() if k != "blk.2.ffn_down.weight"}, "has no tensor blk.2.ffn_down"),
+                     ({**ref, "token_embd.weight": ("iq2_xxs", (1000, 512))}, "IQ2_XXS, a type slmctl does not write")):
+        with pytest.raises(InputError, match=msg):
+            override_types(names, dict(base), reference=bad, reference_name="r.gguf")
+    for spec, msg in (("attn_v", "PATTERN=TYPE"), ("attn_v=q4_k_m", "unknown tensor type"), ("(=q8_0", "regular")):
+        with pytest.raises(UsageError, match=msg):
+            parse_tensor_types([spec])
+
+
+def test_quantize_gguf_tensor_types_from_another_file(tiny_llama, tmp_path, cli):
+    """--tensor-types-from copies another GGUF's mixture (and its file type); --tensor-type rules go on top; both
+    are refused where they cannot apply, before any work."""
+    gguf = pytest.importorskip("gguf")
+
+    def types(path):
+        return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+
+    ref = tmp_path / "ref.gguf"
+    code, _, err = cli("quantize", str(tiny_llama), "--format", "gguf", "--type", "q4_0", "--method", "rtn",
+                       "--tensor-type", "attn_v=q8_0", "--tensor-type", r"blk\.0\.=q5_1", "--no-report", "-o", str(ref))
+    assert code == 0, err
+    want = types(ref)
+    assert want["blk.0.attn_v.weight"] == want["blk.1.attn_v.weight"] == "Q8_0"  # the first rule that matches
+    assert want["blk.0.attn_q.weight"] == "Q5_1" and want["blk.1.attn_q.weight"] == "Q4_0"
+    dst = tmp_path / "same.gguf"
+    code, out, err = cli("quantize", str(tiny_llama), "--format", "gguf", "--method", "rtn", "--tensor-types-from",
+                         str(ref), "--no-report", "-o", str(dst))
+    assert code == 0, err
+    assert out.strip() == str(dst) and "--type q4_0 (the file type of" in err
+    assert types(dst) == want
+    data = [{t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(str(f)).tensors} for f in (dst, ref)]
+    assert data[0] == data[1]  # the same tensors (the headers differ by the provenance record)
+    prov = json.loads((tmp_path / "same.gguf.slmctl.json").read_text())
+    assert any(i.get("role") == "tensor types" and len(i["sha256"]) == 64 for i in prov["inputs"])
+    code, out, err = cli("quantize", str(tiny_llama), "--bits", "4", "--tensor-type", "attn_v=q8_0", "-o",
+                         str(tmp_path / "x"))
+    assert code == 2 and "--format gguf" in err and not out
+    code, out, err = cli("quantize", str(tiny_llama), "--format", "gguf", "--tensor-types-from",
+                         str(tmp_path / "missing.gguf"), "-o", str(tmp_path / "y.gguf"))
+    assert code == 1 and "missing.gguf" in err and not (tmp_path / "y.gguf").exists()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ Reference: https://github.com/ggml-org/llama.cpp/blob/master/src/llama-quant.cpp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ...io.gguf_types import block_size
 
@@ -156,3 +157,82 @@ def model_info(cfg: dict, arch: str) -> ModelInfo:
     n_layer = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0)
     experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
     return ModelInfo(n_layer=n_layer, n_gqa=max(1, heads // max(kv, 1)), n_expert=experts, arch=arch)
+
+
+#: ggml types a tensor can be given by hand (``--tensor-type``) or taken from another file (``--tensor-types-from``)
+TENSOR_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+
+
+def parse_tensor_types(specs) -> list[tuple[Any, str]]:
+    """``PATTERN=TYPE`` strings (llama-quantize's ``--tensor-type``) -> [(compiled regex, ggml type)].
+
+    The pattern is a regular expression searched in the GGUF tensor name (``attn_v``, ``blk\\.[0-3]\\.ffn_down``);
+    the first rule that matches a tensor decides its type.
+    """
+    import re
+
+    from ...errors import UsageError
+
+    rules = []
+    for spec in specs or ():
+        pat, sep, t = str(spec).rpartition("=")
+        t = t.strip().lower()
+        if not sep or not pat:
+            raise UsageError(f"--tensor-type {spec!r}: expected PATTERN=TYPE", hint="e.g. --tensor-type attn_v=q6_k")
+        if t not in TENSOR_TYPES:
+            raise UsageError(f"--tensor-type {spec!r}: unknown tensor type {t!r}", hint="valid: " + ", ".join(TENSOR_TYPES))
+        try:
+            rules.append((re.compile(pat), t))
+        except re.error as exc:
+            raise UsageError(f"--tensor-type {spec!r}: the pattern is not a regular expression ({exc})") from None
+    return rules
+
+
+def reference_types(path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], int | None]:
+    """{tensor name: (ggml type, numpy shape)} of a GGUF file, and its ``general.file_type``."""
+    from ...io import gguf
+
+    f = gguf.read(path)
+    ft = f.metadata.get("general.file_type")
+    return {n: (t.type_name.lower(), tuple(t.shape)) for n, t in f.tensors.items()}, ft if isinstance(ft, int) else None
+
+
+def override_types(tensors: list[tuple[str, tuple[int, ...]]], types: dict[str, tuple[str, str | None]], *,
+                   rules=(), reference: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+                   reference_name: str = "") -> dict[str, tuple[str, str]]:
+    """Apply a reference file's types, then ``rules``, to ``types`` (tensor_types' answer) in place.
+
+    Returns {name: (type asked for, type written)} of the tensors whose type changed (the type written differs
+    from the one asked for when the rows do not fill its blocks: llama.cpp's fallback). A quantisable tensor that
+    the reference lacks, or holds with another shape or in a type slmctl does not write, is an error naming it.
+    """
+    from ...errors import InputError
+
+    changed: dict[str, tuple[str, str]] = {}
+    for name, shape in tensors:
+        if name not in types:
+            continue
+        want = None
+        if reference is not None:
+            if name not in reference:
+                raise InputError(f"{reference_name}: has no tensor {name}",
+                                 hint="--tensor-types-from takes a GGUF file of the same model")
+            rt, rshape = reference[name]
+            if tuple(rshape) != tuple(shape):
+                raise InputError(f"{reference_name}: tensor {name} has shape {list(rshape)}, this model's has "
+                                 f"{list(shape)}", hint="--tensor-types-from takes a GGUF file of the same model")
+            if rt not in TENSOR_TYPES:
+                raise InputError(f"{reference_name}: tensor {name} is {rt.upper()}, a type slmctl does not write",
+                                 hint="valid: " + ", ".join(TENSOR_TYPES))
+            want = rt
+        for pat, t in rules:
+            if pat.search(name):
+                want = t
+                break
+        if want is None:
+            continue
+        got, before = fallback(want, shape[-1]), types[name][0]
+        types[name] = (got, want if got != want else None)  # a fallback is now one from the type asked for
+        if got != before:
+            changed[name] = (want, got)
+    return changed
