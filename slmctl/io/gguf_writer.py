@@ -151,12 +151,44 @@ class GGUFStreamWriter:
         self._head = blob
         self._f.write(blob)
         self._f.write(b"\0" * _pad(len(blob)))
+        self._data_start = len(blob) + _pad(len(blob))
+        self._by_name = {i.name: i for i in self._infos}
         self._state = "data"
         self._written = 0
         self._writeback = Writeback(self._f)
 
-    def write_tensor(self, name: str, data: np.ndarray) -> None:
-        """Write the next tensor's bytes (already converted to its declared type)."""
+    def write_at(self, name: str, offset: int, data) -> None:
+        """Write ``data`` at byte ``offset`` of tensor ``name``'s bytes, from any thread and in any order
+        (positional writes: pwrite), so a converter can stream a tensor out a slice at a time through one small
+        reused buffer: no tensor-sized array, no page faults for one. Each tensor written so is then committed
+        in file order with ``filled(name)``."""
+        if self._state != "data" or self._f is None:
+            raise GGUFWriterError("write_at before open() or after close()")
+        info = self._by_name[name]
+        buf = memoryview(np.ascontiguousarray(data)).cast("B")
+        if offset < 0 or offset + buf.nbytes > info.nbytes:
+            raise GGUFWriterError(f"tensor {name!r}: bytes {offset}..{offset + buf.nbytes} outside its {info.nbytes}")
+        self._pwrite(buf, self._data_start + info.offset + offset)
+
+    def _pwrite(self, buf: memoryview, pos: int) -> None:
+        try:
+            while buf.nbytes:
+                n = os.pwrite(self._f.fileno(), buf, pos)
+                buf, pos = buf[n:], pos + n
+        except OSError as exc:  # name the file (a full disk says where)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+
+    def filled(self, name: str) -> None:
+        """The next tensor in file order was written with write_at(): move past it."""
+        info = self._next_info(name)
+        end = self._data_start + info.offset + info.nbytes
+        if _pad(info.nbytes):
+            self._pwrite(memoryview(b"\0" * _pad(info.nbytes)), end)
+        self._f.seek(end + _pad(info.nbytes))
+        self._written += 1
+        self._writeback.wrote()
+
+    def _next_info(self, name: str) -> _Info:
         if self._state != "data" or self._f is None:
             raise GGUFWriterError("write_tensor before open() or after close()")
         if self._written >= len(self._infos):
@@ -164,6 +196,11 @@ class GGUFStreamWriter:
         info = self._infos[self._written]
         if info.name != name:
             raise GGUFWriterError(f"tensor {name!r} written where {info.name!r} was declared")
+        return info
+
+    def write_tensor(self, name: str, data: np.ndarray) -> None:
+        """Write the next tensor's bytes (already converted to its declared type)."""
+        info = self._next_info(name)
         buf = memoryview(np.ascontiguousarray(data)).cast("B")
         if buf.nbytes != info.nbytes:
             raise GGUFWriterError(f"tensor {name!r}: {buf.nbytes} bytes, declared {info.nbytes} ({info.gtype} {info.shape})")

@@ -131,3 +131,41 @@ def test_patch_header_overwrites_in_place(tmp_path):
     g = read(path)
     assert g.metadata["slmctl.x"] == "BBBB-done!!!"
     assert g.lazy_tensors()["t"].load().tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("last_streamed", [False, True])
+def test_write_at_streams_tensors_out_of_order_with_the_same_bytes(tmp_path, last_streamed):
+    """Tensors written slice by slice with write_at (any order, from threads) and committed with filled() give
+    the file that write_tensor gives; the padding of a streamed tensor is written even when it is the last one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from slmctl.io.gguf_writer import GGUFStreamWriter, GGUFWriterError
+
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.standard_normal((6, 10)).astype(np.float16), "b": rng.standard_normal(7).astype(np.float32),
+              "c": rng.standard_normal((5, 3)).astype(np.float16)}  # odd byte counts: padding after each
+
+    def build(path, streamed):
+        w = GGUFStreamWriter(path, "llama")
+        for n, a in arrays.items():
+            w.add_tensor_info(n, a.shape, "f16" if a.dtype == np.float16 else "f32")
+        w.open()
+        with ThreadPoolExecutor(2) as ex:  # later tensors first, row by row
+            list(ex.map(lambda nr: w.write_at(nr[0], nr[1] * arrays[nr[0]][0:1].nbytes, arrays[nr[0]][nr[1]:nr[1] + 1]),
+                        [(n, r) for n in reversed(list(streamed)) for r in range(len(arrays[n]))]))
+        for n, a in arrays.items():
+            w.filled(n) if n in streamed else w.write_tensor(n, a)
+        w.close()
+        return path.read_bytes()
+
+    plain = build(tmp_path / "plain.gguf", ())
+    streamed = build(tmp_path / "s.gguf", ("a", "c") if last_streamed else ("a",))
+    assert streamed == plain
+    w = GGUFStreamWriter(tmp_path / "x.gguf", "llama")
+    w.add_tensor_info("a", (2, 4), "f32")
+    w.open()
+    with pytest.raises(GGUFWriterError, match="outside"):
+        w.write_at("a", 20, np.zeros(4, dtype=np.float32))
+    with pytest.raises(GGUFWriterError, match="declared"):
+        w.filled("b")
+    w.abort()
