@@ -37,8 +37,8 @@ DOC = ROOT / "docs" / "benchmarks.md"
 # run order and minutes per section on the 2-core machine at each script's defaults: the section_seconds of the
 # last recorded run where there is one (prune, distill, eval and profile predate that record: their smoke-measured
 # minutes). A section over its budget is reported, not stopped.
-BUDGET_MIN = {"gguf": 5, "merge": 5, "onnx": 22, "quantize": 17, "prune": 7, "distill": 6, "eval": 2, "profile": 5,
-              "calib": 133, "gguf_quant": 39, "imatrix": 9, "scale": 31, "release": 34}
+BUDGET_MIN = {"gguf": 4, "merge": 5, "onnx": 22, "quantize": 17, "prune": 7, "distill": 6, "eval": 2, "profile": 5,
+              "calib": 133, "gguf_quant": 39, "imatrix": 9, "scale": 29, "release": 34}
 ORDER = list(BUDGET_MIN)
 
 
