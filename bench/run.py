@@ -13,7 +13,7 @@ when every section of the invocation succeeded: a failed run keeps the previous 
 Sections run in ORDER (the rest after, by name); each section's wall time is printed, recorded in its JSON
 (``section_seconds``) and in bench/results/run.json (the last run: id, sections, failures, minutes), and
 compared with its budget (BUDGET_MIN: each section's minutes in its last recorded run on the 2-core machine, where
-one is recorded; `make bench` as a whole takes about 5.3 hours there).
+one is recorded; `make bench` as a whole takes about 5.2 hours there).
 """
 
 from __future__ import annotations
