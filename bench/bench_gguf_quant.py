@@ -207,7 +207,8 @@ def main() -> int:
                 # two are compared at equal size
                 mixed = out / f"slmctlgptq-armix-{t}.gguf"
                 m = slmctl_gptq(t, mixed, ["--tensor-types-from", str(path)])
-                rows.append(measured_row(t, f"slmctl gptq, {tool.split(' (')[0]}'s mixture", mixed, m["wall_s"], m))
+                rows.append({**measured_row(t, f"slmctl gptq, {tool.split(' (')[0]}'s mixture", mixed, m["wall_s"], m),
+                             "mixture_of": tool})
         report(rows, t_f16, t_im, failed)
     return 0
 
@@ -238,8 +239,7 @@ def report(rows: list[dict], t_f16: dict, t_im: dict, failed: list[dict] = ()) -
         if mine is None:
             continue
         for peer in [x for x in rows if x["type"] == t and not x["tool"].startswith(("slmctl", "onnxruntime"))]:
-            for me in [mine] + [x for x in rows if x["type"] == t and x["tool"].startswith("slmctl gptq, ")
-                                and x["tool"].endswith("'s mixture") and peer["tool"].startswith(x["tool"][13:-10])]:
+            for me in [mine] + [x for x in rows if x["type"] == t and x.get("mixture_of") == peer["tool"]]:
                 rise, prise = me["ppl"] - fp32, peer["ppl"] - fp32
                 size = me["bytes"] / peer["bytes"]
                 lines.append(f"- {t.upper()} vs {peer['tool']}{' (' + me['tool'] + ')' if me is not mine else ''}: "

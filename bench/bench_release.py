@@ -32,14 +32,12 @@ def size(p: Path) -> int:
 def main() -> int:
     build = Path(os.environ.get("BENCH_RELEASE_BUILD") or tempfile.mkdtemp(prefix="bench-release-"))
     py = sys.executable
-    cmd = ["make", "-C", str(EXAMPLE), f"-j{JOBS}", f"BUILD={build}", f"SLMCTL={py} -m slmctl", f"PYTHON={py}", *ARGS]
-    m = measure(cmd, cwd=ROOT)
+    make = ["make", "-C", str(EXAMPLE), f"BUILD={build}", f"SLMCTL={py} -m slmctl", f"PYTHON={py}", *ARGS]
+    m = measure([*make, f"-j{JOBS}"], cwd=ROOT)
     if m["rc"]:
         print(m["stderr"][-4000:], file=sys.stderr)
         raise SystemExit(f"the release example failed ({m['rc']})")
-    # a second make must find nothing to do
-    again = measure(["make", "-C", str(EXAMPLE), "-q", f"BUILD={build}", f"SLMCTL={py} -m slmctl", f"PYTHON={py}",
-                     *ARGS], cwd=ROOT)
+    again = measure([*make, "-q"], cwd=ROOT)  # a second make must find nothing to do
     paths = {"base": build / "base", "distilled": build / "distilled", "gguf": build / "model-Q4_K_M.gguf",
              "onnx": build / "onnx-int4"}
     rows = []

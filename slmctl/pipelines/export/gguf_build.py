@@ -226,33 +226,36 @@ F16_TORCH_MIN = 4_000_000_000
 FILLED = object()  # a converter's answer: the tensor is already in the file (GGUFStreamWriter.write_at)
 
 
-def f16_caster(n_elements: int) -> Callable[[np.ndarray, np.ndarray], None] | None:
-    """``cast(dst, src)``: float32 rows into float16 ``dst`` through torch, when casting ``n_elements`` pays for
-    importing it (or it is imported already); None: numpy's cast."""
+def _numpy_cast(dst: np.ndarray, src: np.ndarray) -> None:
+    np.copyto(dst, src, casting="same_kind")
+
+
+def f16_caster(n_elements: int) -> Callable[[np.ndarray, np.ndarray], None]:
+    """``cast(dst, src)``: float32 rows into float16 ``dst``, through torch when casting ``n_elements`` pays for
+    importing it (or it is imported already), else numpy's cast."""
     import sys
 
     if n_elements < F16_TORCH_MIN and "torch" not in sys.modules:
-        return None
+        return _numpy_cast
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency; numpy's cast is the fallback
-        return None
+        return _numpy_cast
 
     def cast(dst: np.ndarray, src: np.ndarray) -> None:
         if src.dtype != np.float32 or not (src.flags.c_contiguous and dst.flags.c_contiguous):
-            np.copyto(dst, src, casting="same_kind")
-            return
-        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+            _numpy_cast(dst, src)
+        else:
+            torch.from_numpy(dst).copy_(torch.from_numpy(src))
 
     return cast
 
 
 def _encode_rows(read: Callable[[int, int], np.ndarray], shape: tuple[int, ...], gtype: str,
-                 chunk: int = CHUNK, cast=None) -> np.ndarray:
+                 chunk: int = CHUNK) -> np.ndarray:
     """A float32 tensor of ``shape`` in GGUF type ``gtype``, encoded about ``chunk`` elements at a time:
     ``read(i, j)`` gives rows i..j-1 of its outermost dimension (from memory or from the file). What
-    ``read`` returns may be a reused buffer: each slice is encoded before the next one is read.
-    ``cast``: the float32 -> float16 cast to use (f16_caster), else numpy's."""
+    ``read`` returns may be a reused buffer: each slice is encoded before the next one is read."""
     fn = _type_fn(gtype)
     n = shape[0] if shape else 1
     per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
@@ -263,10 +266,7 @@ def _encode_rows(read: Callable[[int, int], np.ndarray], shape: tuple[int, ...],
     if gtype in ("f16", "f32"):  # cast straight into the result, no temporary per slice
         out = np.empty(shape, dtype=np.float16 if gtype == "f16" else np.float32)
         for i in range(0, n, step):
-            if cast is not None and gtype == "f16":
-                cast(out[i:i + step], read(i, min(n, i + step)))
-            else:
-                np.copyto(out[i:i + step], read(i, min(n, i + step)), casting="same_kind")
+            np.copyto(out[i:i + step], read(i, min(n, i + step)), casting="same_kind")
         return out
     # row chunks keep the block maths' temporaries small next to the tensor itself
     first = fn(read(0, step))
@@ -282,7 +282,7 @@ FILE_CHUNK = 1 << 18
 
 
 def _stream_file(reader, shape: tuple[int, ...], gtype: str, write: Callable[[int, np.ndarray], None],
-                 cast=None) -> None:
+                 cast: Callable[[np.ndarray, np.ndarray], None] = _numpy_cast) -> None:
     """A plain safetensors tensor encoded in ``gtype`` and handed to ``write(byte offset, slice)`` a slice of
     rows at a time (GGUFStreamWriter.write_at): the read buffer (and the float16 one) are reused, so neither a
     float32 copy nor an encoded copy of the whole tensor is ever in memory."""
@@ -291,7 +291,7 @@ def _stream_file(reader, shape: tuple[int, ...], gtype: str, write: Callable[[in
     per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
     n = shape[0] if shape else 1
     rows = max(1, min(n, FILE_CHUNK // max(per_row, 1)))
-    row_bytes = tensor_nbytes((1, *shape[1:]), gtype) if len(shape) > 1 else tensor_nbytes((1,), gtype)
+    row_bytes = tensor_nbytes(shape or (1,), gtype) // n
     fn = _type_fn(gtype)
     buf = np.empty(rows * per_row, dtype=np.float32)
     enc = np.empty(rows * per_row, dtype=np.float16) if gtype == "f16" else None
@@ -301,26 +301,12 @@ def _stream_file(reader, shape: tuple[int, ...], gtype: str, write: Callable[[in
             src = reader.read(f, i, j, buf)
             if enc is not None:
                 out = enc[:src.size]
-                if cast is not None:
-                    cast(out, src.reshape(-1))
-                else:
-                    np.copyto(out, src.reshape(-1), casting="same_kind")
+                cast(out, src.reshape(-1))
             elif gtype == "f32":
                 out = src
             else:
                 out = fn(src.reshape(j - i, *shape[1:]) if len(shape) > 1 else src)
             write(i * row_bytes, out)
-
-
-def _encode_file(reader, shape: tuple[int, ...], gtype: str, cast=None) -> np.ndarray:
-    """A plain safetensors tensor in GGUF type ``gtype``, read and encoded a slice of rows at a time through
-    reused buffers (io.np_tensors.RowReader): memory stays near the encoded tensor, never its float32 copy."""
-    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    n = shape[0] if shape else 1
-    rows = n if len(shape) < 2 else max(1, min(n, FILE_CHUNK // max(per_row, 1)))
-    buf = np.empty(rows * per_row, dtype=np.float32)
-    with open(reader.path, "rb", buffering=0) as f:
-        return _encode_rows(lambda i, j: reader.read(f, i, j, buf), shape, gtype, chunk=rows * per_row, cast=cast)
 
 
 def _first(cfg: dict, keys: tuple[str, ...]):
@@ -576,11 +562,9 @@ def write_gguf(art, out_tmp: Path, outtype: str, prov: dict, *, vocab_pre: str |
             lt, grid = art.tensors[p.hf], (grids[p.hf]() if p.hf in grids else None)
             if grid is None and tuple(lt.shape) == p.shape and _plain(spec, p):
                 reader = RowReader.of(lt)  # other sources load whole
-                if reader is not None and _type_fn(p.gtype) is not None:  # streamed into the file, slice by slice
+                if reader is not None:  # streamed into the file, slice by slice
                     _stream_file(reader, p.shape, p.gtype, lambda at, b, g=p.gguf: w.write_at(g, at, b), cast)
                     return FILLED
-                if reader is not None:
-                    return _encode_file(reader, p.shape, p.gtype, cast)
             return _convert(load_float32(lt), p, spec, cfg, grid)
 
         # the next tensors are read and converted on the other cores while this one is written
