@@ -242,8 +242,8 @@ def to_gguf(art, ref: str, out, ftype: str, *, method: str | None, data=None, fi
     t = normalise_ftype(ftype)
     out = Path(out)
     rules = parse_tensor_types(tensor_type)
-    if types_from is not None and not Path(types_from).is_file():
-        raise InputError(f"--tensor-types-from {types_from}: no such file", hint="give a GGUF file of the same model")
+    if types_from is not None:
+        _types_file(types_from)
     if method is None:
         method = "gptq" if data else ("imatrix" if imatrix else "rtn")
     if method not in METHODS:
@@ -346,14 +346,19 @@ def quantize_verb(art, ref: str, path, out, *, qtype: str | None, method: str, d
     return res
 
 
+def _types_file(path) -> Path:
+    """The --tensor-types-from file, checked before any work."""
+    if not Path(path).is_file():
+        raise InputError(f"--tensor-types-from {path}: no such file", hint="give a GGUF file of the same model")
+    return Path(path)
+
+
 def reference_file_type(path) -> str:
     """The llama.cpp file type (q4_k_m, ...) a GGUF file says it is (``general.file_type``)."""
     from ..io.gguf_types import file_types
     from ..methods.quantize.gguf_mixture import FTYPES, reference_types
 
-    if not Path(path).is_file():
-        raise InputError(f"--tensor-types-from {path}: no such file", hint="give a GGUF file of the same model")
-    _, ft = reference_types(path)
+    _, ft = reference_types(_types_file(path))
     names = {v: k for k, v in file_types().items() if k in FTYPES}
     if ft not in names:
         raise UsageError(f"{path} does not name a file type slmctl writes (general.file_type {ft})",
